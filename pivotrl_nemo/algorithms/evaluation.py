@@ -1,0 +1,23 @@
+"""Turn-level functional accuracy on held-out candidates, and the paired bootstrap.
+
+A candidate's accuracy is the mean verifier reward over its samples; a policy's accuracy is
+the mean over candidates. The 95% interval of the difference between two policies resamples
+*candidates* (paired: the same resampled candidates for both), never individual samples, so
+several samples of one candidate are not counted as independent evidence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def paired_bootstrap_ci(a: list[float], b: list[float], n_boot: int, seed: int, alpha: float = 0.05) -> tuple[float, float]:
+    """95% percentile interval of mean(b) - mean(a) over paired per-candidate scores."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError("paired bootstrap needs two equally long, non-empty score lists")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    diffs = (y[idx] - x[idx]).mean(axis=1)
+    lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)

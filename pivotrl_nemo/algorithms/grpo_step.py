@@ -1,0 +1,92 @@
+"""One GRPO optimizer step on scored one-turn rollouts (the math; the loop is in pivot_rl.py).
+
+Every sampled action is trained on with its group advantage. The loss is token-level and
+divided by the global count of valid action tokens in the rollout batch, so micro-batching
+gives exactly the full-batch gradient. Sequences whose advantage is zero contribute exactly
+zero policy gradient; with KL off their forward pass is skipped (they still count in the
+normaliser, which keeps the objective the same as computing them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config.schema import AlgorithmConfig
+from .advantages import compute_advantages, zero_variance_fraction
+from .batching import chunks, gather_hidden, make_batch
+from .head import action_logprobs
+from .losses import clipped_pg_loss
+from .rollouts import ScoredGroup
+
+
+@dataclass
+class Sample:
+    prompt: list[int]
+    action: list[int]
+    old_logprobs: list[float]
+    advantage: float
+    keep: list[int]  # 1 where the token carries loss
+
+
+def flatten_groups(groups: list[ScoredGroup], cfg: AlgorithmConfig) -> tuple[list[Sample], torch.Tensor]:
+    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+    adv = compute_advantages(rewards, cfg.advantage)
+    samples = []
+    for gi, g in enumerate(groups):
+        for ci, c in enumerate(g.completions):
+            drop = cfg.mask_truncated and c.finish_reason == "length"
+            samples.append(Sample(g.prompt_ids, c.token_ids, c.logprobs, float(adv[gi, ci]),
+                                  [0 if drop else 1] * len(c.token_ids)))
+    return samples, rewards
+
+
+def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: int, temperature: float,
+              impl: str, ref_policy=None) -> dict[str, float]:
+    """Compute advantages, accumulate the clipped PG gradient over micro-batches, step."""
+    samples, rewards = flatten_groups(groups, cfg)
+    global_valid = sum(sum(s.keep) for s in samples)
+    train = [s for s in samples if sum(s.keep) > 0 and (s.advantage != 0.0 or cfg.kl_coef > 0)]
+    policy.zero_grad()
+    stats = {"clip": 0.0, "kl": 0.0, "ent": 0.0, "mismatch": 0.0, "loss": 0.0, "n": 0}
+    rmin, rmax = float("inf"), float("-inf")
+    for mb in chunks(len(train), cfg.micro_batch_size):
+        part = [train[i] for i in mb]
+        batch = make_batch([s.prompt for s in part], [s.action for s in part], pad_id, [s.keep for s in part])
+        hidden, weight = policy.hidden_and_output_weight(batch.input_ids)
+        lp, ent = action_logprobs(gather_hidden(hidden, batch), weight, batch.targets, temperature, impl)
+        old = torch.tensor([x for s in part for x, k in zip(s.old_logprobs, s.keep) if k], dtype=torch.float32)
+        adv = torch.tensor([s.advantage for s in part], dtype=torch.float32)[batch.seq_of_token]
+        ref = None
+        if cfg.kl_coef > 0:
+            with torch.no_grad():
+                rh, rw = ref_policy.hidden_and_output_weight(batch.input_ids)
+                ref, _ = action_logprobs(gather_hidden(rh, batch), rw, batch.targets, temperature, impl)
+        out = clipped_pg_loss(lp, old, adv, torch.ones_like(lp), global_valid, cfg.clip_low, cfg.clip_high,
+                              cfg.kl_coef, ref)
+        out.loss.backward()
+        n = batch.num_tokens
+        stats["n"] += n
+        stats["loss"] += float(out.loss.detach())
+        stats["kl"] += float(out.kl)
+        stats["clip"] += float(out.clip_fraction) * n
+        stats["ent"] += float(ent.sum())
+        stats["mismatch"] += float((lp.detach() - old).abs().sum())
+        rmin, rmax = min(rmin, float(out.ratio_min)), max(rmax, float(out.ratio_max))
+    grad_norm = policy.optimizer_step() if train else 0.0
+    n = max(stats["n"], 1)
+    return {
+        "reward_mean": float(rewards.mean()),
+        "zero_variance_groups": zero_variance_fraction(rewards),
+        "loss": stats["loss"],
+        "kl": stats["kl"],
+        "clip_fraction": stats["clip"] / n,
+        "entropy": stats["ent"] / n,
+        "logprob_mismatch": stats["mismatch"] / n,
+        "ratio_min": rmin if train else 1.0,
+        "ratio_max": rmax if train else 1.0,
+        "grad_norm": float(grad_norm),
+        "valid_tokens": float(global_valid),
+        "trained_sequences": float(len(train)),
+    }

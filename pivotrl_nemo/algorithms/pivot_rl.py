@@ -1,0 +1,86 @@
+"""The PivotRL training loop: sample pivots, roll out one turn, score, GRPO step, sync weights.
+
+Synchronous and colocated: one optimizer step per rollout batch, so pi_old is the policy that
+sampled. The batch order is a pure function of (seed, step), so a run resumed from its last
+checkpoint sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+from ..config.schema import PivotRLConfig
+from ..utils.io import atomic_write_json
+from ..utils.logging import get_logger
+from ..utils.metrics import MetricsWriter
+from .grpo_step import grpo_step
+from .rollouts import TurnSampler
+
+log = get_logger(__name__)
+
+
+def pivot_batches(n_pivots: int, per_step: int, steps: int, seed: int) -> list[list[int]]:
+    """Pivot indices for every step: shuffled epochs, each pivot once per epoch."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    batches = []
+    for _ in range(steps):
+        while len(order) < per_step:
+            epoch = list(range(n_pivots))
+            rng.shuffle(epoch)
+            order.extend(epoch)
+        batches.append(order[:per_step])
+        del order[:per_step]
+    return batches
+
+
+def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict], cfg: PivotRLConfig,
+                   out_dir: Path, metrics: MetricsWriter, pad_id: int, progress: bool = True) -> dict:
+    a = cfg.algorithm
+    ckpt, state_file = out_dir / "checkpoint", out_dir / "trainer_state.json"
+    start = 1
+    if state_file.exists():
+        start = json.loads(state_file.read_text())["step"] + 1
+        policy.load(ckpt)
+        synchronizer.sync_weights()
+        log.info("train: resumed from %s at step %d", ckpt, start)
+    batches = pivot_batches(len(pivots), a.prompts_per_step, a.steps, a.seed)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=a.steps, initial=start - 1, desc="pivotrl", unit="step", dynamic_ncols=True)
+    last: dict = {}
+    policy.train()
+    for step in range(start, a.steps + 1):
+        t0 = time.perf_counter()
+        rows = [pivots[i] for i in batches[step - 1]]
+        groups = sampler.sample_and_score(rows, a.group_size, cfg.rollout.sampling, seed=a.seed * 1_000_003 + step)
+        t1 = time.perf_counter()
+        m = grpo_step(policy, groups, a, pad_id, cfg.rollout.sampling.temperature, cfg.loss.impl)
+        t2 = time.perf_counter()
+        synchronizer.sync_weights()
+        t3 = time.perf_counter()
+        cats = Counter(v.category for g in groups for v in g.verdicts)
+        n_cat = sum(cats.values())
+        last = {f"train/{k}": v for k, v in m.items()}
+        last.update({
+            "train/tokens_per_s": m["valid_tokens"] / max(t2 - t1, 1e-9),
+            "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/weight_sync_s": t3 - t2,
+            "train/lr": policy.current_lr(),
+            **{f"verdict/{k}": v / n_cat for k, v in cats.items()},
+        })
+        metrics.log(step, last)
+        if step % a.save_every == 0 or step == a.steps:
+            policy.save(ckpt)
+            atomic_write_json(state_file, {"step": step})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{m['reward_mean']:.3f}", zero_var=f"{m['zero_variance_groups']:.2f}")
+    if bar is not None:
+        bar.close()
+    return last

@@ -1,0 +1,57 @@
+"""One-turn rollouts from pivot rows: render the prefix, sample actions, score them.
+
+Shared by profiling (frozen pi_0), training (current policy) and evaluation, so all three see
+exactly the same prompts and the same verifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config.schema import DataConfig, SamplingConfig
+from ..rollout.base import Completion, RolloutEngine, SamplingParams
+from ..verifiers.base import Verdict, Verifier
+
+
+@dataclass
+class ScoredGroup:
+    """The n sampled actions for one row and their verdicts."""
+
+    row: dict
+    prompt_ids: list[int]
+    completions: list[Completion]
+    verdicts: list[Verdict]
+
+    @property
+    def rewards(self) -> list[float]:
+        return [v.reward for v in self.verdicts]
+
+
+class TurnSampler:
+    """Renders rows once (cached by row id) and samples + scores one-turn actions."""
+
+    def __init__(self, engine: RolloutEngine, tokenizer, data_cfg: DataConfig, verifier: Verifier) -> None:
+        from ..rollout.chat import render_prompt_ids
+
+        self._render = render_prompt_ids
+        self.engine, self.tokenizer, self.data_cfg, self.verifier = engine, tokenizer, data_cfg, verifier
+        self._prompt_cache: dict[str, list[int]] = {}
+
+    def prompt_ids(self, row: dict) -> list[int]:
+        key = row["id"]
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = self._render(row, self.tokenizer, self.data_cfg)
+        return self._prompt_cache[key]
+
+    def sample_and_score(self, rows: list[dict], n: int, sampling: SamplingConfig, seed: int,
+                         temperature: float | None = None) -> list[ScoredGroup]:
+        params = SamplingParams(
+            temperature=sampling.temperature if temperature is None else temperature,
+            top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens, seed=seed)
+        prompts = [self.prompt_ids(r) for r in rows]
+        outs = self.engine.generate(prompts, n, params)
+        groups = []
+        for row, p, comps in zip(rows, prompts, outs):
+            verdicts = [self.verifier.verify(row, c.text) for c in comps]
+            groups.append(ScoredGroup(row, p, comps, verdicts))
+        return groups

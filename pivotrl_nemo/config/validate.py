@@ -1,0 +1,64 @@
+"""Cross-field validation: reject incompatible options at start-up, saying what to change."""
+
+from __future__ import annotations
+
+import os
+
+from .schema import PivotRLConfig
+
+STAGES = ("build", "sft", "extract", "profile", "filter", "train", "eval", "report")
+VERIFIERS = ("bfcl_state", "tool_call_args", "strict")
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        from . import ConfigError
+
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def validate(cfg: PivotRLConfig) -> None:
+    m, d, a = cfg.model, cfg.data, cfg.algorithm
+    _check(m.num_attention_heads % m.num_query_groups == 0, "model.num_query_groups",
+           f"must divide model.num_attention_heads ({m.num_attention_heads})")
+    _check(m.num_experts == 0 or 1 <= m.moe_router_topk <= m.num_experts, "model.moe_router_topk",
+           f"must be in [1, model.num_experts={m.num_experts}]")
+    _check(m.params_dtype in ("float32", "bfloat16"), "model.params_dtype", "use 'float32' or 'bfloat16'")
+    _check(d.source in ("bfcl", "jsonl"), "data.source", "use 'bfcl' or 'jsonl'")
+    _check(d.source != "jsonl" or bool(d.path), "data.path", "data.source=jsonl needs data.path=/path/to/trajectories.jsonl")
+    _check(abs(sum(d.split_fractions.values()) - 1.0) < 1e-6, "data.split_fractions", "fractions must sum to 1")
+    _check(all(v >= 0 for v in d.split_fractions.values()), "data.split_fractions", "fractions must be >= 0")
+    _check(d.tool_schema_style in ("compact", "json"), "data.tool_schema_style", "use 'compact' or 'json'")
+    _check(d.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens <= m.max_position_embeddings,
+           "data.max_prompt_tokens", f"prompt ({d.max_prompt_tokens}) + rollout.sampling.max_new_tokens "
+           f"({cfg.rollout.sampling.max_new_tokens}) exceeds model.max_position_embeddings ({m.max_position_embeddings})")
+    _check(cfg.verifier.name in VERIFIERS, "verifier.name", f"choose one of {list(VERIFIERS)}")
+    _check(cfg.verifier.parallel_mode in ("binary_strict", "f1"), "verifier.parallel_mode", "use 'binary_strict' or 'f1'")
+    _check(cfg.rollout.engine in ("hf", "vllm"), "rollout.engine", "use 'hf' or 'vllm'")
+    _check(cfg.rollout.sampling.temperature >= 0, "rollout.sampling.temperature", "must be >= 0")
+    _check(0 < cfg.rollout.sampling.top_p <= 1, "rollout.sampling.top_p", "must be in (0, 1]")
+    _check(cfg.profile.k >= 2, "profile.k", "needs at least 2 samples for a variance")
+    _check(0 < cfg.filter.lambda_diff <= 1, "filter.lambda_diff", "must be in (0, 1]")
+    _check(a.group_size >= 2, "algorithm.group_size", "GRPO needs at least 2 samples per pivot")
+    _check(a.advantage in ("leave_one_out", "grpo"), "algorithm.advantage", "use 'leave_one_out' or 'grpo'")
+    _check(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip ranges must be >= 0")
+    _check(a.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+    _check(a.micro_batch_size >= 1, "algorithm.micro_batch_size", "must be >= 1")
+    _check(cfg.eval.samples_per_candidate >= 1, "eval.samples_per_candidate", "must be >= 1")
+    _check(cfg.loss.impl in ("torch", "triton"), "loss.impl", "use 'torch' or 'triton'")
+    if cfg.loss.impl == "triton":
+        import torch
+
+        _check(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1", "loss.impl",
+               "'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for slow CPU debugging); use loss.impl=torch on CPU")
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    _check(not unknown, "stages", f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    p = cfg.parallel
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    mp = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+    _check(world % mp == 0, "parallel.tensor_model_parallel_size",
+           f"world size {world} is not divisible by TP x PP = {mp}")
+    _check(m.num_experts == 0 or m.num_experts % p.expert_model_parallel_size == 0, "parallel.expert_model_parallel_size",
+           f"model.num_experts={m.num_experts} is not divisible by EP={p.expert_model_parallel_size}")
+    _check(not (m.num_experts > 0 and p.tensor_model_parallel_size > 1 and not p.sequence_parallel),
+           "parallel.sequence_parallel", "MoE with TP > 1 needs parallel.sequence_parallel=true")

@@ -1,0 +1,173 @@
+"""Pivot-row validation (``pivotrl validate FILE``) and summaries.
+
+Every problem is reported as ``file:line: field: message``; the summary counts rows by action
+type and depth, as NVIDIA's pivot-dataset validator does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..utils.io import DataError, iter_jsonl
+
+MESSAGE_ROLES = ("system", "developer", "user", "assistant")
+
+
+def _validate_input(items: Any) -> list[tuple[str, str]]:
+    base = "responses_create_params.input"
+    if not isinstance(items, list) or not items:
+        return [(base, "missing or empty list")]
+    problems = []
+    pending: dict[str, int] = {}
+    for i, it in enumerate(items):
+        w = f"{base}[{i}]"
+        if not isinstance(it, dict):
+            problems.append((w, "must be an object"))
+            continue
+        kind = it.get("type")
+        if kind == "function_call":
+            if not isinstance(it.get("name"), str):
+                problems.append((f"{w}.name", "missing"))
+            try:
+                if not isinstance(json.loads(it.get("arguments")), dict):
+                    raise ValueError
+            except (TypeError, ValueError):
+                problems.append((f"{w}.arguments", "must be a JSON object encoded as a string"))
+            pending[str(it.get("call_id"))] = i
+        elif kind == "function_call_output":
+            if not isinstance(it.get("output"), str):
+                problems.append((f"{w}.output", "must be a string"))
+            pending.pop(str(it.get("call_id")), None)
+        elif kind in (None, "message"):
+            if it.get("role") not in MESSAGE_ROLES:
+                problems.append((f"{w}.role", f"must be one of {list(MESSAGE_ROLES)}"))
+            if not isinstance(it.get("content"), (str, list)):
+                problems.append((f"{w}.content", "must be a string or a list of content parts"))
+        elif kind != "reasoning":
+            problems.append((f"{w}.type", f"unknown item type {kind!r}"))
+    if isinstance(items[-1], dict) and items[-1].get("type") == "function_call":
+        problems.append((f"{base}[{len(items) - 1}]", "prefix ends with a tool call that has no output "
+                         "(the target action leaked into the prefix?)"))
+    return problems
+
+
+def _validate_expected(exp: Any, tool_names: set[str]) -> list[tuple[str, str]]:
+    if not isinstance(exp, dict):
+        return [("expected_action", "missing or not an object")]
+    kind = exp.get("type")
+    calls: list[tuple[str, Any]] = []
+    if kind == "function_call":
+        calls = [("expected_action", exp)]
+    elif kind == "function_call_batch":
+        if not isinstance(exp.get("calls"), list) or not exp["calls"]:
+            return [("expected_action.calls", "must be a non-empty list")]
+        calls = [(f"expected_action.calls[{i}]", c) for i, c in enumerate(exp["calls"])]
+    elif kind == "message":
+        return [] if isinstance(exp.get("content"), str) else [("expected_action.content", "must be a string")]
+    else:
+        return [("expected_action.type", f"must be function_call, function_call_batch or message, got {kind!r}")]
+    problems = []
+    for w, c in calls:
+        name = c.get("name") if isinstance(c, dict) else None
+        if not isinstance(name, str):
+            problems.append((f"{w}.name", "missing"))
+        elif tool_names and name not in tool_names:
+            problems.append((f"{w}.name", f"{name!r} is not in responses_create_params.tools"))
+        try:
+            if not isinstance(json.loads(c.get("arguments")), dict):
+                raise ValueError
+        except (TypeError, ValueError, AttributeError):
+            problems.append((f"{w}.arguments", "must be a JSON object encoded as a string"))
+    return problems
+
+
+def _validate_profile(p: Any) -> list[tuple[str, str]]:
+    if not isinstance(p, dict):
+        return [("profile", "must be an object")]
+    rewards = p.get("rewards")
+    if not isinstance(rewards, list) or not all(isinstance(r, (int, float)) for r in rewards):
+        return [("profile.rewards", "must be a list of numbers")]
+    problems = []
+    if p.get("k") != len(rewards):
+        problems.append(("profile.k", f"is {p.get('k')!r} but there are {len(rewards)} rewards"))
+    if rewards and abs(float(p.get("mean", -1)) - sum(rewards) / len(rewards)) > 1e-6:
+        problems.append(("profile.mean", "does not equal the mean of profile.rewards"))
+    return problems
+
+
+def validate_pivot_row(row: Any) -> list[tuple[str, str]]:
+    """Every problem of one pivot row as (field, message); empty when valid."""
+    if not isinstance(row, dict):
+        return [("<row>", "must be a JSON object")]
+    problems: list[tuple[str, str]] = []
+    if not isinstance(row.get("id"), str):
+        problems.append(("id", "missing or not a string"))
+    rcp = row.get("responses_create_params")
+    if not isinstance(rcp, dict):
+        return problems + [("responses_create_params", "missing or not an object")]
+    problems += _validate_input(rcp.get("input"))
+    tools = rcp.get("tools", [])
+    names: set[str] = set()
+    if not isinstance(tools, list):
+        problems.append(("responses_create_params.tools", "must be a list"))
+    else:
+        for i, t in enumerate(tools):
+            if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+                problems.append((f"responses_create_params.tools[{i}].name", "missing"))
+            elif t.get("parameters") is None:
+                problems.append((f"responses_create_params.tools[{i}].parameters", "must not be null"))
+            else:
+                names.add(t["name"])
+    problems += _validate_expected(row.get("expected_action"), names)
+    meta = row.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("trajectory_id"), str):
+        problems.append(("metadata.trajectory_id", "missing (needed to split by trajectory)"))
+    if "profile" in row:
+        problems += _validate_profile(row["profile"])
+    return problems
+
+
+@dataclass
+class ValidationReport:
+    rows: int = 0
+    invalid: int = 0
+    problems: list[str] = field(default_factory=list)
+    by_action: Counter = field(default_factory=Counter)
+    by_depth: Counter = field(default_factory=Counter)
+
+    def summary(self) -> dict:
+        return {"rows": self.rows, "invalid": self.invalid, "by_action_type": dict(self.by_action),
+                "depth_histogram": {str(k): v for k, v in sorted(self.by_depth.items())}}
+
+
+def validate_file(path: str) -> ValidationReport:
+    """Check every row of a pivot JSONL file; never stops at the first problem."""
+    rep = ValidationReport()
+    for lineno, row in iter_jsonl(path, yield_errors=True):
+        rep.rows += 1
+        problems = [(row.field, row.message)] if isinstance(row, DataError) else validate_pivot_row(row)
+        if problems:
+            rep.invalid += 1
+            rep.problems.extend(f"{path}:{lineno}: {f}: {m}" for f, m in problems)
+            continue
+        rep.by_action[row["expected_action"]["type"]] += 1
+        rep.by_depth[int(row["metadata"].get("depth", 0))] += 1
+    return rep
+
+
+def load_pivot_rows(path: str, skip_invalid: bool = False) -> tuple[list[dict], int]:
+    """Rows of a pivot file; stops at the first bad row (file:line: field: message) unless
+    ``skip_invalid``, which returns (valid rows, number skipped)."""
+    rows, skipped = [], 0
+    for lineno, row in iter_jsonl(path, yield_errors=True):
+        problems = [(row.field, row.message)] if isinstance(row, DataError) else validate_pivot_row(row)
+        if problems:
+            if not skip_invalid:
+                raise DataError(path, lineno, *problems[0])
+            skipped += 1
+            continue
+        rows.append(row)
+    return rows, skipped

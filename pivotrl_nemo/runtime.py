@@ -1,0 +1,79 @@
+"""Process-level objects every model stage needs: tokenizer, megatron policy, rollout engine.
+
+Built lazily and once per process, so ``pivotrl run`` pays for imports and the tokenizer once.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from .config.schema import OptimConfig, PivotRLConfig
+from .utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def padded_vocab_size(n: int, multiple: int = 128) -> int:
+    """Round the tokenizer size up, as megatron's make_vocab_size_divisible_by does."""
+    return ((n + multiple - 1) // multiple) * multiple
+
+
+class Runtime:
+    def __init__(self, cfg: PivotRLConfig) -> None:
+        self.cfg = cfg
+
+    @cached_property
+    def tokenizer(self):
+        from .rollout.tokenizer import load_tokenizer
+
+        return load_tokenizer(self.cfg.model.tokenizer)
+
+    @cached_property
+    def vocab_size(self) -> int:
+        return padded_vocab_size(len(self.tokenizer))
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @cached_property
+    def stop_ids(self) -> list[int]:
+        from .rollout.tokenizer import end_of_turn_token_ids
+
+        return end_of_turn_token_ids(self.tokenizer)
+
+    @cached_property
+    def verifier(self):
+        from .verifiers.registry import get_verifier
+
+        return get_verifier(self.cfg.verifier)
+
+    def _init_distributed(self) -> None:
+        from .distributed.setup import init_distributed
+
+        init_distributed(self.cfg.parallel, seed=self.cfg.model.seed)
+
+    def new_policy(self, optim: OptimConfig, total_steps: int):
+        """A freshly initialised megatron policy with its optimizer."""
+        self._init_distributed()
+        from .models.megatron.policy import MegatronPolicy
+
+        return MegatronPolicy(self.cfg.model, self.vocab_size, optim, total_steps=total_steps)
+
+    def engine_for(self, policy):
+        """An HF rollout engine holding ``policy``'s current weights, and the synchronizer that
+        refreshes them after every optimizer step."""
+        from .rollout.hf import HFRolloutEngine
+        from .weight_sync.base import InProcessWeightSynchronizer
+        from .weight_sync.hf_mapping import build_hf_model
+
+        hf_model = build_hf_model(self.cfg.model, self.vocab_size, self.tokenizer)
+        engine = HFRolloutEngine(hf_model, self.tokenizer, self.cfg.rollout.batch_size, self.stop_ids)
+        sync = InProcessWeightSynchronizer(policy.model, self.cfg.model, engine)
+        sync.sync_weights()
+        return engine, sync
+
+    def sampler_for(self, engine):
+        from .algorithms.rollouts import TurnSampler
+
+        return TurnSampler(engine, self.tokenizer, self.cfg.data, self.verifier)

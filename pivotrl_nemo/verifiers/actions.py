@@ -1,0 +1,189 @@
+"""Actions: what an assistant turn does, parsed from untrusted text and rendered for training.
+
+The text format the policy is trained to emit (and that ``render_action`` produces) is one
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` block per call, several blocks for
+parallel calls, and plain text for a message. The parser also accepts a bare JSON call object or
+list, and Python call syntax (``mv(source='a', destination='b')``, BFCL's native format), which
+is read with ``ast`` and literals only. Nothing is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ActionKind = Literal["function_call", "function_call_batch", "message", "unparseable"]
+
+TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+_MAX_TEXT = 20_000  # completions longer than this are not parsed (bounded verifier time)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call. ``arguments`` is the decoded dict, or None when ``raw_arguments`` is not JSON."""
+
+    name: str
+    arguments: dict[str, Any] | None
+    raw_arguments: str
+
+    def arguments_json(self) -> str:
+        return json.dumps(self.arguments if self.arguments is not None else {}, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    calls: tuple[ToolCall, ...] = field(default_factory=tuple)
+    content: str = ""
+    error: str = ""
+
+    @property
+    def is_call(self) -> bool:
+        return self.kind in ("function_call", "function_call_batch")
+
+
+def _calls_action(calls: list[ToolCall]) -> Action:
+    if not calls:
+        return Action("unparseable", error="no calls")
+    return Action("function_call" if len(calls) == 1 else "function_call_batch", tuple(calls))
+
+
+def make_call(name: str, arguments: Any) -> ToolCall:
+    """Build a ToolCall from a name and arguments given as a dict or a JSON string."""
+    if isinstance(arguments, str):
+        raw = arguments
+        try:
+            decoded = json.loads(arguments)
+        except json.JSONDecodeError:
+            return ToolCall(name, None, raw)
+        return ToolCall(name, decoded if isinstance(decoded, dict) else None, raw)
+    if isinstance(arguments, dict):
+        return ToolCall(name, arguments, json.dumps(arguments, ensure_ascii=False))
+    return ToolCall(name, None, repr(arguments))
+
+
+def _call_from_obj(obj: Any) -> ToolCall | None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    return make_call(obj["name"], args)
+
+
+def _parse_json_calls(text: str) -> list[ToolCall] | None:
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    items = obj if isinstance(obj, list) else [obj]
+    calls = [_call_from_obj(o) for o in items]
+    if not calls or any(c is None for c in calls):
+        return None
+    return calls  # type: ignore[return-value]
+
+
+def _literal(node: ast.AST) -> Any:
+    # ast.literal_eval accepts only literals (strings, numbers, tuples, lists, dicts, sets,
+    # booleans, None): never names, calls or attribute access.
+    return ast.literal_eval(node)
+
+
+def parse_python_calls(text: str) -> list[ToolCall] | None:
+    """Parse ``f(a=1)`` or ``[f(a=1), g(b='x')]`` with keyword literal arguments only."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    nodes = tree.body.elts if isinstance(tree.body, (ast.List, ast.Tuple)) else [tree.body]
+    calls = []
+    for node in nodes:
+        if not isinstance(node, ast.Call) or node.args:
+            return None
+        func = node.func
+        if isinstance(func, ast.Name):
+            name = func.id
+        elif isinstance(func, ast.Attribute):
+            name = func.attr
+        else:
+            return None
+        try:
+            args = {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg is not None}
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            return None
+        if len(args) != len(node.keywords):
+            return None
+        try:  # sets, bytes and complex numbers are literals but not JSON: not a valid call
+            raw = json.dumps(args, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            return None
+        calls.append(ToolCall(name, json.loads(raw), raw))
+    return calls or None
+
+
+def parse_completion(text: str) -> Action:
+    """Parse untrusted model text into an Action. Never raises."""
+    if not isinstance(text, str):
+        return Action("unparseable", error="completion is not text")
+    if len(text) > _MAX_TEXT:
+        return Action("unparseable", error=f"completion longer than {_MAX_TEXT} characters")
+    stripped = text.strip()
+    if not stripped:
+        return Action("unparseable", error="empty completion")
+    if "<tool_call>" in stripped:
+        calls: list[ToolCall] = []
+        for block in TOOL_CALL_RE.findall(stripped):
+            parsed = _parse_json_calls(block.strip())
+            if parsed is None:
+                return Action("unparseable", error=f"tool_call block is not a JSON call: {block.strip()[:80]!r}")
+            calls.extend(parsed)
+        return _calls_action(calls)
+    if stripped[0] in "[{":
+        parsed = _parse_json_calls(stripped)
+        if parsed is not None:
+            return _calls_action(parsed)
+    if re.match(r"^\[?\s*[A-Za-z_][\w.]*\(", stripped) and stripped.rstrip().endswith((")", "]")):
+        parsed = parse_python_calls(stripped)
+        if parsed is not None:
+            return _calls_action(parsed)
+    return Action("message", content=stripped)
+
+
+def action_from_expected(expected: dict[str, Any]) -> Action:
+    """The Action a pivot row's ``expected_action`` describes."""
+    kind = expected.get("type")
+    if kind == "function_call":
+        return Action("function_call", (make_call(expected["name"], expected["arguments"]),))
+    if kind == "function_call_batch":
+        return _calls_action([make_call(c["name"], c["arguments"]) for c in expected["calls"]])
+    if kind == "message":
+        return Action("message", content=str(expected.get("content", "")))
+    raise ValueError(f"unknown expected_action type {kind!r}")
+
+
+def expected_from_action(action: Action) -> dict[str, Any]:
+    """Inverse of ``action_from_expected`` (arguments as JSON strings, as in NVIDIA's rows)."""
+    if action.kind == "function_call":
+        c = action.calls[0]
+        return {"type": "function_call", "name": c.name, "arguments": c.arguments_json()}
+    if action.kind == "function_call_batch":
+        return {
+            "type": "function_call_batch",
+            "calls": [{"name": c.name, "arguments": c.arguments_json()} for c in action.calls],
+        }
+    if action.kind == "message":
+        return {"type": "message", "content": action.content}
+    raise ValueError("an unparseable action has no expected form")
+
+
+def render_action(action: Action) -> str:
+    """The text the policy is trained to emit for an action (parsed back by parse_completion)."""
+    if action.kind == "message":
+        return action.content
+    if not action.is_call:
+        raise ValueError("cannot render an unparseable action")
+    return "\n".join(
+        "<tool_call>" + json.dumps({"name": c.name, "arguments": c.arguments or {}}, ensure_ascii=False) + "</tool_call>"
+        for c in action.calls
+    )
