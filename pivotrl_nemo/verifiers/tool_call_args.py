@@ -1,0 +1,257 @@
+"""``tool_call_args``: the paper's single-step argument-comparison verifier (method reference 5.1).
+
+Decision order for an expected ``function_call``: the tool name must match, the predicted
+arguments must decode as a JSON object, then the decoded arguments are compared recursively and
+type-aware:
+
+- types must be identical (``5`` vs ``5.0`` fails; ``True`` is not ``1``);
+- dicts: equal key sets, then each value; lists: equal length, elements in order;
+- floats: ``|a - b| <= float_tolerance``;
+- strings with fewer than 2 whitespace-separated words on either side: exact equality;
+- longer strings: lower-cased multiset word overlap ``|A & B| / (|A| + |B|) >=
+  word_overlap_threshold`` (identical strings score exactly 0.5);
+- anything else (bool, int, null): plain equality.
+
+An expected ``message`` is matched by any message (content not compared) and failed by any call;
+an expected call is failed by a message. Several calls (``function_call_batch`` on either side)
+are matched as unordered multisets by maximum bipartite matching (Kuhn's algorithm), an edge
+meaning the pair passes the single-call comparison. ``parallel_mode='binary_strict'``: reward 1
+iff the call counts are equal and every expected call is matched; ``'f1'``: reward
+``2 * matched / (expected + predicted)``. Unlike Gym, surplus calls are never free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from pivotrl_nemo.verifiers.actions import Action, ToolCall, action_from_expected, parse_completion
+from pivotrl_nemo.verifiers.base import Category, Verdict, fail, ok
+
+_MAX_DEPTH = 64  # argument nesting deeper than this fails (bounded time, no RecursionError)
+PARALLEL_MODES = ("binary_strict", "f1")
+
+
+# ---------------------------------------------------------------------------------- shared helpers
+
+
+def row_tool_names(row: dict[str, Any]) -> set[str]:
+    """Tool names a pivot row offers (Responses format ``{name}`` or chat format ``{function: {name}}``)."""
+    names: set[str] = set()
+    for tool in (row.get("responses_create_params") or {}).get("tools") or []:
+        if not isinstance(tool, dict):
+            continue
+        fn = tool.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else tool.get("name")
+        if isinstance(name, str):
+            names.add(name)
+    return names
+
+
+def expected_action(row: dict[str, Any]) -> Action:
+    """The row's expected action (raises ValueError on a malformed row: a data error, not the model's)."""
+    try:
+        return action_from_expected(row["expected_action"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"row {row.get('id')!r} has a malformed expected_action: {e}") from e
+
+
+def decide_kind(expected: Action, action: Action) -> Verdict | None:
+    """The verdict when parse failure or message-vs-call decides it alone, else None."""
+    if action.kind == "unparseable":
+        return fail(Category.UNPARSEABLE, action.error)
+    if expected.kind == "message":
+        if action.kind == "message":
+            return ok("message expected and given (content not compared)")
+        return fail(Category.MESSAGE_EXPECTED, f"called {', '.join(c.name for c in action.calls)}")
+    if action.kind == "message":
+        return fail(Category.CALL_EXPECTED, f"expected a call to {', '.join(c.name for c in expected.calls)}")
+    return None
+
+
+def json_normalised(args: dict[str, Any]) -> Any:
+    """Arguments as JSON would give them back (tuples -> lists, non-string keys -> strings)."""
+    return json.loads(json.dumps(args, ensure_ascii=False))
+
+
+# ---------------------------------------------------------------------------------- values
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict", type(None): "null"}.get(
+        type(v), type(v).__name__
+    )
+
+
+def word_overlap(a: str, b: str) -> float:
+    """``|multiset(A) & multiset(B)| / (|A| + |B|)`` over lower-cased whitespace words."""
+    wa, wb = Counter(a.strip().lower().split()), Counter(b.strip().lower().split())
+    total = sum(wa.values()) + sum(wb.values())
+    return sum((wa & wb).values()) / total if total else 0.0
+
+
+def compare_values(
+    pred: Any, exp: Any, path: str, float_tolerance: float, word_overlap_threshold: float, depth: int = 0
+) -> tuple[str, str] | None:
+    """None when ``pred`` matches ``exp``, else ``(category, detail naming the argument path)``."""
+    if depth > _MAX_DEPTH:
+        return Category.WRONG_ARGS, f"{path}: nested deeper than {_MAX_DEPTH}"
+    if type(pred) is not type(exp):
+        return Category.WRONG_ARG_TYPE, f"{path}: {_type_name(pred)} where {_type_name(exp)} expected"
+    if isinstance(exp, dict):
+        if set(pred) != set(exp):
+            missing, extra = sorted(set(exp) - set(pred)), sorted(set(pred) - set(exp))
+            return Category.WRONG_ARG_KEYS, f"{path}: missing keys {missing}, unexpected keys {extra}"
+        for key in sorted(exp):
+            sub = f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]"
+            bad = compare_values(pred[key], exp[key], sub, float_tolerance, word_overlap_threshold, depth + 1)
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(exp, list):
+        if len(pred) != len(exp):
+            return Category.WRONG_ARGS, f"{path}: list of {len(pred)} items where {len(exp)} expected"
+        for i, (p, e) in enumerate(zip(pred, exp)):
+            bad = compare_values(p, e, f"{path}[{i}]", float_tolerance, word_overlap_threshold, depth + 1)
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(exp, float):
+        if math.isfinite(exp) and math.isfinite(pred) and abs(pred - exp) <= float_tolerance:
+            return None
+        if exp == pred:  # equal infinities
+            return None
+        return Category.WRONG_ARGS, f"{path}: {pred!r} != {exp!r}"
+    if isinstance(exp, str):
+        if len(pred.split()) < 2 or len(exp.split()) < 2:
+            if pred == exp:
+                return None
+            return Category.WRONG_ARGS, f"{path}: {_clip(pred)} != {_clip(exp)}"
+        overlap = word_overlap(pred, exp)
+        if overlap >= word_overlap_threshold:
+            return None
+        return Category.WRONG_ARGS, f"{path}: word overlap {overlap:.3f} < {word_overlap_threshold}"
+    if pred == exp:
+        return None
+    return Category.WRONG_ARGS, f"{path}: {_clip(pred)} != {_clip(exp)}"
+
+
+def _clip(v: Any, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------- calls
+
+
+def compare_call(pred: ToolCall, exp: ToolCall, float_tolerance: float = 1e-6, word_overlap_threshold: float = 0.1) -> Verdict:
+    """The single-call comparison: name, JSON decode, then the recursive argument comparison."""
+    if pred.name != exp.name:
+        return fail(Category.WRONG_TOOL, f"called {pred.name!r}, expected {exp.name!r}")
+    if pred.arguments is None:
+        return fail(Category.BAD_ARGUMENTS_JSON, f"{pred.name}: arguments do not decode as a JSON object")
+    if exp.arguments is None:
+        raise ValueError(f"expected arguments of {exp.name} are not a JSON object: {exp.raw_arguments[:80]!r}")
+    try:
+        bad = compare_values(
+            json_normalised(pred.arguments), json_normalised(exp.arguments), "args", float_tolerance, word_overlap_threshold
+        )
+    except (RecursionError, ValueError, TypeError) as e:
+        return fail(Category.WRONG_ARGS, f"{pred.name}: arguments not comparable ({type(e).__name__})")
+    if bad is None:
+        return ok(pred.name)
+    return fail(bad[0], f"{pred.name}: {bad[1]}")
+
+
+def maximum_matching(candidates: Sequence[Sequence[int]]) -> dict[int, int]:
+    """Kuhn's algorithm. ``candidates[e]`` lists predicted indices expected call ``e`` matches;
+    returns predicted index -> expected index for a maximum matching."""
+    matching: dict[int, int] = {}
+
+    def augment(e: int, seen: set[int]) -> bool:
+        for p in candidates[e]:
+            if p in seen:
+                continue
+            seen.add(p)
+            if p not in matching or augment(matching[p], seen):
+                matching[p] = e
+                return True
+        return False
+
+    # most constrained expected calls first keeps augmenting paths short
+    for e in sorted(range(len(candidates)), key=lambda i: (len(candidates[i]), i)):
+        augment(e, set())
+    return matching
+
+
+def compare_calls(
+    preds: Sequence[ToolCall],
+    exps: Sequence[ToolCall],
+    float_tolerance: float = 1e-6,
+    word_overlap_threshold: float = 0.1,
+    parallel_mode: str = "binary_strict",
+) -> Verdict:
+    """Compare predicted calls with expected calls as unordered multisets (see module doc)."""
+    if parallel_mode not in PARALLEL_MODES:
+        raise ValueError(f"unknown parallel_mode {parallel_mode!r}; choices: {list(PARALLEL_MODES)}")
+    if len(preds) == 1 and len(exps) == 1:
+        return compare_call(preds[0], exps[0], float_tolerance, word_overlap_threshold)
+    if parallel_mode == "binary_strict" and len(preds) != len(exps):
+        return fail(Category.WRONG_CALL_COUNT, f"{len(preds)} calls where {len(exps)} expected")
+    candidates: list[list[int]] = []
+    first_failure: list[Verdict | None] = []
+    for exp in exps:
+        row, failure = [], None
+        for j, pred in enumerate(preds):
+            v = compare_call(pred, exp, float_tolerance, word_overlap_threshold)
+            if v.passed:
+                row.append(j)
+            elif failure is None or (failure.category == Category.WRONG_TOOL and v.category != Category.WRONG_TOOL):
+                failure = v  # the first reason past the tool name explains the closest near miss
+        candidates.append(row)
+        first_failure.append(failure)
+    matching = maximum_matching(candidates)
+    matched = len(matching)
+    if parallel_mode == "f1":
+        reward = 2 * matched / (len(exps) + len(preds)) if (exps or preds) else 0.0
+    else:
+        reward = 1.0 if matched == len(exps) else 0.0
+    detail = f"matched {matched} of {len(exps)} expected calls with {len(preds)} predicted"
+    if reward >= 1.0:
+        return ok(detail)
+    matched_exps = set(matching.values())
+    unmatched = [i for i in range(len(exps)) if i not in matched_exps]
+    if not unmatched or matched == len(preds):
+        return Verdict(reward, Category.WRONG_CALL_COUNT, detail)
+    near = first_failure[unmatched[0]]
+    category = near.category if near is not None else Category.WRONG_TOOL
+    return Verdict(reward, category, f"{detail}; expected call {unmatched[0]}: {near.detail if near else 'no candidate'}")
+
+
+class ToolCallArgsVerifier:
+    """Argument-comparison verifier (Gym's ``single_step_tool_use_with_argument_comparison``)."""
+
+    name = "tool_call_args"
+
+    def __init__(self, word_overlap_threshold: float = 0.1, float_tolerance: float = 1e-6, parallel_mode: str = "binary_strict"):
+        if parallel_mode not in PARALLEL_MODES:
+            raise ValueError(f"unknown parallel_mode {parallel_mode!r}; choices: {list(PARALLEL_MODES)}")
+        self.word_overlap_threshold = word_overlap_threshold
+        self.float_tolerance = float_tolerance
+        self.parallel_mode = parallel_mode
+
+    def verify(self, row: dict[str, Any], completion: str) -> Verdict:
+        expected = expected_action(row)
+        action = parse_completion(completion)
+        decided = decide_kind(expected, action)
+        if decided is not None:
+            return decided
+        tools = row_tool_names(row)
+        if len(action.calls) == 1 and len(expected.calls) == 1:
+            call = action.calls[0]
+            if tools and call.name != expected.calls[0].name and call.name not in tools:
+                return fail(Category.UNKNOWN_TOOL, f"{call.name[:80]!r} is not among the row's tools")
+        return compare_calls(action.calls, expected.calls, self.float_tolerance, self.word_overlap_threshold, self.parallel_mode)
