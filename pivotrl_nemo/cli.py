@@ -68,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stderr.write(f"error: unknown command {cmd!r}\n{USAGE}")
         return 2
-    for s in stages:
-        runner.run(s, STAGE_FUNCS[s], force=force and cmd != "run")
+    from .utils.preemption import PREEMPTED_EXIT_CODE, Preempted
+
+    try:
+        for s in stages:
+            runner.run(s, STAGE_FUNCS[s], force=force and cmd != "run")
+    except Preempted as e:
+        log.warning("%s", e)
+        return PREEMPTED_EXIT_CODE
     if "report" in stages:
         log.info("report: %s", Path(cfg.run_dir) / "report.md")
     return 0

@@ -2,7 +2,9 @@
 
 Synchronous and colocated: one optimizer step per rollout batch, so pi_old is the policy that
 sampled. The batch order is a pure function of (seed, step), so a run resumed from its last
-checkpoint sees exactly the batches it would have seen.
+checkpoint sees exactly the batches it would have seen. On SIGTERM (Slurm preemption or time
+limit) the loop finishes the current step, checkpoints, writes ``PREEMPTED`` and raises
+``Preempted``; re-running the same command resumes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..config.schema import PivotRLConfig
 from ..utils.io import atomic_write_json
 from ..utils.logging import get_logger
 from ..utils.metrics import MetricsWriter
+from ..utils.preemption import Preempted, PreemptionGuard
 from .grpo_step import grpo_step
 from .rollouts import TurnSampler
 
@@ -38,6 +41,18 @@ def pivot_batches(n_pivots: int, per_step: int, steps: int, seed: int) -> list[l
     return batches
 
 
+def _step_metrics(m: dict, groups, t0: float, t1: float, t2: float, t3: float, lr: float) -> dict:
+    cats = Counter(v.category for g in groups for v in g.verdicts)
+    n_cat = max(sum(cats.values()), 1)
+    out = {f"train/{k}": v for k, v in m.items()}
+    out.update({
+        "train/tokens_per_s": m["valid_tokens"] / max(t2 - t1, 1e-9),
+        "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/weight_sync_s": t3 - t2, "train/lr": lr,
+        **{f"verdict/{k}": v / n_cat for k, v in cats.items()},
+    })
+    return out
+
+
 def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict], cfg: PivotRLConfig,
                    out_dir: Path, metrics: MetricsWriter, pad_id: int, progress: bool = True) -> dict:
     a = cfg.algorithm
@@ -56,31 +71,27 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
         bar = tqdm(total=a.steps, initial=start - 1, desc="pivotrl", unit="step", dynamic_ncols=True)
     last: dict = {}
     policy.train()
-    for step in range(start, a.steps + 1):
-        t0 = time.perf_counter()
-        rows = [pivots[i] for i in batches[step - 1]]
-        groups = sampler.sample_and_score(rows, a.group_size, cfg.rollout.sampling, seed=a.seed * 1_000_003 + step)
-        t1 = time.perf_counter()
-        m = grpo_step(policy, groups, a, pad_id, cfg.rollout.sampling.temperature, cfg.loss.impl)
-        t2 = time.perf_counter()
-        synchronizer.sync_weights()
-        t3 = time.perf_counter()
-        cats = Counter(v.category for g in groups for v in g.verdicts)
-        n_cat = sum(cats.values())
-        last = {f"train/{k}": v for k, v in m.items()}
-        last.update({
-            "train/tokens_per_s": m["valid_tokens"] / max(t2 - t1, 1e-9),
-            "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/weight_sync_s": t3 - t2,
-            "train/lr": policy.current_lr(),
-            **{f"verdict/{k}": v / n_cat for k, v in cats.items()},
-        })
-        metrics.log(step, last)
-        if step % a.save_every == 0 or step == a.steps:
-            policy.save(ckpt)
-            atomic_write_json(state_file, {"step": step})
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{m['reward_mean']:.3f}", zero_var=f"{m['zero_variance_groups']:.2f}")
+    with PreemptionGuard() as guard:
+        for step in range(start, a.steps + 1):
+            t0 = time.perf_counter()
+            rows = [pivots[i] for i in batches[step - 1]]
+            groups = sampler.sample_and_score(rows, a.group_size, cfg.rollout.sampling, seed=a.seed * 1_000_003 + step)
+            t1 = time.perf_counter()
+            m = grpo_step(policy, groups, a, pad_id, cfg.rollout.sampling.temperature, cfg.loss.impl)
+            t2 = time.perf_counter()
+            synchronizer.sync_weights()
+            last = _step_metrics(m, groups, t0, t1, t2, time.perf_counter(), policy.current_lr())
+            metrics.log(step, last)
+            if step % a.save_every == 0 or step == a.steps or guard.requested:
+                policy.save(ckpt)
+                atomic_write_json(state_file, {"step": step})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{m['reward_mean']:.3f}", zero_var=f"{m['zero_variance_groups']:.2f}")
+            if guard.requested and step < a.steps:
+                (out_dir / "PREEMPTED").write_text(f"{step}\n")
+                raise Preempted(f"checkpoint saved at step {step} after SIGTERM; re-run the same command to resume")
     if bar is not None:
         bar.close()
+    (out_dir / "PREEMPTED").unlink(missing_ok=True)
     return last
