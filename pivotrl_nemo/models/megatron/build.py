@@ -1,0 +1,179 @@
+"""Build the trained policy: a Qwen3-MoE-like megatron-core ``GPTModel`` on the local layer spec.
+
+Architecture (matching ``transformers``' Qwen3-MoE / Qwen3 so the HF twin in
+``weight_sync.hf_mapping`` computes the same function): pre-norm RMSNorm, GQA self-attention
+with per-head RMSNorm on queries and keys (qk layernorm), rotary embeddings (non-interleaved,
+base ``cfg.rotary_base``), no linear biases, SwiGLU MLPs; every layer's MLP is an MoE with
+``cfg.num_experts`` routed experts (0 builds a dense model). Routing is softmax top-k with the
+top-k probabilities renormalised, which megatron computes as a softmax over the top-k logits
+(``moe_router_pre_softmax=False``); Qwen3-MoE's ``norm_topk_prob=True`` is the same function.
+
+The local spec (no Transformer Engine) runs on CPU and GPU; the TE spec can replace it on GPU
+without changing parameter names that matter to ``hf_mapping``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pivotrl_nemo.config.schema import ModelConfig, ParallelConfig
+from pivotrl_nemo.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def params_dtype(cfg: ModelConfig) -> torch.dtype:
+    """``cfg.params_dtype`` as a torch dtype (rejects unknown names with the accepted ones)."""
+    if cfg.params_dtype not in _DTYPES:
+        raise ValueError(f"model.params_dtype={cfg.params_dtype!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[cfg.params_dtype]
+
+
+def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None) -> Any:
+    """The megatron ``TransformerConfig`` for ``cfg`` under the ``parallel`` layout."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    parallel = parallel or ParallelConfig()
+    if cfg.num_attention_heads % cfg.num_query_groups != 0:
+        raise ValueError(
+            f"model.num_attention_heads={cfg.num_attention_heads} is not a multiple of "
+            f"model.num_query_groups={cfg.num_query_groups}"
+        )
+    dtype = params_dtype(cfg)
+    moe = cfg.num_experts > 0
+    if moe and not 0 < cfg.moe_router_topk <= cfg.num_experts:
+        raise ValueError(f"model.moe_router_topk={cfg.moe_router_topk} must be in [1, num_experts={cfg.num_experts}]")
+    moe_kwargs: dict[str, Any] = {}
+    if moe:
+        moe_kwargs = dict(
+            num_moe_experts=cfg.num_experts,
+            moe_ffn_hidden_size=cfg.moe_ffn_hidden_size,
+            moe_router_topk=cfg.moe_router_topk,
+            moe_router_score_function="softmax",
+            # False: top-k over logits, then softmax over the k logits == Qwen3-MoE's softmax over
+            # all experts, top-k, renormalise (norm_topk_prob=True).
+            moe_router_pre_softmax=False,
+            moe_router_load_balancing_type="aux_loss" if cfg.moe_aux_loss_coeff > 0 else "none",
+            moe_aux_loss_coeff=cfg.moe_aux_loss_coeff,
+            moe_router_dtype="fp32",
+            moe_grouped_gemm=False,
+            moe_token_dispatcher_type="alltoall",
+            moe_permute_fusion=False,
+            moe_router_fusion=False,
+        )
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        kv_channels=cfg.head_dim,
+        ffn_hidden_size=cfg.ffn_hidden_size if not moe else cfg.moe_ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.norm_epsilon,
+        qk_layernorm=True,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=cfg.init_method_std,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        expert_model_parallel_size=parallel.expert_model_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        **moe_kwargs,
+    )
+
+
+def layer_spec(cfg: ModelConfig) -> Any:
+    """The megatron-core local layer spec: RMSNorm, qk layernorm, SequentialMLP experts."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    return get_gpt_layer_local_spec(
+        num_experts=cfg.num_experts if cfg.num_experts > 0 else None,
+        moe_grouped_gemm=False,
+        qk_layernorm=True,
+        normalization="RMSNorm",
+    )
+
+
+def router_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The MoE router weights of ``model`` (``...mlp.router.weight``), by name."""
+    return [(n, p) for n, p in model.named_parameters() if ".mlp.router." in n]
+
+
+def freeze_router(model: torch.nn.Module) -> int:
+    """Stop gradients to the MoE routers (call before wrapping in DDP); returns how many tensors."""
+    params = router_parameters(model)
+    for _, p in params:
+        p.requires_grad_(False)
+    return len(params)
+
+
+def build_gpt_model(
+    cfg: ModelConfig,
+    vocab_size: int,
+    parallel: ParallelConfig | None = None,
+    pg_collection: Any = None,
+    pre_process: bool = True,
+    post_process: bool = True,
+) -> Any:
+    """A megatron-core ``GPTModel`` for ``cfg`` (weights initialised from ``cfg.seed``).
+
+    Requires ``distributed.setup.init_distributed`` first; ``pg_collection`` defaults to the
+    process groups it initialized (``parallel_state``). Re-seeds torch and the
+    model-parallel RNG tracker with ``cfg.seed`` so the init does not depend on prior RNG use.
+    ``pre_process``/``post_process`` select the pipeline stage's embedding / output layer.
+    Freezes the routers when ``cfg.moe_router_freeze``.
+    """
+    from megatron.core.models.gpt import GPTModel
+
+    from pivotrl_nemo.distributed.setup import seed_everything
+
+    config = transformer_config(cfg, parallel)
+    if pg_collection is None:
+        from megatron.core.process_groups_config import ProcessGroupCollection
+
+        pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+    seed_everything(cfg.seed)
+    rotary_base = int(cfg.rotary_base) if float(cfg.rotary_base).is_integer() else cfg.rotary_base
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(cfg),
+        vocab_size=vocab_size,
+        max_sequence_length=cfg.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=False,
+        share_embeddings_and_output_weights=cfg.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_percent=1.0,
+        rotary_base=rotary_base,
+        pg_collection=pg_collection,
+    )
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    if cfg.moe_router_freeze:
+        n = freeze_router(model)
+        logger.info("froze %d MoE router weight tensors", n)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("built %s: %d layers, hidden %d, %d experts top-%d, vocab %d, %.2fM parameters",
+                cfg.name, cfg.num_layers, cfg.hidden_size, cfg.num_experts, cfg.moe_router_topk,
+                vocab_size, n_params / 1e6)
+    return model

@@ -1,0 +1,355 @@
+"""The trained policy: a megatron-core GPTModel, megatron DDP, megatron's optimizer, an LR schedule.
+
+Lifecycle (one optimizer step):
+
+    policy.zero_grad()
+    for micro_batch in batch:                       # gradients accumulate in megatron's buffers
+        logits = policy.forward_logits(ids)          # or hidden_and_output_weight(ids) + fused kernel
+        loss = ...                                   # normalised by the global valid-token count
+        loss.backward()
+    grad_norm = policy.optimizer_step()              # DP grad sync, LR schedule, clip, Adam update
+
+Megatron's own stack runs on the CPU too: ``DistributedDataParallel`` (contiguous grad buffers,
+``param.main_grad``) and ``get_megatron_optimizer`` with the non-distributed optimizer (plain
+torch AdamW underneath when Transformer Engine / Apex are absent). Calls with a literal
+``device='cuda'`` inside megatron run under ``cpu_compat.cuda_to_cpu()`` (a no-op with CUDA).
+The LR follows megatron's ``OptimizerParamScheduler``: linear warm-up from 0 over
+``warmup_steps`` optimizer steps (step k, 0-based, uses ``lr * (k+1) / warmup_steps``), then
+constant.
+
+Data parallelism: megatron DDP *averages* gradients over data-parallel ranks
+(``calculate_per_token_loss=False``); with more than one DP rank a loss normalised by the global
+token count must be multiplied by the DP size (or the config switched to per-token loss).
+
+Checkpoints here are ``torch.save`` files (single rank); megatron dist checkpoints come with
+TP/PP/EP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig
+from pivotrl_nemo.distributed.cpu_compat import cuda_to_cpu
+from pivotrl_nemo.models.megatron.build import build_gpt_model, router_parameters
+from pivotrl_nemo.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+CHECKPOINT_FILE = "policy.pt"
+"""The file inside a ``MegatronPolicy.save`` directory."""
+
+
+def default_position_ids(input_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, S]`` positions 0..S-1 (right-padded batches: pads only follow valid tokens)."""
+    b, s = input_ids.shape
+    return torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
+
+
+def _hidden_and_weight(*, hidden_states: torch.Tensor, output_layer: Any, output_weight: Any, **_: Any):
+    """GPTModel ``output_processor``: final hidden states [B, S, H] and the output weight [V, H]."""
+    weight = output_weight if output_weight is not None else output_layer.weight
+    return hidden_states.transpose(0, 1).contiguous(), weight
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class MegatronPolicy:
+    """A GPTModel wrapped in megatron DDP, with megatron's optimizer and LR schedule.
+
+    Requires ``distributed.setup.init_distributed`` first. ``vocab_size`` is the tokenizer's
+    (padded if TP needs it). ``total_steps`` (optional) is the planned number of optimizer steps,
+    used to check the warm-up fits. ``freeze_router`` (default ``model_cfg.moe_router_freeze``)
+    keeps the MoE routers out of DDP and the optimizer. See the module docstring for the step
+    lifecycle. Attributes: ``gpt`` (the bare GPTModel), ``model`` (its DDP wrapper, what
+    ``weight_sync`` reads), ``optimizer``, ``scheduler``, ``step_count``.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        vocab_size: int,
+        optim_cfg: OptimConfig,
+        total_steps: int | None = None,
+        parallel: ParallelConfig | None = None,
+        pg_collection: Any = None,
+        freeze_router: bool | None = None,
+    ) -> None:
+        self.model_cfg = model_cfg
+        self.optim_cfg = optim_cfg
+        self.vocab_size = vocab_size
+        self.total_steps = total_steps
+        self.parallel = parallel or ParallelConfig()
+        self.pg_collection = pg_collection
+        if total_steps is not None and 0 < total_steps <= optim_cfg.warmup_steps:
+            logger.warning("warmup_steps=%d >= total_steps=%d: the LR never reaches its peak %g",
+                           optim_cfg.warmup_steps, total_steps, optim_cfg.lr)
+        freeze = model_cfg.moe_router_freeze if freeze_router is None else freeze_router
+        cfg = dataclasses.replace(model_cfg, moe_router_freeze=freeze)
+        self._wrap(build_gpt_model(cfg, vocab_size, self.parallel, pg_collection=pg_collection))
+        self.step_count = 0
+        """Optimizer steps taken (restored by ``load``)."""
+
+    # ----------------------------------------------------------------------- construction
+
+    def _wrap(self, gpt: Any) -> None:
+        """Wrap ``gpt`` in megatron DDP and build the optimizer and LR schedule over its trainable params."""
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+        self.gpt = gpt
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=False,
+            check_for_nan_in_grad=False,
+        )
+        with cuda_to_cpu():
+            self.model = DistributedDataParallel(
+                config=self.gpt.config, ddp_config=ddp_config, module=self.gpt,
+                pg_collection=getattr(self.gpt, "pg_collection", self.pg_collection),
+            )
+            self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler()
+
+    def freeze_router(self) -> None:
+        """Freeze the MoE routers of a policy built without ``freeze_router``.
+
+        Only before the first optimizer step (the optimizer is rebuilt without the routers; its
+        state would be lost): a fresh GPTModel with frozen routers takes over the current weights,
+        because megatron DDP's gradient hooks on the old parameters cannot be removed. Prefer
+        ``MegatronPolicy(..., freeze_router=True)``, which avoids the second model. References to
+        ``policy.model``/``policy.gpt`` taken before this call are stale afterwards.
+        """
+        if not router_parameters(self.gpt):
+            return
+        if all(not p.requires_grad for _, p in router_parameters(self.gpt)):
+            return
+        if self.step_count > 0:
+            raise RuntimeError("freeze_router() after an optimizer step would drop the optimizer state; "
+                               "construct MegatronPolicy(..., freeze_router=True) instead")
+        weights = self.gpt.state_dict()
+        cfg = dataclasses.replace(self.model_cfg, moe_router_freeze=True)
+        gpt = build_gpt_model(cfg, self.vocab_size, self.parallel, pg_collection=self.pg_collection)
+        gpt.load_state_dict(weights, strict=True)
+        gpt.train(self.gpt.training)
+        self._wrap(gpt)
+
+    def _build_optimizer(self) -> Any:
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        o = self.optim_cfg
+        dtype = self.gpt.config.params_dtype
+        config = OptimizerConfig(
+            optimizer="adam",
+            lr=o.lr,
+            min_lr=o.lr,
+            weight_decay=o.weight_decay,
+            adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2,
+            adam_eps=o.adam_eps,
+            clip_grad=o.clip_grad,
+            bf16=dtype == torch.bfloat16,
+            fp16=dtype == torch.float16,
+            params_dtype=dtype,
+            use_distributed_optimizer=False,
+        )
+        return get_megatron_optimizer(config, [self.model])
+
+    def _build_scheduler(self) -> Any:
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        o = self.optim_cfg
+        return OptimizerParamScheduler(
+            self.optimizer,
+            init_lr=0.0 if o.warmup_steps > 0 else o.lr,
+            max_lr=o.lr,
+            min_lr=o.lr,
+            lr_warmup_steps=o.warmup_steps,
+            lr_decay_steps=max(o.warmup_steps + 1, self.total_steps or 0),
+            lr_decay_style="constant",
+            start_wd=o.weight_decay,
+            end_wd=o.weight_decay,
+            wd_incr_steps=1,
+            wd_incr_style="constant",
+        )
+
+    # ----------------------------------------------------------------------- forward
+
+    def train(self) -> None:
+        """Training mode (MoE aux loss active when configured)."""
+        self.model.train()
+
+    def eval(self) -> None:
+        """Evaluation mode."""
+        self.model.eval()
+
+    def forward_logits(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Causal next-token logits ``[B, S, V]`` in fp32 for right-padded ``input_ids [B, S]``.
+
+        Plain causal attention needs no mask (the local spec builds the causal mask when
+        ``attention_mask`` is None); valid tokens never see the pads that follow them.
+        ``padding_mask`` ``[B, S]`` (True = pad) only keeps pads out of MoE routing statistics.
+        """
+        input_ids, position_ids, padding_mask = self._inputs(input_ids, position_ids, padding_mask)
+        logits = self.model(input_ids, position_ids, None, padding_mask=padding_mask)
+        return logits.float()
+
+    def hidden_and_output_weight(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states ``[B, S, H]`` (after the final norm) and the output weight ``[V, H]``.
+
+        ``logits = hidden @ weight.T`` equals ``forward_logits`` (up to dtype); this skips the
+        ``[B, S, V]`` logits so a fused log-prob kernel can compute them blockwise. Under TP the
+        weight is this rank's vocab shard.
+        """
+        input_ids, position_ids, padding_mask = self._inputs(input_ids, position_ids, padding_mask)
+        return self.model(input_ids, position_ids, None, padding_mask=padding_mask,
+                          output_processor=_hidden_and_weight)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live (inputs are moved there)."""
+        return next(self.gpt.parameters()).device
+
+    def _inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None):
+        device = self.device
+        input_ids = input_ids.to(device)
+        position_ids = default_position_ids(input_ids) if position_ids is None else position_ids.to(device)
+        return input_ids, position_ids, None if padding_mask is None else padding_mask.to(device)
+
+    # ----------------------------------------------------------------------- step
+
+    def zero_grad(self) -> None:
+        """Clear the gradient buffers before accumulating a new step."""
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+    def optimizer_step(self) -> float:
+        """Finish the DP gradient reduction, set the LR, clip, update; returns the grad norm.
+
+        The grad norm is that of the full gradient before clipping (0.0 when clipping is off and
+        megatron skips computing it).
+        """
+        self.model.finish_grad_sync()
+        self.scheduler.step(1)  # LR for this step: lr * (k+1) / warmup_steps during warm-up
+        with cuda_to_cpu():
+            ok, grad_norm, _ = self.optimizer.step()
+        if not ok:
+            logger.warning("optimizer step %d skipped (non-finite gradients)", self.step_count)
+        self.step_count += 1
+        return float(grad_norm) if grad_norm is not None else 0.0
+
+    def current_lr(self) -> float:
+        """The learning rate the last optimizer step used (before any step: the scheduler's start)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def router_weights(self) -> dict[str, torch.Tensor]:
+        """Copies of the MoE router weights, by megatron name (for freeze checks and logging)."""
+        return {n: p.detach().clone() for n, p in router_parameters(self.gpt)}
+
+    # ----------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer and scheduler state, step count, RNG states and the model config."""
+        from megatron.core import tensor_parallel
+
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "tracker": {k: v.clone() for k, v in tensor_parallel.get_cuda_rng_tracker().get_states().items()},
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        return {
+            "model": self.gpt.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step_count,
+            "rng": rng,
+            "model_cfg": dataclasses.asdict(self.model_cfg),
+            "vocab_size": self.vocab_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], load_optimizer: bool = True) -> None:
+        """Restore what ``state_dict`` returned (the model shape must match).
+
+        ``load_optimizer=False`` takes only the weights (e.g. pi_0 from the SFT checkpoint for a
+        new RL run): optimizer, schedule, step count and RNG stay as they are.
+        """
+        from megatron.core import tensor_parallel
+
+        if state["vocab_size"] != self.vocab_size:
+            raise ValueError(f"checkpoint vocab_size {state['vocab_size']} != policy's {self.vocab_size}")
+        self.gpt.load_state_dict(state["model"], strict=True)
+        if not load_optimizer:
+            return
+        with cuda_to_cpu():
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_count = int(state["step"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
+        tensor_parallel.get_cuda_rng_tracker().set_states(rng["tracker"])
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``directory/policy.pt`` atomically; returns ``directory``.
+
+        A new directory is written as ``<name>.tmp.<pid>`` and renamed; an existing one gets the
+        file written as ``policy.pt.tmp.<pid>`` and renamed over the old file, so a kill at any
+        point leaves either the previous checkpoint or the new one. With several data-parallel
+        ranks (identical replicas) rank 0 writes and all ranks wait for it.
+        """
+        import torch.distributed as dist
+
+        directory = Path(directory)
+        multi = dist.is_initialized() and dist.get_world_size() > 1
+        if multi and self.parallel != ParallelConfig(sequence_parallel=self.parallel.sequence_parallel):
+            raise NotImplementedError("torch.save checkpoints are single-shard; TP/PP/EP need dist checkpoints")
+        if not multi or dist.get_rank() == 0:
+            state = self.state_dict()
+            if directory.is_dir():
+                _atomic_torch_save(state, directory / CHECKPOINT_FILE)
+            else:
+                directory.parent.mkdir(parents=True, exist_ok=True)
+                tmp = directory.with_name(f"{directory.name}.tmp.{os.getpid()}")
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir()
+                _atomic_torch_save(state, tmp / CHECKPOINT_FILE)
+                os.replace(tmp, directory)
+            logger.info("saved policy (step %d) to %s", self.step_count, directory)
+        if multi:
+            dist.barrier()
+        return directory
+
+    def load(self, directory: str | os.PathLike, load_optimizer: bool = True) -> None:
+        """Restore a ``save`` directory (``load_optimizer=False``: weights only)."""
+        path = Path(directory) / CHECKPOINT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no policy checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.load_state_dict(state, load_optimizer=load_optimizer)
+        logger.info("loaded policy (step %d) from %s", self.step_count, directory)
