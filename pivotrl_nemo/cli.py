@@ -32,6 +32,18 @@ def _validate(args: list[str]) -> int:
     return 1 if bad else 0
 
 
+def _quiet_third_party() -> None:
+    """megatron-core warns at every model build (deprecations, missing apex/TE on CPU); keep
+    those out of the user's console unless they asked for DEBUG."""
+    import logging
+    import warnings
+
+    if get_logger("cli").getEffectiveLevel() > logging.DEBUG:
+        warnings.filterwarnings("ignore", module=r"(megatron|torch|transformers)(\..*)?")
+        for name in ("megatron", "torch.utils.cpp_extension"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -56,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     configure_logging(cfg.log_level, log_file=str(Path(cfg.run_dir) / "pivotrl.log"))
+    _quiet_third_party()
     log = get_logger("cli")
     from .stage_impl import STAGE_FUNCS
     from .stages import Runner

@@ -24,8 +24,16 @@ class Runtime:
 
     @cached_property
     def tokenizer(self):
+        """The run's tokenizer: the domain tokenizer ``build`` trained, or the configured one."""
+        from pathlib import Path
+
         from .rollout.tokenizer import load_tokenizer
 
+        if self.cfg.model.tokenizer_vocab_size > 0:
+            path = Path(self.cfg.run_dir) / "tokenizer"
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: model.tokenizer_vocab_size > 0 needs the build stage first")
+            return load_tokenizer(str(path))
         return load_tokenizer(self.cfg.model.tokenizer)
 
     @cached_property
@@ -53,12 +61,14 @@ class Runtime:
 
         init_distributed(self.cfg.parallel, seed=self.cfg.model.seed)
 
-    def new_policy(self, optim: OptimConfig, total_steps: int):
-        """A freshly initialised megatron policy with its optimizer."""
+    def new_policy(self, optim: OptimConfig, total_steps: int, freeze_router: bool | None = None):
+        """A freshly initialised megatron policy with its optimizer (router frozen per
+        ``model.moe_router_freeze`` unless ``freeze_router`` says otherwise)."""
         self._init_distributed()
         from .models.megatron.policy import MegatronPolicy
 
-        return MegatronPolicy(self.cfg.model, self.vocab_size, optim, total_steps=total_steps)
+        return MegatronPolicy(self.cfg.model, self.vocab_size, optim, total_steps=total_steps,
+                              parallel=self.cfg.parallel, freeze_router=freeze_router)
 
     def engine_for(self, policy):
         """An HF rollout engine holding ``policy``'s current weights, and the synchronizer that

@@ -56,9 +56,37 @@ def build(cfg: PivotRLConfig, run_dir: Path) -> dict:
     assignment = split_ids([t["id"] for t in trajs], d.split_fractions, d.split_seed)
     atomic_write_jsonl(run_dir / "data" / "trajectories.jsonl", trajs)
     atomic_write_json(run_dir / "data" / "splits.json", assignment)
+    if cfg.model.tokenizer_vocab_size > 0:
+        _train_domain_tokenizer(cfg, run_dir)
     n_calls = sum(len(m.get("tool_calls") or []) for t in trajs for m in t["messages"] if m["role"] == "assistant")
     return {"trajectories": len(trajs), "tool_calls": n_calls, "skipped_invalid": skipped,
             "by_split": dict(Counter(assignment.values()))}
+
+
+def _train_domain_tokenizer(cfg: PivotRLConfig, run_dir: Path) -> None:
+    """A BPE of model.tokenizer_vocab_size tokens trained on the sft and rl splits' rendered
+    prompts and actions (never the test split), from the base tokenizer's pipeline."""
+    import shutil
+
+    from .rollout.chat import render_messages
+    from .rollout.tokenizer import load_tokenizer
+    from .verifiers.actions import action_from_expected, render_action
+
+    base = load_tokenizer(cfg.model.tokenizer)
+    cands = _candidates_of(cfg, run_dir)
+    texts = []
+    for split in ("sft", "rl"):
+        for r in cands.get(split, []):
+            msgs = render_messages(r, cfg.data, base)
+            texts.append(base.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+                         + render_action(action_from_expected(r["expected_action"])))
+    tok = base.train_new_from_iterator(texts, vocab_size=cfg.model.tokenizer_vocab_size)
+    tmp = run_dir / "tokenizer.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok.save_pretrained(str(tmp))
+    shutil.rmtree(run_dir / "tokenizer", ignore_errors=True)
+    tmp.rename(run_dir / "tokenizer")
+    log.info("trained a %d-token domain tokenizer on %d texts -> %s", len(tok), len(texts), run_dir / "tokenizer")
 
 
 def _candidates_of(cfg: PivotRLConfig, run_dir: Path) -> dict[str, list[dict]]:
@@ -99,7 +127,7 @@ def sft(cfg: PivotRLConfig, run_dir: Path) -> dict:
     rt = runtime(cfg)
     cands = _candidates_of(cfg, run_dir)
     train_ex = _sft_examples(rt, cands["sft"])
-    policy = rt.new_policy(cfg.sft.optim, total_steps=cfg.sft.steps)
+    policy = rt.new_policy(cfg.sft.optim, total_steps=cfg.sft.steps, freeze_router=False)
     with MetricsWriter(run_dir / "sft") as mw:
         last = train_sft(policy, train_ex, cfg.sft, rt.pad_id, mw, impl=cfg.loss.impl,
                          micro_batch_size=cfg.algorithm.micro_batch_size)
@@ -157,8 +185,6 @@ def train(cfg: PivotRLConfig, run_dir: Path) -> dict:
 
     pivots, _ = load_pivot_rows(str(run_dir / "pivots.jsonl"), cfg.data.skip_invalid)
     rt, policy = _pi0(cfg, run_dir, cfg.algorithm.optim, cfg.algorithm.steps)
-    if cfg.model.moe_router_freeze:
-        policy.freeze_router()
     engine, sync = rt.engine_for(policy)
     with MetricsWriter(run_dir / "train") as mw:
         last = train_pivot_rl(policy, rt.sampler_for(engine), sync, pivots, cfg, run_dir / "train", mw, rt.pad_id)

@@ -31,7 +31,7 @@ def _sections(cfg: PivotRLConfig, stage: str) -> list:
     c = cfg
     return {
         "build": [c.data.source, c.data.path, c.data.bfcl_categories, c.data.max_trajectories,
-                  c.data.split_fractions, c.data.split_seed],
+                  c.data.split_fractions, c.data.split_seed, c.model.tokenizer, c.model.tokenizer_vocab_size],
         "sft": [c.model, c.sft, c.data, c.seed],
         "extract": [c.verifier.name],
         "profile": [c.profile, c.rollout, c.verifier, c.data],

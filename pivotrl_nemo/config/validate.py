@@ -23,12 +23,14 @@ def validate(cfg: PivotRLConfig) -> None:
            f"must divide model.num_attention_heads ({m.num_attention_heads})")
     _check(m.num_experts == 0 or 1 <= m.moe_router_topk <= m.num_experts, "model.moe_router_topk",
            f"must be in [1, model.num_experts={m.num_experts}]")
+    _check(m.attention_backend in ("sdpa", "local"), "model.attention_backend", "use 'sdpa' or 'local'")
     _check(m.params_dtype in ("float32", "bfloat16"), "model.params_dtype", "use 'float32' or 'bfloat16'")
     _check(d.source in ("bfcl", "jsonl"), "data.source", "use 'bfcl' or 'jsonl'")
     _check(d.source != "jsonl" or bool(d.path), "data.path", "data.source=jsonl needs data.path=/path/to/trajectories.jsonl")
     _check(abs(sum(d.split_fractions.values()) - 1.0) < 1e-6, "data.split_fractions", "fractions must sum to 1")
     _check(all(v >= 0 for v in d.split_fractions.values()), "data.split_fractions", "fractions must be >= 0")
-    _check(d.tool_schema_style in ("compact", "json"), "data.tool_schema_style", "use 'compact' or 'json'")
+    _check(d.tool_schema_style in ("compact", "signature", "json"), "data.tool_schema_style",
+           "use 'compact', 'signature' or 'json'")
     _check(d.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens <= m.max_position_embeddings,
            "data.max_prompt_tokens", f"prompt ({d.max_prompt_tokens}) + rollout.sampling.max_new_tokens "
            f"({cfg.rollout.sampling.max_new_tokens}) exceeds model.max_position_embeddings ({m.max_position_embeddings})")

@@ -59,7 +59,7 @@ TOOL_CALL_INSTRUCTION = (
 DEFAULT_SYSTEM = "You are a helpful assistant."
 _DESC_CHARS = 100
 _ELLIPSIS = "..."
-_TOOL_STYLES = ("compact", "json")
+_TOOL_STYLES = ("compact", "signature", "json")
 
 
 @dataclass
@@ -113,21 +113,22 @@ def short_description(description: str, limit: int = _DESC_CHARS) -> str:
     return text
 
 
-def compact_signature(tool: dict[str, Any]) -> str:
-    """``name(a: string, b?: integer) - first sentence`` for one tool."""
+def compact_signature(tool: dict[str, Any], with_description: bool = True) -> str:
+    """``name(a: string, b?: integer) - first sentence`` for one tool (no description part when
+    ``with_description`` is False: the 'signature' style, for small models and short prompts)."""
     fn = _tool_function(tool)
     params = fn["parameters"]
     props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
     required = set(params.get("required") or [])
     args = ", ".join(f"{p}{'' if p in required else '?'}: {_type_str(s)}" for p, s in props.items())
-    desc = short_description(fn["description"])
+    desc = short_description(fn["description"]) if with_description else ""
     return f"{fn['name']}({args})" + (f" - {desc}" if desc else "")
 
 
 def render_tools(tools: list[dict[str, Any]], style: str) -> str:
     """The tool list as it appears in the system message (one line per tool)."""
-    if style == "compact":
-        return "\n".join(compact_signature(t) for t in tools)
+    if style in ("compact", "signature"):
+        return "\n".join(compact_signature(t, style == "compact") for t in tools)
     if style == "json":
         return "\n".join(json.dumps(_tool_function(t), ensure_ascii=False) for t in tools)
     raise ValueError(f"data.tool_schema_style must be one of {_TOOL_STYLES}, got {style!r}")
@@ -335,7 +336,7 @@ def _fit_to_budget(
     n_system = len(_prompt_ids(tokenizer, _as_dicts(system, [])))
     raise ValueError(
         f"row {row_id!r}: the system message with the tool list alone takes {n_system} tokens, more than "
-        f"data.max_prompt_tokens={max_tokens}; raise it or use data.tool_schema_style=compact"
+        f"data.max_prompt_tokens={max_tokens}; raise it or use data.tool_schema_style=signature"
     )
 
 

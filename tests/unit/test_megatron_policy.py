@@ -164,3 +164,26 @@ def test_freeze_router_after_a_step_is_refused():
     _train_step(policy, _batch())
     with pytest.raises(RuntimeError, match="freeze_router=True"):
         policy.freeze_router()
+
+
+def test_sdpa_core_attention_equals_megatron_local_attention():
+    """The SDPA core attention computes exactly megatron's local DotProductAttention (GQA, causal)."""
+    import dataclasses
+
+    import torch
+
+    from pivotrl_nemo.distributed.setup import init_distributed
+    from pivotrl_nemo.config.schema import ModelConfig, ParallelConfig
+    from pivotrl_nemo.models.megatron.build import build_gpt_model
+
+    init_distributed(ParallelConfig(), seed=0)
+    base = ModelConfig(hidden_size=64, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=16,
+                       num_experts=4, moe_ffn_hidden_size=32, moe_router_topk=2, seed=7)
+    sdpa = build_gpt_model(dataclasses.replace(base, attention_backend="sdpa"), 256)
+    local = build_gpt_model(dataclasses.replace(base, attention_backend="local"), 256)
+    local.load_state_dict(sdpa.state_dict())
+    ids = torch.randint(0, 256, (3, 37))
+    pos = torch.arange(37).expand(3, 37)
+    a = sdpa(ids, pos, None)
+    b = local(ids, pos, None)
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()

@@ -105,12 +105,17 @@ def layer_spec(cfg: ModelConfig) -> Any:
     """The megatron-core local layer spec: RMSNorm, qk layernorm, SequentialMLP experts."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    return get_gpt_layer_local_spec(
+    spec = get_gpt_layer_local_spec(
         num_experts=cfg.num_experts if cfg.num_experts > 0 else None,
         moe_grouped_gemm=False,
         qk_layernorm=True,
         normalization="RMSNorm",
     )
+    if cfg.attention_backend == "sdpa":
+        from .sdpa_attention import use_sdpa
+
+        use_sdpa(spec)
+    return spec
 
 
 def router_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
