@@ -180,15 +180,22 @@ def filter_stage(cfg: PivotRLConfig, run_dir: Path) -> dict:
 
 
 def train(cfg: PivotRLConfig, run_dir: Path) -> dict:
-    """GRPO on the pivots with one-turn rollouts, starting from pi_0."""
+    """GRPO on the pivots with one-turn rollouts, starting from pi_0 (data-parallel over ranks)."""
     from .algorithms.pivot_rl import train_pivot_rl
+    from .distributed.dp import current_dp
 
     pivots, _ = load_pivot_rows(str(run_dir / "pivots.jsonl"), cfg.data.skip_invalid)
     rt, policy = _pi0(cfg, run_dir, cfg.algorithm.optim, cfg.algorithm.steps)
+    dp = current_dp()
     engine, sync = rt.engine_for(policy)
-    with MetricsWriter(run_dir / "train") as mw:
-        last = train_pivot_rl(policy, rt.sampler_for(engine), sync, pivots, cfg, run_dir / "train", mw, rt.pad_id)
-    return {"pivots": len(pivots), "steps": cfg.algorithm.steps, **{k: v for k, v in last.items() if k.startswith("train/")}}
+    mw = MetricsWriter(run_dir / "train") if dp.is_main else None
+    try:
+        last = train_pivot_rl(policy, rt.sampler_for(engine), sync, pivots, cfg, run_dir / "train", mw, rt.pad_id, dp)
+    finally:
+        if mw is not None:
+            mw.close()
+    return {"pivots": len(pivots), "steps": cfg.algorithm.steps, "dp_size": dp.size,
+            **{k: v for k, v in last.items() if k.startswith("train/")}}
 
 
 def _score(rt, policy, rows: list[dict], cfg: PivotRLConfig) -> list[float]:

@@ -11,6 +11,7 @@ checkpoint).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,10 @@ from .utils.io import atomic_write_json, atomic_write_text
 from .utils.logging import get_logger
 
 log = get_logger(__name__)
+
+# Stages that run data-parallel over every rank of a torchrun/Slurm launch; the others are
+# single-process (run them once, before a multi-rank `pivotrl train`).
+MULTI_RANK_STAGES = ("train",)
 
 UPSTREAM = {
     "build": [], "sft": ["build"], "extract": ["build"], "profile": ["sft", "extract"],
@@ -62,6 +67,13 @@ class Runner:
         return fingerprint(*_sections(self.cfg, stage), ups)
 
     def run(self, stage: str, fn: Callable[[PivotRLConfig, Path], dict], force: bool = False) -> dict:
+        from .distributed.dp import current_dp, world_rank
+        from .utils.logging import global_rank
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and stage not in MULTI_RANK_STAGES:
+            raise RuntimeError(f"stage '{stage}' runs in one process; launch it without torchrun "
+                               f"(multi-rank stages: {list(MULTI_RANK_STAGES)})")
         for u in UPSTREAM[stage]:
             if self.marker(u) is None:
                 raise RuntimeError(f"stage '{stage}' needs stage '{u}' first: run `pivotrl {u}` "
@@ -73,14 +85,18 @@ class Runner:
             return m["summary"]
         if m is not None and m["fingerprint"] != fp:
             log.info("stage %-8s: configuration or inputs changed since it ran; running again", stage)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
+        main = global_rank() == 0
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
         log.info("stage %-8s starting", stage)
         t0 = time.perf_counter()
         summary = fn(self.cfg, self.run_dir)
         secs = time.perf_counter() - t0
         # Downstream markers are now stale: their fingerprints include this one.
-        atomic_write_json(self.marker_dir / f"{stage}.json", {"fingerprint": fp, "seconds": secs, "summary": summary})
+        if world_rank() == 0 and main:
+            atomic_write_json(self.marker_dir / f"{stage}.json", {"fingerprint": fp, "seconds": secs, "summary": summary})
+        current_dp().barrier()
         log.info("stage %-8s done in %.1f s", stage, secs)
         return summary
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config.schema import AlgorithmConfig
+from ..distributed.dp import DataParallel
 from .advantages import compute_advantages, zero_variance_fraction
 from .batching import chunks, gather_hidden, make_batch
 from .head import action_logprobs
@@ -43,10 +44,16 @@ def flatten_groups(groups: list[ScoredGroup], cfg: AlgorithmConfig) -> tuple[lis
 
 
 def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: int, temperature: float,
-              impl: str, ref_policy=None) -> dict[str, float]:
-    """Compute advantages, accumulate the clipped PG gradient over micro-batches, step."""
+              impl: str, dp: DataParallel | None = None, ref_policy=None) -> dict[str, float]:
+    """Compute advantages, accumulate the clipped PG gradient over micro-batches, step.
+
+    Under data parallelism each rank holds its own groups; the valid-token count is summed over
+    ranks, and the loss is multiplied by the DP size because megatron DDP *averages* gradients:
+    the result is exactly the gradient of the global-batch loss.
+    """
+    dp = dp or DataParallel(0, 1)
     samples, rewards = flatten_groups(groups, cfg)
-    global_valid = sum(sum(s.keep) for s in samples)
+    global_valid = dp.sum(sum(sum(s.keep) for s in samples))
     train = [s for s in samples if sum(s.keep) > 0 and (s.advantage != 0.0 or cfg.kl_coef > 0)]
     policy.zero_grad()
     stats = {"clip": 0.0, "kl": 0.0, "ent": 0.0, "mismatch": 0.0, "loss": 0.0, "n": 0}
@@ -65,7 +72,7 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
                 ref, _ = action_logprobs(gather_hidden(rh, batch), rw, batch.targets, temperature, impl)
         out = clipped_pg_loss(lp, old, adv, torch.ones_like(lp), global_valid, cfg.clip_low, cfg.clip_high,
                               cfg.kl_coef, ref)
-        out.loss.backward()
+        (out.loss * dp.size).backward()
         n = batch.num_tokens
         stats["n"] += n
         stats["loss"] += float(out.loss.detach())
@@ -74,12 +81,16 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
         stats["ent"] += float(ent.sum())
         stats["mismatch"] += float((lp.detach() - old).abs().sum())
         rmin, rmax = min(rmin, float(out.ratio_min)), max(rmax, float(out.ratio_max))
-    grad_norm = policy.optimizer_step() if train else 0.0
+    # The decision to step is global, so DDP's collectives line up on every rank; a rank with no
+    # local sequences contributes a zero gradient.
+    trained_global = dp.sum(len(train))
+    grad_norm = policy.optimizer_step() if trained_global > 0 else 0.0
     n = max(stats["n"], 1)
+    all_rewards = torch.tensor(dp.gather(rewards.tolist()), dtype=torch.float32).reshape(-1, rewards.shape[1])
     return {
-        "reward_mean": float(rewards.mean()),
-        "zero_variance_groups": zero_variance_fraction(rewards),
-        "loss": stats["loss"],
+        "reward_mean": float(all_rewards.mean()),
+        "zero_variance_groups": zero_variance_fraction(all_rewards),
+        "loss": dp.sum(stats["loss"]),
         "kl": stats["kl"],
         "clip_fraction": stats["clip"] / n,
         "entropy": stats["ent"] / n,
@@ -88,5 +99,6 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
         "ratio_max": rmax if train else 1.0,
         "grad_norm": float(grad_norm),
         "valid_tokens": float(global_valid),
-        "trained_sequences": float(len(train)),
+        "local_valid_tokens": float(sum(sum(x.keep) for x in samples)),
+        "trained_sequences": trained_global,
     }

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..config.schema import PivotRLConfig
+from ..distributed.dp import DataParallel
 from ..utils.io import atomic_write_json
 from ..utils.logging import get_logger
 from ..utils.metrics import MetricsWriter
@@ -46,7 +47,7 @@ def _step_metrics(m: dict, groups, t0: float, t1: float, t2: float, t3: float, l
     n_cat = max(sum(cats.values()), 1)
     out = {f"train/{k}": v for k, v in m.items()}
     out.update({
-        "train/tokens_per_s": m["valid_tokens"] / max(t2 - t1, 1e-9),
+        "train/tokens_per_s": m["valid_tokens"] / max(t2 - t1, 1e-9),  # all ranks' tokens / step time
         "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/weight_sync_s": t3 - t2, "train/lr": lr,
         **{f"verdict/{k}": v / n_cat for k, v in cats.items()},
     })
@@ -54,8 +55,12 @@ def _step_metrics(m: dict, groups, t0: float, t1: float, t2: float, t3: float, l
 
 
 def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict], cfg: PivotRLConfig,
-                   out_dir: Path, metrics: MetricsWriter, pad_id: int, progress: bool = True) -> dict:
+                   out_dir: Path, metrics: MetricsWriter | None, pad_id: int, dp: DataParallel | None = None,
+                   progress: bool = True) -> dict:
+    """Run (or resume) training. Every DP rank calls this; each samples its share of the step's
+    pivots; rank 0 alone writes metrics and checkpoints (all ranks hold the same weights)."""
     a = cfg.algorithm
+    dp = dp or DataParallel(0, 1)
     ckpt, state_file = out_dir / "checkpoint", out_dir / "trainer_state.json"
     start = 1
     if state_file.exists():
@@ -65,7 +70,7 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
         log.info("train: resumed from %s at step %d", ckpt, start)
     batches = pivot_batches(len(pivots), a.prompts_per_step, a.steps, a.seed)
     bar = None
-    if progress:
+    if progress and dp.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=a.steps, initial=start - 1, desc="pivotrl", unit="step", dynamic_ncols=True)
@@ -74,24 +79,32 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
     with PreemptionGuard() as guard:
         for step in range(start, a.steps + 1):
             t0 = time.perf_counter()
-            rows = [pivots[i] for i in batches[step - 1]]
-            groups = sampler.sample_and_score(rows, a.group_size, cfg.rollout.sampling, seed=a.seed * 1_000_003 + step)
+            rows = dp.shard([pivots[i] for i in batches[step - 1]])
+            groups = sampler.sample_and_score(rows, a.group_size, cfg.rollout.sampling,
+                                              seed=(a.seed * 1_000_003 + step) * 4096 + dp.rank)
             t1 = time.perf_counter()
-            m = grpo_step(policy, groups, a, pad_id, cfg.rollout.sampling.temperature, cfg.loss.impl)
+            m = grpo_step(policy, groups, a, pad_id, cfg.rollout.sampling.temperature, cfg.loss.impl, dp)
             t2 = time.perf_counter()
             synchronizer.sync_weights()
             last = _step_metrics(m, groups, t0, t1, t2, time.perf_counter(), policy.current_lr())
-            metrics.log(step, last)
-            if step % a.save_every == 0 or step == a.steps or guard.requested:
-                policy.save(ckpt)
-                atomic_write_json(state_file, {"step": step})
+            # a SIGTERM seen by any rank stops every rank at the same step
+            stop = dp.sum(float(guard.requested)) > 0
+            if metrics is not None:
+                metrics.log(step, last)
+            if step % a.save_every == 0 or step == a.steps or stop:
+                if dp.is_main:
+                    policy.save(ckpt)
+                    atomic_write_json(state_file, {"step": step})
+                dp.barrier()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{m['reward_mean']:.3f}", zero_var=f"{m['zero_variance_groups']:.2f}")
-            if guard.requested and step < a.steps:
-                (out_dir / "PREEMPTED").write_text(f"{step}\n")
+            if stop and step < a.steps:
+                if dp.is_main:
+                    (out_dir / "PREEMPTED").write_text(f"{step}\n")
                 raise Preempted(f"checkpoint saved at step {step} after SIGTERM; re-run the same command to resume")
     if bar is not None:
         bar.close()
-    (out_dir / "PREEMPTED").unlink(missing_ok=True)
+    if dp.is_main:
+        (out_dir / "PREEMPTED").unlink(missing_ok=True)
     return last

@@ -57,7 +57,9 @@ def validate(cfg: PivotRLConfig) -> None:
     _check(not unknown, "stages", f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     p = cfg.parallel
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    mp = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+    mp = p.tensor_model_parallel_size * p.pipeline_model_parallel_size  # DP = world / (TP x PP)
+    _check(world == 1 or a.prompts_per_step % max(world // mp, 1) == 0, "algorithm.prompts_per_step",
+           f"must be divisible by the data-parallel size {world // mp} (world {world})")
     _check(world % mp == 0, "parallel.tensor_model_parallel_size",
            f"world size {world} is not divisible by TP x PP = {mp}")
     _check(m.num_experts == 0 or m.num_experts % p.expert_model_parallel_size == 0, "parallel.expert_model_parallel_size",

@@ -214,6 +214,8 @@ class VLLMIPCWeightSynchronizer:
         self.bucket_memory_fraction = bucket_memory_fraction
         self.version = 0
         """Number of completed syncs; the engine's weights are the policy's as of sync ``version``."""
+        self.last_stats: dict[str, float] = {}
+        """Seconds, bytes and buckets of the last sync (weight_sync/*), for the step metrics."""
         self._stale = True
 
     def init_communicator(self) -> None:
@@ -244,8 +246,8 @@ class VLLMIPCWeightSynchronizer:
         return payload
 
     @torch.no_grad()
-    def sync_weights(self) -> dict[str, float]:
-        """Stream the policy's weights into the engine; returns timing and volume."""
+    def sync_weights(self) -> None:
+        """Stream the policy's weights into the engine; timing and volume go to ``last_stats``."""
         t0 = time.perf_counter()
         self.engine.wake_for_weight_update()
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -267,7 +269,8 @@ class VLLMIPCWeightSynchronizer:
         secs = time.perf_counter() - t0
         log.info("weight sync v%d: %d tensors, %.1f MiB in %d buckets, %.2f s (%.2f GiB/s)", version, len(names),
                  nbytes / 2**20, buckets, secs, nbytes / 2**30 / max(secs, 1e-9))
-        return {"weight_sync/seconds": secs, "weight_sync/bytes": float(nbytes), "weight_sync/buckets": float(buckets)}
+        self.last_stats = {"weight_sync/seconds": secs, "weight_sync/bytes": float(nbytes),
+                           "weight_sync/buckets": float(buckets)}
 
     def shutdown(self) -> None:
         """Release cached staging memory (the engine is shut down by its owner)."""
