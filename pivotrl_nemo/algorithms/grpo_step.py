@@ -78,7 +78,7 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
         stats["loss"] += float(out.loss.detach())
         stats["kl"] += float(out.kl)
         stats["clip"] += float(out.clip_fraction) * n
-        stats["ent"] += float(ent.sum())
+        stats["ent"] += float(ent.detach().sum())
         stats["mismatch"] += float((lp.detach() - old).abs().sum())
         rmin, rmax = min(rmin, float(out.ratio_min)), max(rmax, float(out.ratio_max))
     # The decision to step is global, so DDP's collectives line up on every rank; a rank with no
