@@ -148,7 +148,7 @@ def profile(cfg: PivotRLConfig, run_dir: Path) -> dict:
     """K samples per RL-split candidate from the frozen pi_0; resumable per candidate."""
     from .algorithms.profiling import attach_profile, profile_candidates
 
-    rows, _ = load_pivot_rows(str(run_dir / "candidates" / "rl.jsonl"), cfg.data.skip_invalid)
+    rows, skipped = load_pivot_rows(str(run_dir / "candidates" / "rl.jsonl"), cfg.data.skip_invalid)
     rt, policy = _pi0(cfg, run_dir)
     engine, _ = rt.engine_for(policy)
     sampler = rt.sampler_for(engine)
@@ -158,7 +158,7 @@ def profile(cfg: PivotRLConfig, run_dir: Path) -> dict:
     out = [attach_profile(r, profs[r["id"]]) for r in rows]
     atomic_write_jsonl(run_dir / "profile" / "profiled.jsonl", out)
     mean = sum(p["mean"] for p in profs.values()) / max(len(profs), 1)
-    return {"candidates": len(out), "k": cfg.profile.k, "mean_pass_rate": mean}
+    return {"candidates": len(out), "skipped_invalid": skipped, "k": cfg.profile.k, "mean_pass_rate": mean}
 
 
 def filter_stage(cfg: PivotRLConfig, run_dir: Path) -> dict:
@@ -184,17 +184,20 @@ def train(cfg: PivotRLConfig, run_dir: Path) -> dict:
     from .algorithms.pivot_rl import train_pivot_rl
     from .distributed.dp import current_dp
 
-    pivots, _ = load_pivot_rows(str(run_dir / "pivots.jsonl"), cfg.data.skip_invalid)
+    pivots, skipped = load_pivot_rows(str(run_dir / "pivots.jsonl"), cfg.data.skip_invalid)
     rt, policy = _pi0(cfg, run_dir, cfg.algorithm.optim, cfg.algorithm.steps)
+    # The KL reference is pi_0 itself, frozen; with kl_coef == 0 (the default) it is never built.
+    ref = _pi0(cfg, run_dir)[1] if cfg.algorithm.kl_coef > 0 else None
     dp = current_dp()
     engine, sync = rt.engine_for(policy)
     mw = MetricsWriter(run_dir / "train") if dp.is_main else None
     try:
-        last = train_pivot_rl(policy, rt.sampler_for(engine), sync, pivots, cfg, run_dir / "train", mw, rt.pad_id, dp)
+        last = train_pivot_rl(policy, rt.sampler_for(engine), sync, pivots, cfg, run_dir / "train", mw, rt.pad_id, dp,
+                              ref_policy=ref)
     finally:
         if mw is not None:
             mw.close()
-    return {"pivots": len(pivots), "steps": cfg.algorithm.steps, "dp_size": dp.size,
+    return {"pivots": len(pivots), "skipped_invalid": skipped, "steps": cfg.algorithm.steps, "dp_size": dp.size,
             **{k: v for k, v in last.items() if k.startswith("train/")}}
 
 

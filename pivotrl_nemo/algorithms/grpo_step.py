@@ -52,6 +52,8 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
     the result is exactly the gradient of the global-batch loss.
     """
     dp = dp or DataParallel(0, 1)
+    if cfg.kl_coef > 0 and ref_policy is None:
+        raise ValueError("algorithm.kl_coef > 0 needs the frozen reference policy (pi_0) as ref_policy")
     samples, rewards = flatten_groups(groups, cfg)
     global_valid = dp.sum(sum(sum(s.keep) for s in samples))
     train = [s for s in samples if sum(s.keep) > 0 and (s.advantage != 0.0 or cfg.kl_coef > 0)]

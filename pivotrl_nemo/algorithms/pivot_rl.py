@@ -56,7 +56,7 @@ def _step_metrics(m: dict, groups, t0: float, t1: float, t2: float, t3: float, l
 
 def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict], cfg: PivotRLConfig,
                    out_dir: Path, metrics: MetricsWriter | None, pad_id: int, dp: DataParallel | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, ref_policy=None) -> dict:
     """Run (or resume) training. Every DP rank calls this; each samples its share of the step's
     pivots; rank 0 alone writes metrics and checkpoints (all ranks hold the same weights)."""
     a = cfg.algorithm
@@ -83,7 +83,7 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
             groups = sampler.sample_and_score(rows, a.group_size, cfg.rollout.sampling,
                                               seed=(a.seed * 1_000_003 + step) * 4096 + dp.rank)
             t1 = time.perf_counter()
-            m = grpo_step(policy, groups, a, pad_id, cfg.rollout.sampling.temperature, cfg.loss.impl, dp)
+            m = grpo_step(policy, groups, a, pad_id, cfg.rollout.sampling.temperature, cfg.loss.impl, dp, ref_policy)
             t2 = time.perf_counter()
             synchronizer.sync_weights()
             last = _step_metrics(m, groups, t0, t1, t2, time.perf_counter(), policy.current_lr())

@@ -18,7 +18,8 @@ Lifecycle (RolloutEngine, see ``rollout.base``):
 4. ``VLLMIPCWeightSynchronizer.sync_weights()`` after every optimizer step: wakes the weights only,
    streams the new ones, wakes the KV cache, resets the prefix cache.
 
-Nothing imports vLLM until an engine is constructed.
+Needs vLLM >= 0.10.2 (V1 engine: sleep tags, ``logprobs_mode``, ``worker_extension_cls``). Nothing
+imports vLLM until an engine is constructed.
 """
 
 from __future__ import annotations

@@ -135,6 +135,10 @@ class VLLMWeightSyncExtension:
     ``pivotrl_load_bucket(payload)``, ``pivotrl_finish_update(names)``.
     """
 
+    def _pivotrl_model(self) -> torch.nn.Module:
+        get_model = getattr(self.model_runner, "get_model", None)  # unwraps CUDA-graph wrappers
+        return get_model() if callable(get_model) else self.model_runner.model
+
     def pivotrl_begin_update(self, version: int) -> None:
         self._pivotrl_update = {"version": version, "received": set(), "loaded": set(), "tracks_loaded": True}
 
@@ -152,7 +156,7 @@ class VLLMWeightSyncExtension:
         if dup or len(set(man.names)) != len(man.names):
             raise RuntimeError(f"weight update {st['version']}: tensors received twice: {sorted(dup)[:5]}")
         buffer = payload["buffer"] if "buffer" in payload else open_cuda_buffer(payload["ipc"])
-        loaded = self.model_runner.model.load_weights(weights=unpack(buffer, man))
+        loaded = self._pivotrl_model().load_weights(weights=unpack(buffer, man))
         if loaded is None:
             st["tracks_loaded"] = False
         else:
@@ -171,7 +175,7 @@ class VLLMWeightSyncExtension:
         if missing or extra:
             raise RuntimeError(f"weight update {st['version']}: {len(missing)} tensors missing "
                                f"{sorted(missing)[:5]}, {len(extra)} unexpected {sorted(extra)[:5]}")
-        model = self.model_runner.model
+        model = self._pivotrl_model()
         if st["tracks_loaded"]:
             not_loaded = {n for n, _ in model.named_parameters()} - st["loaded"]
             if not_loaded:
