@@ -37,6 +37,9 @@ class ModelConfig:
     """Key/value heads (GQA); must divide num_attention_heads."""
     head_dim: int = 32
     """Per-head width (kv_channels)."""
+    qk_layernorm: bool = True
+    """Per-head RMSNorm on queries and keys (Qwen3 / Qwen3-MoE); False for Llama-family models
+    such as SmolLM2 (imported with ``models.megatron.hf_import``)."""
     ffn_hidden_size: int = 256
     """Dense MLP width (used only when num_experts == 0)."""
     num_experts: int = 4

@@ -141,8 +141,8 @@ def _markdown(cfg, rep: dict, filt: dict, markers: dict) -> str:
         f"| pi_0 (SFT, the profiling reference) | {_pct(rep['pi0_accuracy'])} |",
         f"| PivotRL | {_pct(rep['pivotrl_accuracy'])} |",
         "",
-        f"Difference: {_pct(rep['delta'])} points, paired bootstrap 95% interval "
-        f"[{_pct(lo)}, {_pct(hi)}] over {rep['n_eval']} held-out candidates "
+        f"Difference: {_pts(rep['delta'])} points, paired bootstrap 95% interval "
+        f"[{_pts(lo)}, {_pts(hi)}] over {rep['n_eval']} held-out candidates "
         f"({rep['eval_samples_per_candidate']} samples each at temperature {rep['eval_temperature']}): {verdict}.",
         "",
         "![accuracy](plots/accuracy.png)",
@@ -152,8 +152,8 @@ def _markdown(cfg, rep: dict, filt: dict, markers: dict) -> str:
         f"- trajectories: {build.get('trajectories')} ({build.get('tool_calls')} expert tool calls), split by "
         f"trajectory id: {build.get('by_split')}",
         f"- candidates per split: {rep['n_candidates_by_split']}",
-        f"- pi_0: SFT on the 'sft' split, {sft.get('examples')} turns; final loss {sft.get('final_loss')}, "
-        f"held-out action NLL {sft.get('heldout_action_nll')}",
+        f"- pi_0: SFT on the 'sft' split, {sft.get('examples')} turns; final loss {_fmt(sft.get('final_loss'))}, "
+        f"held-out action NLL per token {_fmt(sft.get('heldout_action_nll'))}",
         "",
         "## Profiling and the pivot filter",
         "",
@@ -185,6 +185,10 @@ def _markdown(cfg, rep: dict, filt: dict, markers: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _pts(x) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}"
 
 
 def _fmt(x) -> str:

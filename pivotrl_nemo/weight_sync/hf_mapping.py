@@ -43,7 +43,8 @@ def hf_config_for(
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
 ) -> Any:
-    """The ``transformers`` config of the HF twin: ``Qwen3MoeConfig``, or ``Qwen3Config`` when dense."""
+    """The ``transformers`` config of the HF twin: ``Qwen3MoeConfig``, or ``Qwen3Config`` when dense,
+    or ``LlamaConfig`` (dense, ``cfg.qk_layernorm=False``, e.g. an imported SmolLM2)."""
     from transformers import Qwen3Config, Qwen3MoeConfig
 
     common = dict(
@@ -66,6 +67,13 @@ def hf_config_for(
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
     )
+    if not cfg.qk_layernorm:
+        if cfg.num_experts > 0:
+            raise NotImplementedError("an MoE model without qk layernorm has no HF twin here (Qwen3-MoE has qk norms)")
+        from transformers import LlamaConfig
+
+        common.pop("use_sliding_window")
+        return LlamaConfig(intermediate_size=cfg.ffn_hidden_size, mlp_bias=False, **common)
     if cfg.num_experts == 0:
         return Qwen3Config(intermediate_size=cfg.ffn_hidden_size, **common)
     return Qwen3MoeConfig(
@@ -199,10 +207,11 @@ def _layer_tensors(
     yield f"{dst}.self_attn.v_proj.weight", v
     yield f"{dst}.self_attn.o_proj.weight", gather(f"{src}.self_attention.linear_proj.weight",
                                                   attn.linear_proj.weight)
-    yield f"{dst}.self_attn.q_norm.weight", gather(f"{src}.self_attention.q_layernorm.weight",
-                                                  attn.q_layernorm.weight)
-    yield f"{dst}.self_attn.k_norm.weight", gather(f"{src}.self_attention.k_layernorm.weight",
-                                                  attn.k_layernorm.weight)
+    if cfg.qk_layernorm:
+        yield f"{dst}.self_attn.q_norm.weight", gather(f"{src}.self_attention.q_layernorm.weight",
+                                                      attn.q_layernorm.weight)
+        yield f"{dst}.self_attn.k_norm.weight", gather(f"{src}.self_attention.k_layernorm.weight",
+                                                      attn.k_layernorm.weight)
     mlp = layer.mlp
     yield f"{dst}.post_attention_layernorm.weight", gather(
         f"{src}.pre_mlp_layernorm.weight",

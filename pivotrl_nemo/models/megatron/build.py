@@ -75,7 +75,7 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None)
         ffn_hidden_size=cfg.ffn_hidden_size if not moe else cfg.moe_ffn_hidden_size,
         normalization="RMSNorm",
         layernorm_epsilon=cfg.norm_epsilon,
-        qk_layernorm=True,
+        qk_layernorm=cfg.qk_layernorm,
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
@@ -102,13 +102,13 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None)
 
 
 def layer_spec(cfg: ModelConfig) -> Any:
-    """The megatron-core local layer spec: RMSNorm, qk layernorm, SequentialMLP experts."""
+    """The megatron-core local layer spec: RMSNorm, qk layernorm (``cfg.qk_layernorm``), SequentialMLP experts."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     spec = get_gpt_layer_local_spec(
         num_experts=cfg.num_experts if cfg.num_experts > 0 else None,
         moe_grouped_gemm=False,
-        qk_layernorm=True,
+        qk_layernorm=cfg.qk_layernorm,
         normalization="RMSNorm",
     )
     if cfg.attention_backend == "sdpa":
