@@ -23,7 +23,7 @@ demo: venv
 	$(VENV)/bin/pivotrl run experiment=quickstart
 
 test: venv
-	OMP_NUM_THREADS=2 $(PY) -m pytest tests -q -p no:cacheprovider
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs

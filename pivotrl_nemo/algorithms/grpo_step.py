@@ -78,7 +78,7 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
         n = batch.num_tokens
         stats["n"] += n
         stats["loss"] += float(out.loss.detach())
-        stats["kl"] += float(out.kl)
+        stats["kl"] += float(out.kl.detach())
         stats["clip"] += float(out.clip_fraction) * n
         stats["ent"] += float(ent.detach().sum())
         stats["mismatch"] += float((lp.detach() - old).abs().sum())
