@@ -92,8 +92,8 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
             if metrics is not None:
                 metrics.log(step, last)
             if step % a.save_every == 0 or step == a.steps or stop:
+                policy.save(ckpt)  # collective: rank 0 writes, every rank waits for it
                 if dp.is_main:
-                    policy.save(ckpt)
                     atomic_write_json(state_file, {"step": step})
                 dp.barrier()
             if bar is not None:
