@@ -25,5 +25,11 @@ demo: venv
 test: venv
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
+test-slurm: venv
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests/slurm
+
+test-dist: venv
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests/dist
+
 clean:
 	rm -rf $(VENV) runs

@@ -82,6 +82,7 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
             rows = dp.shard([pivots[i] for i in batches[step - 1]])
             groups = sampler.sample_and_score(rows, a.group_size, cfg.rollout.sampling,
                                               seed=(a.seed * 1_000_003 + step) * 4096 + dp.rank)
+            sampler.engine.sleep()  # colocated engines free the GPU for training; sync_weights wakes them
             t1 = time.perf_counter()
             m = grpo_step(policy, groups, a, pad_id, cfg.rollout.sampling.temperature, cfg.loss.impl, dp, ref_policy)
             t2 = time.perf_counter()

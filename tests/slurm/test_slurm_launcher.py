@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "launchers" / "pivot_rl.slurm"
 STANDIN = Path(__file__).with_name("standin_stage.py")
 
-JOB_COMMAND = "standin"  # "pivotrl" | "standin"  <- the one-line switch
+JOB_COMMAND = "pivotrl"  # "pivotrl" | "standin"  <- the one-line switch
 
 if JOB_COMMAND == "pivotrl":
     STEPS = 24
