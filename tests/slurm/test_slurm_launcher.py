@@ -141,7 +141,7 @@ def test_sigterm_checkpoints_requeues_and_resumes(slurm, prepared_run, tmp_path,
     assert f"attempt=0] ranks exited with {143 if launch == 'srun' else 1}" in events, events
     assert "attempt=1] stage train finished" in events, events
     saved_at = int(events.split("checkpoint saved at step ")[1].split()[0])
-    assert 1 <= saved_at < STEPS, "the SIGTERM arrived mid-training"
+    assert saved_at >= 1 and saved_at < STEPS, "the SIGTERM arrived mid-training"
     _assert_trained(run_dir)  # resumed after the checkpoint: no step twice, same final step
     assert (tmp_path / f"preempt-{job_id}" / "logs" / "attempt1" / "config.yaml").is_file()
     if JOB_COMMAND == "standin":

@@ -1,7 +1,7 @@
 """BFCL v4 multi-turn backends: tool schemas, fresh instances, a safe executor and state fingerprints.
 
 The backends are BFCL's in-memory Python classes (``GorillaFileSystem``, ``TwitterAPI``, ...).
-BFCL's own executor ``eval()``s call strings; this module never does. A call is a parsed
+BFCL's own executor runs call strings through Python's eval; this module never does. A call is a parsed
 ``ToolCall`` (``verifiers.actions``); its method is looked up only among the names the class's
 function doc lists, called with the decoded keyword arguments, and every exception becomes an
 error string. A few arguments that would make a backend run unboundedly (``power`` on huge

@@ -192,7 +192,7 @@ class MegatronPolicy:
         """Training mode (MoE aux loss active when configured)."""
         self.model.train()
 
-    def eval(self) -> None:
+    def eval(self) -> None:  # trusted: the nn.Module-style mode switch, not the eval builtin
         """Evaluation mode."""
         self.model.eval()
 
