@@ -71,15 +71,40 @@ class Runtime:
                               parallel=self.cfg.parallel, freeze_router=freeze_router)
 
     def engine_for(self, policy):
-        """An HF rollout engine holding ``policy``'s current weights, and the synchronizer that
-        refreshes them after every optimizer step."""
-        from .rollout.hf import HFRolloutEngine
-        from .weight_sync.base import InProcessWeightSynchronizer
-        from .weight_sync.hf_mapping import build_hf_model
+        """A rollout engine holding ``policy``'s current weights, and the synchronizer that
+        refreshes them after every optimizer step: in-process HF (``rollout.engine=hf``) or a
+        colocated vLLM engine fed through CUDA IPC (``rollout.engine=vllm``, GPU only)."""
+        if self.cfg.rollout.engine == "vllm":
+            from pathlib import Path
 
-        hf_model = build_hf_model(self.cfg.model, self.vocab_size, self.tokenizer)
-        engine = HFRolloutEngine(hf_model, self.tokenizer, self.cfg.rollout.batch_size, self.stop_ids)
-        sync = InProcessWeightSynchronizer(policy.model, self.cfg.model, engine)
+            from .weight_sync.hf_mapping import hf_config_for
+
+            from .rollout.vllm import VLLMRolloutEngine, write_model_dir
+            from .weight_sync.vllm_sync import VLLMIPCWeightSynchronizer
+
+            r, p = self.cfg.rollout, self.cfg.parallel
+            if p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.expert_model_parallel_size > 1:
+                raise NotImplementedError("rollout.engine=vllm with TP/PP/EP training needs the sharded gather "
+                                          "(issue 3); train data-parallel for now")
+            ids = dict(bos_token_id=self.tokenizer.bos_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                       pad_token_id=self.tokenizer.pad_token_id)
+            model_dir = write_model_dir(hf_config_for(self.cfg.model, self.vocab_size, **ids), self.tokenizer,
+                                        Path(self.cfg.run_dir) / "vllm_model")
+            engine = VLLMRolloutEngine(model_dir, self.stop_ids, tensor_parallel_size=r.vllm_tensor_parallel_size,
+                                       gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+                                       dtype=self.cfg.model.params_dtype,
+                                       max_model_len=self.cfg.data.max_prompt_tokens + r.sampling.max_new_tokens,
+                                       seed=self.cfg.seed, sleep_level=r.vllm_sleep_level, load_format="dummy",
+                                       enforce_eager=r.vllm_enforce_eager)
+            sync = VLLMIPCWeightSynchronizer(policy.model, self.cfg.model, engine)
+        else:
+            from .rollout.hf import HFRolloutEngine
+            from .weight_sync.base import InProcessWeightSynchronizer
+            from .weight_sync.hf_mapping import build_hf_model
+
+            hf_model = build_hf_model(self.cfg.model, self.vocab_size, self.tokenizer)
+            engine = HFRolloutEngine(hf_model, self.tokenizer, self.cfg.rollout.batch_size, self.stop_ids)
+            sync = InProcessWeightSynchronizer(policy.model, self.cfg.model, engine)
         sync.sync_weights()
         return engine, sync
 

@@ -137,6 +137,14 @@ class RolloutConfig:
     batch_size: int = 64
     """Sequences generated together."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    vllm_tensor_parallel_size: int = 1
+    """vllm: tensor parallelism of each colocated engine."""
+    vllm_gpu_memory_utilization: float = 0.5
+    """vllm: fraction of GPU memory the engine may take while awake (the trainer shares the GPU)."""
+    vllm_sleep_level: int = 1
+    """vllm: 1 offloads weights and frees the KV cache while training runs; 2 discards the weights."""
+    vllm_enforce_eager: bool = False
+    """vllm: disable CUDA graphs (slower, less memory, easier debugging)."""
 
 
 @dataclass

@@ -37,6 +37,13 @@ def validate(cfg: PivotRLConfig) -> None:
     _check(cfg.verifier.name in VERIFIERS, "verifier.name", f"choose one of {list(VERIFIERS)}")
     _check(cfg.verifier.parallel_mode in ("binary_strict", "f1"), "verifier.parallel_mode", "use 'binary_strict' or 'f1'")
     _check(cfg.rollout.engine in ("hf", "vllm"), "rollout.engine", "use 'hf' or 'vllm'")
+    if cfg.rollout.engine == "vllm":
+        import importlib.util
+
+        import torch
+
+        _check(torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None, "rollout.engine",
+               "'vllm' needs a CUDA GPU and vLLM (pip install '.[gpu]' or an NGC image); use rollout.engine=hf on CPU")
     _check(cfg.rollout.sampling.temperature >= 0, "rollout.sampling.temperature", "must be >= 0")
     _check(0 < cfg.rollout.sampling.top_p <= 1, "rollout.sampling.top_p", "must be in (0, 1]")
     _check(cfg.profile.k >= 2, "profile.k", "needs at least 2 samples for a variance")

@@ -37,3 +37,14 @@ def test_bad_keys_fail_at_startup_naming_the_key(override, key):
 def test_cli_reports_config_error(capsys):
     assert main(["show-config", "profile.k=1"]) == 2
     assert "profile.k" in capsys.readouterr().err
+
+
+def test_vllm_engine_refused_without_gpu_and_vllm():
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("this machine can run vLLM; the refusal is for CPU machines")
+    with pytest.raises(ConfigError, match="rollout.engine"):
+        load_config(["rollout=vllm"])
