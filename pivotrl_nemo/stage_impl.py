@@ -145,20 +145,44 @@ def _pi0(cfg: PivotRLConfig, run_dir: Path, optim=None, total_steps: int = 1):
 
 
 def profile(cfg: PivotRLConfig, run_dir: Path) -> dict:
-    """K samples per RL-split candidate from the frozen pi_0; resumable per candidate."""
+    """K samples per RL-split candidate from the frozen pi_0; resumable per candidate.
+
+    In a Slurm array (``sbatch --array=0-N launchers/pivot_rl.slurm profile ...``) each task
+    profiles its shard of the candidates into ``profile/shards/`` and stops there; the next plain
+    ``pivotrl profile`` finishes any incomplete shard, merges (every candidate exactly once) and
+    completes the stage. Without an array, one resumable log ``profile/profile_log.jsonl``.
+    """
+    from .algorithms.profile_shards import (
+        merge_profiles, profile_missing_shards, profile_shard, shard_from_env, shard_layouts)
     from .algorithms.profiling import attach_profile, profile_candidates
+    from .stages import StagePartial
 
     rows, skipped = load_pivot_rows(str(run_dir / "candidates" / "rl.jsonl"), cfg.data.skip_invalid)
     rt, policy = _pi0(cfg, run_dir)
     engine, _ = rt.engine_for(policy)
     sampler = rt.sampler_for(engine)
     chunk = max(1, cfg.rollout.batch_size // cfg.profile.k)
-    profs = profile_candidates(rows, sampler, cfg.profile, cfg.rollout.sampling, run_dir / "profile" / "profile_log.jsonl",
-                               policy_id="pi0:sft", chunk_candidates=chunk)
+    shard_dir, spec = run_dir / "profile" / "shards", shard_from_env()
+    if spec.count > 1:
+        done = profile_shard(rows, sampler, cfg.profile, cfg.rollout.sampling, shard_dir, spec, "pi0:sft", chunk)
+        raise StagePartial(f"profiled {spec.tag} ({done.get('candidates', '?')} candidates); run `pivotrl profile` "
+                           "once without the array to merge the shards")
+    layouts, n = shard_layouts(shard_dir), 1
+    if layouts:
+        if len(layouts) > 1:
+            raise RuntimeError(f"{shard_dir} holds shard logs of several layouts {sorted(layouts)}; remove the stale ones")
+        n = layouts.pop()
+        profile_missing_shards(rows, sampler, cfg.profile, cfg.rollout.sampling, shard_dir, n, "pi0:sft", chunk)
+        profs = merge_profiles(rows, shard_dir, n)
+    else:
+        profs = profile_candidates(rows, sampler, cfg.profile, cfg.rollout.sampling,
+                                   run_dir / "profile" / "profile_log.jsonl", policy_id="pi0:sft",
+                                   chunk_candidates=chunk)
     out = [attach_profile(r, profs[r["id"]]) for r in rows]
     atomic_write_jsonl(run_dir / "profile" / "profiled.jsonl", out)
     mean = sum(p["mean"] for p in profs.values()) / max(len(profs), 1)
-    return {"candidates": len(out), "skipped_invalid": skipped, "k": cfg.profile.k, "mean_pass_rate": mean}
+    return {"candidates": len(out), "skipped_invalid": skipped, "k": cfg.profile.k, "mean_pass_rate": mean,
+            "shards": n}
 
 
 def filter_stage(cfg: PivotRLConfig, run_dir: Path) -> dict:

@@ -22,9 +22,15 @@ from .utils.logging import get_logger
 
 log = get_logger(__name__)
 
-# Stages that run data-parallel over every rank of a torchrun/Slurm launch; the others are
-# single-process (run them once, before a multi-rank `pivotrl train`).
-MULTI_RANK_STAGES = ("train",)
+# Stages that run over every rank of a torchrun/Slurm launch: train (data-parallel) and profile
+# (each rank profiles its shard; a later single-process `pivotrl profile` merges). The others
+# are single-process.
+MULTI_RANK_STAGES = ("train", "profile")
+
+class StagePartial(Exception):
+    """A stage did its share of the work (e.g. one Slurm array task's profiling shard) but the
+    stage as a whole is not finished: no marker is written and the command exits 0."""
+
 
 UPSTREAM = {
     "build": [], "sft": ["build"], "extract": ["build"], "profile": ["sft", "extract"],
@@ -91,7 +97,11 @@ class Runner:
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
         log.info("stage %-8s starting", stage)
         t0 = time.perf_counter()
-        summary = fn(self.cfg, self.run_dir)
+        try:
+            summary = fn(self.cfg, self.run_dir)
+        except StagePartial as e:
+            log.info("stage %-8s: %s", stage, e)
+            return {"partial": str(e)}
         secs = time.perf_counter() - t0
         # Downstream markers are now stale: their fingerprints include this one.
         if world_rank() == 0 and main:

@@ -154,6 +154,11 @@ class ProfileMergeError(ValueError):
         self.missing, self.duplicated, self.unknown, self.misplaced = missing, duplicated, unknown, misplaced
 
 
+def shard_layouts(shard_dir: str | os.PathLike) -> set[int]:
+    """The shard counts of the shard logs present in ``shard_dir`` (empty when none)."""
+    return _layouts(Path(shard_dir))
+
+
 def _layouts(shard_dir: Path) -> set[int]:
     return {int(m[2]) for p in shard_dir.glob("shard_*.jsonl") if (m := _SHARD_FILE.match(p.name))}
 
