@@ -32,6 +32,11 @@ class StagePartial(Exception):
     stage as a whole is not finished: no marker is written and the command exits 0."""
 
 
+# Directories holding a stage's resumable partial state. They are kept across an interruption
+# (same configuration) and discarded when the stage re-runs under a different fingerprint, so a
+# changed configuration never resumes from, or appends to, an earlier configuration's work.
+STAGE_STATE_DIRS = {"sft": ["sft"], "profile": ["profile"], "train": ["train"], "eval": ["eval"]}
+
 UPSTREAM = {
     "build": [], "sft": ["build"], "extract": ["build"], "profile": ["sft", "extract"],
     "filter": ["profile"], "train": ["filter"], "eval": ["train"], "report": ["eval"],
@@ -81,9 +86,13 @@ class Runner:
             raise RuntimeError(f"stage '{stage}' runs in one process; launch it without torchrun "
                                f"(multi-rank stages: {list(MULTI_RANK_STAGES)})")
         for u in UPSTREAM[stage]:
-            if self.marker(u) is None:
+            m_u = self.marker(u)
+            if m_u is None:
                 raise RuntimeError(f"stage '{stage}' needs stage '{u}' first: run `pivotrl {u}` "
                                    f"(or `pivotrl run`) with the same run_dir ({self.run_dir})")
+            if m_u["fingerprint"] != self.fingerprint(u):
+                raise RuntimeError(f"stage '{u}' in {self.run_dir} was produced with another configuration "
+                                   f"than this one; re-run it first (`pivotrl {u} ...` or `pivotrl run ...`)")
         fp = self.fingerprint(stage)
         m = self.marker(stage)
         if m is not None and m["fingerprint"] == fp and not force:
@@ -95,6 +104,7 @@ class Runner:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
+            self._reset_stale_state(stage, fp)
         log.info("stage %-8s starting", stage)
         t0 = time.perf_counter()
         try:
@@ -109,6 +119,20 @@ class Runner:
         current_dp().barrier()
         log.info("stage %-8s done in %.1f s", stage, secs)
         return summary
+
+    def _reset_stale_state(self, stage: str, fp: str) -> None:
+        """Keep a stage's partial outputs only if they were made under this fingerprint."""
+        import shutil
+
+        for name in STAGE_STATE_DIRS.get(stage, []):
+            d = self.run_dir / name
+            stamp = d / ".fingerprint"
+            if d.exists() and (not stamp.exists() or stamp.read_text().strip() != fp):
+                log.info("stage %-8s: discarding %s (made under another configuration)", stage, d)
+                shutil.rmtree(d)
+            d.mkdir(parents=True, exist_ok=True)
+            if not stamp.exists():
+                atomic_write_text(stamp, fp + "\n")
 
     def stage_seconds(self) -> dict[str, float]:
         out = {}

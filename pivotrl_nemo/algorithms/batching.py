@@ -51,7 +51,8 @@ def make_batch(prompts: list[list[int]], actions: list[list[int]], pad_id: int,
 
 def gather_hidden(hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
     """[B, S, H] hidden states -> [N, H] at the loss positions."""
-    return hidden[batch.loss_index[:, 0], batch.loss_index[:, 1]]
+    idx = batch.loss_index.to(hidden.device)
+    return hidden[idx[:, 0], idx[:, 1]]
 
 
 def chunks(n: int, size: int) -> list[range]:

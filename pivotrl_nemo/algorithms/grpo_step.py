@@ -64,14 +64,17 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
         part = [train[i] for i in mb]
         batch = make_batch([s.prompt for s in part], [s.action for s in part], pad_id, [s.keep for s in part])
         hidden, weight = policy.hidden_and_output_weight(batch.input_ids)
-        lp, ent = action_logprobs(gather_hidden(hidden, batch), weight, batch.targets, temperature, impl)
-        old = torch.tensor([x for s in part for x, k in zip(s.old_logprobs, s.keep) if k], dtype=torch.float32)
-        adv = torch.tensor([s.advantage for s in part], dtype=torch.float32)[batch.seq_of_token]
+        dev = hidden.device
+        targets = batch.targets.to(dev)
+        lp, ent = action_logprobs(gather_hidden(hidden, batch), weight, targets, temperature, impl)
+        old = torch.tensor([x for s in part for x, k in zip(s.old_logprobs, s.keep) if k], dtype=torch.float32,
+                           device=dev)
+        adv = torch.tensor([s.advantage for s in part], dtype=torch.float32)[batch.seq_of_token].to(dev)
         ref = None
         if cfg.kl_coef > 0:
             with torch.no_grad():
                 rh, rw = ref_policy.hidden_and_output_weight(batch.input_ids)
-                ref, _ = action_logprobs(gather_hidden(rh, batch), rw, batch.targets, temperature, impl)
+                ref, _ = action_logprobs(gather_hidden(rh, batch), rw, targets, temperature, impl)
         out = clipped_pg_loss(lp, old, adv, torch.ones_like(lp), global_valid, cfg.clip_low, cfg.clip_high,
                               cfg.kl_coef, ref)
         (out.loss * dp.size).backward()
@@ -87,20 +90,22 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
     # local sequences contributes a zero gradient.
     trained_global = dp.sum(len(train))
     grad_norm = policy.optimizer_step() if trained_global > 0 else 0.0
-    n = max(stats["n"], 1)
+    n = max(dp.sum(stats["n"]), 1)
     all_rewards = torch.tensor(dp.gather(rewards.tolist()), dtype=torch.float32).reshape(-1, rewards.shape[1])
     return {
         "reward_mean": float(all_rewards.mean()),
         "zero_variance_groups": zero_variance_fraction(all_rewards),
         "loss": dp.sum(stats["loss"]),
-        "kl": stats["kl"],
-        "clip_fraction": stats["clip"] / n,
-        "entropy": stats["ent"] / n,
-        "logprob_mismatch": stats["mismatch"] / n,
+        # normalised over every rank's trained tokens (sums of numerators / sum of token counts)
+        "kl": dp.sum(stats["kl"]),
+        "clip_fraction": dp.sum(stats["clip"]) / n,
+        "entropy": dp.sum(stats["ent"]) / n,
+        "logprob_mismatch": dp.sum(stats["mismatch"]) / n,
         "ratio_min": rmin if train else 1.0,
         "ratio_max": rmax if train else 1.0,
         "grad_norm": float(grad_norm),
         "valid_tokens": float(global_valid),
         "local_valid_tokens": float(sum(sum(x.keep) for x in samples)),
         "trained_sequences": trained_global,
+        "trained_tokens": float(n if trained_global > 0 else 0),
     }

@@ -9,7 +9,6 @@ limit) the loop finishes the current step, checkpoints, writes ``PREEMPTED`` and
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import Counter
@@ -47,7 +46,7 @@ def _step_metrics(m: dict, groups, t0: float, t1: float, t2: float, t3: float, l
     n_cat = max(sum(cats.values()), 1)
     out = {f"train/{k}": v for k, v in m.items()}
     out.update({
-        "train/tokens_per_s": m["valid_tokens"] / max(t2 - t1, 1e-9),  # all ranks' tokens / step time
+        "train/tokens_per_s": m["trained_tokens"] / max(t2 - t1, 1e-9),  # tokens trained on, all ranks
         "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/weight_sync_s": t3 - t2, "train/lr": lr,
         **{f"verdict/{k}": v / n_cat for k, v in cats.items()},
     })
@@ -63,9 +62,10 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
     dp = dp or DataParallel(0, 1)
     ckpt, state_file = out_dir / "checkpoint", out_dir / "trainer_state.json"
     start = 1
-    if state_file.exists():
-        start = json.loads(state_file.read_text())["step"] + 1
-        policy.load(ckpt)
+    if (ckpt / "policy.pt").exists():
+        # The loop step lives in the checkpoint file itself: weights, optimizer and step are one
+        # atomic write (trainer_state.json is a human-readable copy).
+        start = int(policy.load(ckpt)["loop_step"]) + 1
         synchronizer.sync_weights()
         log.info("train: resumed from %s at step %d", ckpt, start)
     batches = pivot_batches(len(pivots), a.prompts_per_step, a.steps, a.seed)
@@ -93,7 +93,7 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
             if metrics is not None:
                 metrics.log(step, last)
             if step % a.save_every == 0 or step == a.steps or stop:
-                policy.save(ckpt)  # collective: rank 0 writes, every rank waits for it
+                policy.save(ckpt, extra={"loop_step": step})  # collective: rank 0 writes, all ranks wait
                 if dp.is_main:
                     atomic_write_json(state_file, {"step": step})
                 dp.barrier()

@@ -48,7 +48,7 @@ def train_sft(policy, examples: list[tuple[list[int], list[int]]], cfg: SFTConfi
         for mb in chunks(len(picked), micro_batch_size):
             batch = make_batch([picked[i][0] for i in mb], [picked[i][1] for i in mb], pad_id)
             hidden, weight = policy.hidden_and_output_weight(batch.input_ids)
-            lp, _ = action_logprobs(gather_hidden(hidden, batch), weight, batch.targets, 1.0, impl)
+            lp, _ = action_logprobs(gather_hidden(hidden, batch), weight, batch.targets.to(hidden.device), 1.0, impl)
             loss = -lp.sum() / total_tokens
             loss.backward()
             loss_sum += float(loss.detach())
@@ -73,7 +73,7 @@ def action_nll(policy, examples: list[tuple[list[int], list[int]]], pad_id: int,
     for mb in chunks(len(examples), micro_batch_size):
         batch = make_batch([examples[i][0] for i in mb], [examples[i][1] for i in mb], pad_id)
         hidden, weight = policy.hidden_and_output_weight(batch.input_ids)
-        lp, _ = action_logprobs(gather_hidden(hidden, batch), weight, batch.targets, 1.0, "torch")
+        lp, _ = action_logprobs(gather_hidden(hidden, batch), weight, batch.targets.to(hidden.device), 1.0, "torch")
         total -= float(lp.sum())
         count += batch.num_tokens
     policy.train()

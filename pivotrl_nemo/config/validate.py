@@ -44,8 +44,18 @@ def validate(cfg: PivotRLConfig) -> None:
 
         _check(torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None, "rollout.engine",
                "'vllm' needs a CUDA GPU and vLLM (pip install '.[gpu]' or an NGC image); use rollout.engine=hf on CPU")
-    _check(cfg.rollout.sampling.temperature >= 0, "rollout.sampling.temperature", "must be >= 0")
-    _check(0 < cfg.rollout.sampling.top_p <= 1, "rollout.sampling.top_p", "must be in (0, 1]")
+    _check(cfg.rollout.sampling.temperature > 0, "rollout.sampling.temperature",
+           "must be > 0 (profiling and training sample; greedy evaluation is eval.temperature=0)")
+    _check(cfg.eval.temperature >= 0, "eval.temperature", "must be >= 0 (0 is greedy)")
+    _check(cfg.rollout.sampling.top_p == 1.0, "rollout.sampling.top_p",
+           "must be 1.0 for now: the trainer's log-probs are over the full softmax, so top-p sampling "
+           "log-probs would bias the importance ratio")
+    splits = cfg.data.split_fractions
+    for name in ("sft", "rl"):
+        _check(name in splits, "data.split_fractions", f"needs a '{name}' split (may be 0 with a jsonl source)")
+    _check(cfg.eval.split in splits and cfg.eval.split not in ("sft", "rl"), "eval.split",
+           f"must be a held-out split of data.split_fractions other than 'sft' and 'rl', got {cfg.eval.split!r}")
+    _check(a.save_every >= 1, "algorithm.save_every", "must be >= 1")
     _check(cfg.profile.k >= 2, "profile.k", "needs at least 2 samples for a variance")
     _check(0 < cfg.filter.lambda_diff <= 1, "filter.lambda_diff", "must be in (0, 1]")
     _check(a.group_size >= 2, "algorithm.group_size", "GRPO needs at least 2 samples per pivot")
@@ -71,5 +81,8 @@ def validate(cfg: PivotRLConfig) -> None:
            f"world size {world} is not divisible by TP x PP = {mp}")
     _check(m.num_experts == 0 or m.num_experts % p.expert_model_parallel_size == 0, "parallel.expert_model_parallel_size",
            f"model.num_experts={m.num_experts} is not divisible by EP={p.expert_model_parallel_size}")
+    _check(p.tensor_model_parallel_size == 1 and p.pipeline_model_parallel_size == 1
+           and p.expert_model_parallel_size == 1, "parallel.tensor_model_parallel_size",
+           "TP/PP/EP > 1 are not supported by training yet (data parallelism is: launch more ranks)")
     _check(not (m.num_experts > 0 and p.tensor_model_parallel_size > 1 and not p.sequence_parallel),
            "parallel.sequence_parallel", "MoE with TP > 1 needs parallel.sequence_parallel=true")

@@ -93,8 +93,13 @@ def _validate_profile(p: Any) -> list[tuple[str, str]]:
     problems = []
     if p.get("k") != len(rewards):
         problems.append(("profile.k", f"is {p.get('k')!r} but there are {len(rewards)} rewards"))
-    if rewards and abs(float(p.get("mean", -1)) - sum(rewards) / len(rewards)) > 1e-6:
+    mean = p.get("mean")
+    if not isinstance(mean, (int, float)) or isinstance(mean, bool):
+        problems.append(("profile.mean", "must be a number"))
+    elif rewards and abs(float(mean) - sum(rewards) / len(rewards)) > 1e-6:
         problems.append(("profile.mean", "does not equal the mean of profile.rewards"))
+    if not isinstance(p.get("variance"), (int, float)) or isinstance(p.get("variance"), bool):
+        problems.append(("profile.variance", "must be a number"))
     return problems
 
 
@@ -125,6 +130,8 @@ def validate_pivot_row(row: Any) -> list[tuple[str, str]]:
     meta = row.get("metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("trajectory_id"), str):
         problems.append(("metadata.trajectory_id", "missing (needed to split by trajectory)"))
+    elif not isinstance(meta.get("depth", 0), int) or isinstance(meta.get("depth", 0), bool):
+        problems.append(("metadata.depth", "must be an integer"))
     if "profile" in row:
         problems += _validate_profile(row["profile"])
     return problems
@@ -160,10 +167,16 @@ def validate_file(path: str) -> ValidationReport:
 
 def load_pivot_rows(path: str, skip_invalid: bool = False) -> tuple[list[dict], int]:
     """Rows of a pivot file; stops at the first bad row (file:line: field: message) unless
-    ``skip_invalid``, which returns (valid rows, number skipped)."""
+    ``skip_invalid``, which returns (valid rows, number skipped). Row ids must be unique (they
+    key prompt caches and profile resumption)."""
     rows, skipped = [], 0
+    seen: dict[str, int] = {}
     for lineno, row in iter_jsonl(path, yield_errors=True):
         problems = [(row.field, row.message)] if isinstance(row, DataError) else validate_pivot_row(row)
+        if not problems and row["id"] in seen:
+            problems = [("id", f"duplicate of the row at line {seen[row['id']]}")]
+        elif not problems:
+            seen[row["id"]] = lineno
         if problems:
             if not skip_invalid:
                 raise DataError(path, lineno, *problems[0])

@@ -108,8 +108,13 @@ class LoadReport:
 def load_trajectories(path: str, skip_invalid: bool = False) -> tuple[list[dict], LoadReport]:
     report = LoadReport()
     out = []
+    seen: dict[str, int] = {}
     for lineno, obj in iter_jsonl(path, yield_errors=True):
         problems = [(obj.field, obj.message)] if isinstance(obj, DataError) else validate_trajectory(obj)
+        if not problems and obj["id"] in seen:
+            problems = [("id", f"duplicate trajectory id (first at line {seen[obj['id']]})")]
+        elif not problems:
+            seen[obj["id"]] = lineno
         if problems:
             if not skip_invalid:
                 f, msg = problems[0]

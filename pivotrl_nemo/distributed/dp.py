@@ -28,7 +28,9 @@ class DataParallel:
     def sum(self, value: float) -> float:
         if self.size == 1:
             return float(value)
-        t = torch.tensor([float(value)], dtype=torch.float64)
+        # NCCL groups reduce only CUDA tensors; gloo groups only CPU ones
+        device = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
+        t = torch.tensor([float(value)], dtype=torch.float64, device=device)
         dist.all_reduce(t, group=self.group)
         return float(t.item())
 

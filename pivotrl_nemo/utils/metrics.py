@@ -51,13 +51,15 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Rows by step; when a run resumed after a crash re-logged steps, the last row of a step wins."""
     p = Path(path)
     if not p.exists():
         return []
-    out = []
+    by_step: dict[int, dict] = {}
     for line in p.read_text().splitlines():
         try:
-            out.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             break
-    return out
+        by_step[int(row["step"])] = row
+    return [by_step[k] for k in sorted(by_step)]

@@ -157,7 +157,7 @@ def _markdown(cfg, rep: dict, filt: dict, markers: dict) -> str:
         "",
         "## Profiling and the pivot filter",
         "",
-        f"- rule: {filt.get('rule')}; K = {cfg.profile.k}",
+        f"- rule: {filt.get('rule')}; K = {markers.get('profile', {}).get('summary', {}).get('k')}",
         f"- {rep['n_candidates']} RL candidates, {rep['n_pivots']} pivots kept ({_pct(rep['kept_fraction'])}); "
         f"zero-variance (dropped, no learning signal): {_pct(rep['zero_variance_fraction'])}",
         f"- dropped by reason: {filt.get('dropped')}",

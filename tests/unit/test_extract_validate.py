@@ -96,3 +96,22 @@ def test_trajectory_errors_name_line_and_field(tmp_path):
     assert str(e.value) == f"{p}:2: messages[2].tool_calls[0].function.arguments: must be a JSON object (string-encoded)"
     trajs, rep = load_trajectories(str(p), skip_invalid=True)
     assert [t["id"] for t in trajs] == ["a"] and rep.skipped == 1
+
+
+def test_duplicate_ids_are_rejected(tmp_path):
+    p = tmp_path / "traj.jsonl"
+    atomic_write_jsonl(p, [_traj("a"), _traj("a")])
+    with pytest.raises(DataError, match=r"traj.jsonl:2: id: duplicate trajectory id \(first at line 1\)"):
+        load_trajectories(str(p))
+    rows = extract_candidates(_traj(), "rl", "tool_call_args")
+    q = tmp_path / "pivots.jsonl"
+    atomic_write_jsonl(q, [rows[0], rows[1], rows[0]])
+    with pytest.raises(DataError, match=r"pivots.jsonl:3: id: duplicate of the row at line 1"):
+        load_pivot_rows(str(q))
+
+
+def test_profile_fields_must_be_numbers():
+    row = extract_candidates(_traj(), "rl", "tool_call_args")[0]
+    row["profile"] = {"k": 2, "rewards": [1, 0], "mean": "half", "variance": None}
+    fields = [f for f, _ in validate_pivot_row(row)]
+    assert "profile.mean" in fields and "profile.variance" in fields

@@ -314,7 +314,7 @@ class MegatronPolicy:
             torch.cuda.set_rng_state(rng["cuda"])
         tensor_parallel.get_cuda_rng_tracker().set_states(rng["tracker"])
 
-    def save(self, directory: str | os.PathLike) -> Path:
+    def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write ``directory/policy.pt`` atomically; returns ``directory``.
 
         A new directory is written as ``<name>.tmp.<pid>`` and renamed; an existing one gets the
@@ -330,6 +330,7 @@ class MegatronPolicy:
             raise NotImplementedError("torch.save checkpoints are single-shard; TP/PP/EP need dist checkpoints")
         if not multi or dist.get_rank() == 0:
             state = self.state_dict()
+            state["extra"] = dict(extra or {})  # e.g. the training loop's step, saved in the same file
             if directory.is_dir():
                 _atomic_torch_save(state, directory / CHECKPOINT_FILE)
             else:
@@ -345,11 +346,13 @@ class MegatronPolicy:
             dist.barrier()
         return directory
 
-    def load(self, directory: str | os.PathLike, load_optimizer: bool = True) -> None:
-        """Restore a ``save`` directory (``load_optimizer=False``: weights only)."""
+    def load(self, directory: str | os.PathLike, load_optimizer: bool = True) -> dict[str, Any]:
+        """Restore a ``save`` directory (``load_optimizer=False``: weights only); returns the
+        ``extra`` dict it was saved with."""
         path = Path(directory) / CHECKPOINT_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no policy checkpoint at {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.load_state_dict(state, load_optimizer=load_optimizer)
         logger.info("loaded policy (step %d) from %s", self.step_count, directory)
+        return dict(state.get("extra", {}))
