@@ -109,14 +109,15 @@ def extract(cfg: PivotRLConfig, run_dir: Path) -> dict:
 
 
 def _sft_examples(rt, rows: list[dict]) -> list[tuple[list[int], list[int]]]:
-    from .rollout.chat import render_prompt_ids, render_training_example
+    from .rollout.chat import render_training_example
     from .verifiers.actions import action_from_expected, render_action
 
     out = []
     for r in rows:
-        prompt = render_prompt_ids(r, rt.tokenizer, rt.cfg.data)
-        ids, _mask = render_training_example(r, render_action(action_from_expected(r["expected_action"])), rt.tokenizer, rt.cfg.data)
-        out.append((prompt, ids[len(prompt):]))
+        action = render_action(action_from_expected(r["expected_action"]))
+        ids, mask = render_training_example(r, action, rt.tokenizer, rt.cfg.data)
+        start = mask.index(1)  # the mask is 1 exactly on the action and its end-of-turn token
+        out.append((ids[:start], ids[start:]))
     return out
 
 

@@ -8,27 +8,17 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2
 
 
 def _import_kernels():
-    try:
-        return importlib.import_module("pivotrl_nemo.kernels")
-    except ModuleNotFoundError as exc:
-        if exc.name != "pivotrl_nemo.kernels":
-            raise
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    return importlib.import_module("kernels")
+    return importlib.import_module("pivotrl_nemo.kernels")
 
 
 def _case(n=26, h=32, v=150, seed=0):

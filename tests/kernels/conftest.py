@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,19 +17,11 @@ import torch
 if "triton" not in sys.modules and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def import_kernels():
-    """``pivotrl_nemo.kernels`` once installed (setup.py maps it to ./kernels), else ./kernels."""
-    try:
-        return importlib.import_module("pivotrl_nemo.kernels")
-    except ModuleNotFoundError as exc:
-        if exc.name != "pivotrl_nemo.kernels":
-            raise
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    return importlib.import_module("kernels")
+    """``pivotrl_nemo.kernels`` (setup.py installs ./kernels under that name)."""
+    return importlib.import_module("pivotrl_nemo.kernels")
 
 
 def pytest_configure(config):
