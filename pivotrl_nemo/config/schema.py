@@ -52,6 +52,20 @@ class ModelConfig:
     """Load-balancing loss coefficient (0 for RL, as in NVIDIA's runs)."""
     moe_router_freeze: bool = False
     """Freeze the router weights during RL."""
+    moe_router_dtype: str = "fp32"
+    """Dtype of the router's softmax and top-k: 'fp32' (default; stable routing under bf16),
+    'fp64', or 'none' (the activation dtype)."""
+    moe_grouped_gemm: bool = False
+    """Run the local experts as one grouped GEMM (TEGroupedMLP; needs Transformer Engine on a GPU).
+    False runs them one by one (SequentialMLP: CPU and GPU)."""
+    moe_token_dispatcher_type: str = "alltoall"
+    """How tokens reach experts across EP ranks: 'alltoall' (default) or 'allgather'
+    ('flex' needs DeepEP on a GPU)."""
+    moe_log_expert_load: bool = True
+    """Log each MoE layer's expert load (max / mean tokens per expert, 1.0 = balanced) per step."""
+    transformer_impl: str = "local"
+    """'local' (megatron-core's own modules; CPU and GPU), 'transformer_engine' (TE spec; GPU, TE
+    installed) or 'auto' (TE when importable with CUDA, else local)."""
     attention_backend: str = "sdpa"
     """Core attention of the local spec: 'sdpa' (torch's fused causal kernel, no [s x s] scores)
     or 'local' (megatron-core's DotProductAttention)."""
@@ -251,12 +265,25 @@ class LossConfig:
 
 @dataclass
 class ParallelConfig:
-    """Parallel layout (single rank on the CPU quickstart)."""
+    """Parallel layout. The data-parallel size is derived: world / (TP x PP); EP splits the
+    experts over data-parallel ranks (megatron's MoE layout), so EP must divide world / TP / PP
+    times the expert-TP ratio (see ``config.validate``)."""
 
     tensor_model_parallel_size: int = 1
+    """TP: attention heads, MLP/expert columns and the vocabulary split over this many ranks."""
     pipeline_model_parallel_size: int = 1
+    """PP: layers split into this many stages (1F1B schedule); needs num_layers % PP == 0."""
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    """Interleaved (virtual) pipeline chunks per stage; not supported yet (must stay null)."""
     expert_model_parallel_size: int = 1
+    """EP: routed experts split over this many ranks (tokens move by all-to-all)."""
+    expert_tensor_parallel_size: Optional[int] = None
+    """TP inside each expert; null = tensor_model_parallel_size (megatron's default)."""
     sequence_parallel: bool = False
+    """SP: activations outside attention/MLP split over the TP ranks along the sequence; required
+    for MoE with TP > 1."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (megatron's DistributedOptimizer; GPU only)."""
 
 
 @dataclass

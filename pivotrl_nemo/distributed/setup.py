@@ -169,15 +169,21 @@ def get_context() -> DistributedContext:
     return _CONTEXT
 
 
-def destroy() -> None:
-    """Tear down ``parallel_state`` and the default process group if this module created it."""
+def destroy(keep_default_group: bool = False) -> None:
+    """Tear down ``parallel_state`` and the default process group if this module created it.
+
+    ``keep_default_group=True`` keeps torch.distributed up so ``init_distributed`` can build
+    another layout over the same ranks (re-creating the default group in one process is fragile).
+    """
     global _CONTEXT, _OWNS_DEFAULT_GROUP
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import random as mp_random
 
     ps.destroy_model_parallel()
     mp_random.initialize_rng_tracker(force_reset=True)
+    _CONTEXT = None
+    if keep_default_group:
+        return
     if _OWNS_DEFAULT_GROUP and dist.is_initialized():
         dist.destroy_process_group()
     _OWNS_DEFAULT_GROUP = False
-    _CONTEXT = None

@@ -60,9 +60,9 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None)
             moe_router_pre_softmax=False,
             moe_router_load_balancing_type="aux_loss" if cfg.moe_aux_loss_coeff > 0 else "none",
             moe_aux_loss_coeff=cfg.moe_aux_loss_coeff,
-            moe_router_dtype="fp32",
-            moe_grouped_gemm=False,
-            moe_token_dispatcher_type="alltoall",
+            moe_router_dtype=None if cfg.moe_router_dtype == "none" else cfg.moe_router_dtype,
+            moe_grouped_gemm=cfg.moe_grouped_gemm,
+            moe_token_dispatcher_type=cfg.moe_token_dispatcher_type,
             moe_permute_fusion=False,
             moe_router_fusion=False,
         )
@@ -84,12 +84,14 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None)
         attention_dropout=0.0,
         init_method_std=cfg.init_method_std,
         params_dtype=dtype,
+        pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu_initialization=not torch.cuda.is_available(),
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         expert_model_parallel_size=parallel.expert_model_parallel_size,
+        expert_tensor_parallel_size=parallel.expert_tensor_parallel_size,
         sequence_parallel=parallel.sequence_parallel,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
@@ -101,21 +103,80 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None)
     )
 
 
-def layer_spec(cfg: ModelConfig) -> Any:
-    """The megatron-core local layer spec: RMSNorm, qk layernorm (``cfg.qk_layernorm``), SequentialMLP experts."""
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+class ParallelRMSNorm(torch.nn.RMSNorm):
+    """torch RMSNorm with megatron's norm constructor, usable under sequence parallelism.
 
-    spec = get_gpt_layer_local_spec(
-        num_experts=cfg.num_experts if cfg.num_experts > 0 else None,
-        moe_grouped_gemm=False,
-        qk_layernorm=cfg.qk_layernorm,
-        normalization="RMSNorm",
-    )
+    megatron's ``WrappedTorchNorm`` refuses ``sequence_parallel``. Under SP each TP rank
+    normalises its own slice of the sequence, so the weight's gradient is partial per rank; the
+    ``sequence_parallel`` tag on the weight makes megatron's ``finalize_model_grads`` sum it over
+    the TP group (as it does for TE's norms). Same parameter name (``weight``) and function as
+    ``torch.nn.RMSNorm``.
+    """
+
+    def __init__(self, config: Any, hidden_size: int, eps: float = 1e-5, **_: Any) -> None:
+        if config.normalization != "RMSNorm":
+            raise ValueError(f"ParallelRMSNorm implements RMSNorm, not {config.normalization}")
+        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
+        self.weight.sequence_parallel = config.sequence_parallel
+
+
+def use_transformer_engine(cfg: ModelConfig) -> bool:
+    """Whether ``cfg.transformer_impl`` selects the Transformer Engine spec here."""
+    if cfg.transformer_impl == "local":
+        return False
+    import importlib.util
+
+    available = torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
+    if cfg.transformer_impl == "transformer_engine" and not available:
+        raise RuntimeError("model.transformer_impl=transformer_engine needs CUDA and Transformer Engine "
+                           "(an NGC PyTorch/NeMo image); use model.transformer_impl=local or auto")
+    return available
+
+
+def layer_spec(cfg: ModelConfig) -> Any:
+    """One transformer layer's spec: the TE spec (``use_transformer_engine``) or the local spec.
+
+    Local: RMSNorm (``ParallelRMSNorm``, so sequence parallelism works), qk layernorm
+    (``cfg.qk_layernorm``), SequentialMLP experts, SDPA core attention when
+    ``cfg.attention_backend == 'sdpa'``.
+    """
+    from megatron.core.models.gpt import gpt_layer_specs as specs
+
+    experts = cfg.num_experts if cfg.num_experts > 0 else None
+    if use_transformer_engine(cfg):
+        return specs.get_gpt_layer_with_transformer_engine_spec(
+            num_experts=experts, moe_grouped_gemm=cfg.moe_grouped_gemm, qk_layernorm=cfg.qk_layernorm)
+    if cfg.moe_grouped_gemm:
+        raise ValueError("model.moe_grouped_gemm=true needs the Transformer Engine spec "
+                         "(model.transformer_impl=transformer_engine on a GPU); the local spec runs experts one by one")
+    spec = specs.get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False,
+                                          qk_layernorm=cfg.qk_layernorm, normalization="RMSNorm")
+    sub = spec.submodules
+    sub.input_layernorm = ParallelRMSNorm
+    sub.pre_mlp_layernorm = ParallelRMSNorm
+    if cfg.qk_layernorm:
+        sub.self_attention.submodules.q_layernorm = ParallelRMSNorm
+        sub.self_attention.submodules.k_layernorm = ParallelRMSNorm
     if cfg.attention_backend == "sdpa":
         from .sdpa_attention import use_sdpa
 
         use_sdpa(spec)
     return spec
+
+
+def block_spec(cfg: ModelConfig, config: Any, pp_rank: int) -> Any:
+    """The decoder block of pipeline stage ``pp_rank``: its layers and the final norm."""
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    spec = layer_spec(cfg)
+    if use_transformer_engine(cfg):
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        norm = TENorm
+    else:
+        norm = ParallelRMSNorm
+    return TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config, pp_rank=pp_rank),
+                                      layer_norm=norm)
 
 
 def router_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -136,15 +197,16 @@ def build_gpt_model(
     vocab_size: int,
     parallel: ParallelConfig | None = None,
     pg_collection: Any = None,
-    pre_process: bool = True,
-    post_process: bool = True,
+    pre_process: bool | None = None,
+    post_process: bool | None = None,
 ) -> Any:
     """A megatron-core ``GPTModel`` for ``cfg`` (weights initialised from ``cfg.seed``).
 
     Requires ``distributed.setup.init_distributed`` first; ``pg_collection`` defaults to the
     process groups it initialized (``parallel_state``). Re-seeds torch and the
     model-parallel RNG tracker with ``cfg.seed`` so the init does not depend on prior RNG use.
-    ``pre_process``/``post_process`` select the pipeline stage's embedding / output layer.
+    ``pre_process``/``post_process`` (embedding / output layer) default to this rank's pipeline
+    stage: first and last.
     Freezes the routers when ``cfg.moe_router_freeze``.
     """
     from megatron.core.models.gpt import GPTModel
@@ -156,11 +218,19 @@ def build_gpt_model(
         from megatron.core.process_groups_config import ProcessGroupCollection
 
         pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+    tp = pg_collection.tp.size()
+    if vocab_size % tp != 0:
+        raise ValueError(f"vocabulary size {vocab_size} is not divisible by tensor_model_parallel_size={tp}; "
+                         "pick a TP that divides it (or train a domain tokenizer with model.tokenizer_vocab_size "
+                         "a multiple of TP)")
+    pp = pg_collection.pp
+    pre_process = pp.rank() == 0 if pre_process is None else pre_process
+    post_process = pp.rank() == pp.size() - 1 if post_process is None else post_process
     seed_everything(cfg.seed)
     rotary_base = int(cfg.rotary_base) if float(cfg.rotary_base).is_integer() else cfg.rotary_base
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(cfg),
+        transformer_layer_spec=block_spec(cfg, config, pg_collection.pp.rank()),
         vocab_size=vocab_size,
         max_sequence_length=cfg.max_position_embeddings,
         pre_process=pre_process,
