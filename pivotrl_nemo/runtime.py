@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from .config.schema import OptimConfig, PivotRLConfig
+from .config.schema import OptimConfig, ParallelConfig, PivotRLConfig
 from .utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -56,10 +56,23 @@ class Runtime:
 
         return get_verifier(self.cfg.verifier)
 
+    @cached_property
+    def parallel(self) -> ParallelConfig:
+        """The layout this process runs: ``cfg.parallel`` when launched among several ranks; in a
+        process alone (build, SFT, eval, or a laptop run), the single-rank layout. Checkpoints
+        reshard, so a single-rank pi_0 trains at any layout and vice versa."""
+        from .config.validate import _world_size
+
+        p = self.cfg.parallel
+        if _world_size() == 1 and p != ParallelConfig():
+            log.info("one process: running the single-rank layout instead of parallel=%s", p)
+            return ParallelConfig()
+        return p
+
     def _init_distributed(self) -> None:
         from .distributed.setup import init_distributed
 
-        init_distributed(self.cfg.parallel, seed=self.cfg.model.seed)
+        init_distributed(self.parallel, seed=self.cfg.model.seed)
 
     def new_policy(self, optim: OptimConfig, total_steps: int, freeze_router: bool | None = None):
         """A freshly initialised megatron policy with its optimizer (router frozen per
@@ -68,7 +81,7 @@ class Runtime:
         from .models.megatron.policy import MegatronPolicy
 
         return MegatronPolicy(self.cfg.model, self.vocab_size, optim, total_steps=total_steps,
-                              parallel=self.cfg.parallel, freeze_router=freeze_router)
+                              parallel=self.parallel, freeze_router=freeze_router)
 
     def engine_for(self, policy):
         """A rollout engine holding ``policy``'s current weights, and the synchronizer that
@@ -82,10 +95,7 @@ class Runtime:
             from .rollout.vllm import VLLMRolloutEngine, write_model_dir
             from .weight_sync.vllm_sync import VLLMIPCWeightSynchronizer
 
-            r, p = self.cfg.rollout, self.cfg.parallel
-            if p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.expert_model_parallel_size > 1:
-                raise NotImplementedError("rollout.engine=vllm with TP/PP/EP training needs the sharded gather "
-                                          "(issue 3); train data-parallel for now")
+            r = self.cfg.rollout
             ids = dict(bos_token_id=self.tokenizer.bos_token_id, eos_token_id=self.tokenizer.eos_token_id,
                        pad_token_id=self.tokenizer.pad_token_id)
             model_dir = write_model_dir(hf_config_for(self.cfg.model, self.vocab_size, **ids), self.tokenizer,

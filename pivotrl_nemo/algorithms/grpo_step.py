@@ -16,7 +16,7 @@ import torch
 from ..config.schema import AlgorithmConfig
 from ..distributed.dp import DataParallel
 from .advantages import compute_advantages, zero_variance_fraction
-from .batching import chunks, gather_hidden, make_batch
+from .batching import chunks, make_batch
 from .head import action_logprobs
 from .losses import clipped_pg_loss
 from .rollouts import ScoredGroup
@@ -57,35 +57,41 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
     samples, rewards = flatten_groups(groups, cfg)
     global_valid = dp.sum(sum(sum(s.keep) for s in samples))
     train = [s for s in samples if sum(s.keep) > 0 and (s.advantage != 0.0 or cfg.kl_coef > 0)]
-    policy.zero_grad()
-    stats = {"clip": 0.0, "kl": 0.0, "ent": 0.0, "mismatch": 0.0, "loss": 0.0, "n": 0}
-    rmin, rmax = float("inf"), float("-inf")
-    for mb in chunks(len(train), cfg.micro_batch_size):
-        part = [train[i] for i in mb]
-        batch = make_batch([s.prompt for s in part], [s.action for s in part], pad_id, [s.keep for s in part])
-        hidden, weight = policy.hidden_and_output_weight(batch.input_ids)
-        dev = hidden.device
-        targets = batch.targets.to(dev)
-        lp, ent = action_logprobs(gather_hidden(hidden, batch), weight, targets, temperature, impl)
+    parts = [[train[i] for i in mb] for mb in chunks(len(train), cfg.micro_batch_size)]
+    batches = [make_batch([s.prompt for s in part], [s.action for s in part], pad_id, [s.keep for s in part])
+               for part in parts]
+    refs: dict[int, torch.Tensor] = {}
+    if cfg.kl_coef > 0 and batches:
+        def ref_fn(i, batch, hidden, weight):
+            with torch.no_grad():
+                refs[i], _ = action_logprobs(hidden, weight, batch.targets.to(hidden.device), temperature, impl,
+                                             ref_policy.tp_group)
+            return hidden.sum() * 0.0, {}
+
+        ref_policy.forward_backward(batches, ref_fn, forward_only=True)
+
+    def loss_fn(i, batch, hidden, weight):
+        part, dev = parts[i], hidden.device
+        lp, ent = action_logprobs(hidden, weight, batch.targets.to(dev), temperature, impl, policy.tp_group)
         old = torch.tensor([x for s in part for x, k in zip(s.old_logprobs, s.keep) if k], dtype=torch.float32,
                            device=dev)
         adv = torch.tensor([s.advantage for s in part], dtype=torch.float32)[batch.seq_of_token].to(dev)
-        ref = None
-        if cfg.kl_coef > 0:
-            with torch.no_grad():
-                rh, rw = ref_policy.hidden_and_output_weight(batch.input_ids)
-                ref, _ = action_logprobs(gather_hidden(rh, batch), rw, targets, temperature, impl)
         out = clipped_pg_loss(lp, old, adv, torch.ones_like(lp), global_valid, cfg.clip_low, cfg.clip_high,
-                              cfg.kl_coef, ref)
-        (out.loss * dp.size).backward()
+                              cfg.kl_coef, refs.get(i))
         n = batch.num_tokens
-        stats["n"] += n
-        stats["loss"] += float(out.loss.detach())
-        stats["kl"] += float(out.kl.detach())
-        stats["clip"] += float(out.clip_fraction) * n
-        stats["ent"] += float(ent.detach().sum())
-        stats["mismatch"] += float((lp.detach() - old).abs().sum())
-        rmin, rmax = min(rmin, float(out.ratio_min)), max(rmax, float(out.ratio_max))
+        return out.loss * dp.size, {
+            "n": n, "loss": float(out.loss.detach()), "kl": float(out.kl.detach()),
+            "clip": float(out.clip_fraction) * n, "ent": float(ent.detach().sum()),
+            "mismatch": float((lp.detach() - old).abs().sum()),
+            "rmin": float(out.ratio_min), "rmax": float(out.ratio_max)}
+
+    policy.zero_grad()
+    per_mb = policy.forward_backward(batches, loss_fn)
+    keys = ("n", "loss", "kl", "clip", "ent", "mismatch")
+    stats = dict(zip(keys, policy.pipeline_sum([sum(m[k] for m in per_mb) for k in keys])))
+    neg_rmin, rmax = policy.pipeline_sum([-min((m["rmin"] for m in per_mb), default=1.0),
+                                          max((m["rmax"] for m in per_mb), default=1.0)])
+    rmin = -neg_rmin
     # The decision to step is global, so DDP's collectives line up on every rank; a rank with no
     # local sequences contributes a zero gradient.
     trained_global = dp.sum(len(train))

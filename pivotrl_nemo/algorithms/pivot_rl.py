@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..config.schema import PivotRLConfig
-from ..distributed.dp import DataParallel
+from ..distributed.dp import DataParallel, ModelParallel, current_mp
 from ..utils.io import atomic_write_json
 from ..utils.logging import get_logger
 from ..utils.metrics import MetricsWriter
@@ -53,6 +53,21 @@ def _step_metrics(m: dict, groups, t0: float, t1: float, t2: float, t3: float, l
     return out
 
 
+def _rollouts(sampler: TurnSampler, rows: list[dict], cfg: PivotRLConfig, step: int, dp: DataParallel,
+              mp: ModelParallel) -> list:
+    """This DP rank's scored groups of the step. Each row's random stream is keyed by its
+    position in the global batch, so the samples do not depend on the DP size; the first rank
+    of each model-parallel group samples and the others receive its groups (TP/PP peers must
+    train on identical data)."""
+    a = cfg.algorithm
+    keys = dp.shard(list(range(len(rows))))
+    groups = None
+    if mp.rank == 0:
+        groups = sampler.sample_and_score(dp.shard(rows), a.group_size, cfg.rollout.sampling,
+                                          seed=(a.seed * 1_000_003 + step) * 4096, stream_keys=keys)
+    return mp.broadcast(groups)
+
+
 def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict], cfg: PivotRLConfig,
                    out_dir: Path, metrics: MetricsWriter | None, pad_id: int, dp: DataParallel | None = None,
                    progress: bool = True, ref_policy=None) -> dict:
@@ -60,6 +75,7 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
     pivots; rank 0 alone writes metrics and checkpoints (all ranks hold the same weights)."""
     a = cfg.algorithm
     dp = dp or DataParallel(0, 1)
+    mp = current_mp()
     ckpt, state_file = out_dir / "checkpoint", out_dir / "trainer_state.json"
     start = 1
     if (ckpt / "policy.pt").exists():
@@ -79,9 +95,7 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
     with PreemptionGuard() as guard:
         for step in range(start, a.steps + 1):
             t0 = time.perf_counter()
-            rows = dp.shard([pivots[i] for i in batches[step - 1]])
-            groups = sampler.sample_and_score(rows, a.group_size, cfg.rollout.sampling,
-                                              seed=(a.seed * 1_000_003 + step) * 4096 + dp.rank)
+            groups = _rollouts(sampler, [pivots[i] for i in batches[step - 1]], cfg, step, dp, mp)
             sampler.engine.sleep()  # colocated engines free the GPU for training; sync_weights wakes them
             t1 = time.perf_counter()
             m = grpo_step(policy, groups, a, pad_id, cfg.rollout.sampling.temperature, cfg.loss.impl, dp, ref_policy)

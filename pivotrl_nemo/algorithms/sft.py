@@ -14,7 +14,7 @@ import torch
 from ..config.schema import SFTConfig
 from ..utils.logging import get_logger
 from ..utils.metrics import MetricsWriter
-from .batching import chunks, gather_hidden, make_batch
+from .batching import chunks, make_batch
 from .head import action_logprobs
 
 log = get_logger(__name__)
@@ -43,15 +43,16 @@ def train_sft(policy, examples: list[tuple[list[int], list[int]]], cfg: SFTConfi
         picked = [examples[i] for i in order[: cfg.batch_size]]
         del order[: cfg.batch_size]
         total_tokens = sum(len(a) for _, a in picked)
-        policy.zero_grad()
-        loss_sum = 0.0
-        for mb in chunks(len(picked), micro_batch_size):
-            batch = make_batch([picked[i][0] for i in mb], [picked[i][1] for i in mb], pad_id)
-            hidden, weight = policy.hidden_and_output_weight(batch.input_ids)
-            lp, _ = action_logprobs(gather_hidden(hidden, batch), weight, batch.targets.to(hidden.device), 1.0, impl)
+        batches = [make_batch([picked[i][0] for i in mb], [picked[i][1] for i in mb], pad_id)
+                   for mb in chunks(len(picked), micro_batch_size)]
+
+        def loss_fn(i, batch, hidden, weight):
+            lp, _ = action_logprobs(hidden, weight, batch.targets.to(hidden.device), 1.0, impl, policy.tp_group)
             loss = -lp.sum() / total_tokens
-            loss.backward()
-            loss_sum += float(loss.detach())
+            return loss, {"loss": float(loss.detach())}
+
+        policy.zero_grad()
+        loss_sum = policy.pipeline_sum([sum(m["loss"] for m in policy.forward_backward(batches, loss_fn))])[0]
         grad_norm = policy.optimizer_step()
         dt = time.perf_counter() - t0
         last = {"sft/loss": loss_sum, "sft/grad_norm": float(grad_norm), "sft/tokens_per_s": total_tokens / dt,
@@ -69,12 +70,14 @@ def train_sft(policy, examples: list[tuple[list[int], list[int]]], cfg: SFTConfi
 def action_nll(policy, examples: list[tuple[list[int], list[int]]], pad_id: int, micro_batch_size: int = 16) -> float:
     """Mean per-token negative log-likelihood of the expert actions (a held-out SFT metric)."""
     policy.eval()
-    total, count = 0.0, 0
-    for mb in chunks(len(examples), micro_batch_size):
-        batch = make_batch([examples[i][0] for i in mb], [examples[i][1] for i in mb], pad_id)
-        hidden, weight = policy.hidden_and_output_weight(batch.input_ids)
-        lp, _ = action_logprobs(gather_hidden(hidden, batch), weight, batch.targets.to(hidden.device), 1.0, "torch")
-        total -= float(lp.sum())
-        count += batch.num_tokens
+    batches = [make_batch([examples[i][0] for i in mb], [examples[i][1] for i in mb], pad_id)
+               for mb in chunks(len(examples), micro_batch_size)]
+
+    def nll_fn(i, batch, hidden, weight):
+        lp, _ = action_logprobs(hidden, weight, batch.targets.to(hidden.device), 1.0, "torch", policy.tp_group)
+        return hidden.sum() * 0.0, {"nll": -float(lp.sum()), "n": batch.num_tokens}
+
+    stats = policy.forward_backward(batches, nll_fn, forward_only=True)
+    total, count = policy.pipeline_sum([sum(m["nll"] for m in stats), sum(m["n"] for m in stats)])
     policy.train()
     return total / max(count, 1)

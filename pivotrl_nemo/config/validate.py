@@ -72,17 +72,71 @@ def validate(cfg: PivotRLConfig) -> None:
                "'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for slow CPU debugging); use loss.impl=torch on CPU")
     unknown = [s for s in cfg.stages if s not in STAGES]
     _check(not unknown, "stages", f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
-    p = cfg.parallel
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    mp = p.tensor_model_parallel_size * p.pipeline_model_parallel_size  # DP = world / (TP x PP)
-    _check(world == 1 or a.prompts_per_step % max(world // mp, 1) == 0, "algorithm.prompts_per_step",
-           f"must be divisible by the data-parallel size {world // mp} (world {world})")
-    _check(world % mp == 0, "parallel.tensor_model_parallel_size",
-           f"world size {world} is not divisible by TP x PP = {mp}")
-    _check(m.num_experts == 0 or m.num_experts % p.expert_model_parallel_size == 0, "parallel.expert_model_parallel_size",
-           f"model.num_experts={m.num_experts} is not divisible by EP={p.expert_model_parallel_size}")
-    _check(p.tensor_model_parallel_size == 1 and p.pipeline_model_parallel_size == 1
-           and p.expert_model_parallel_size == 1, "parallel.tensor_model_parallel_size",
-           "TP/PP/EP > 1 are not supported by training yet (data parallelism is: launch more ranks)")
-    _check(not (m.num_experts > 0 and p.tensor_model_parallel_size > 1 and not p.sequence_parallel),
-           "parallel.sequence_parallel", "MoE with TP > 1 needs parallel.sequence_parallel=true")
+    _check_model_controls(cfg)
+    _check_parallel(cfg)
+
+
+def _world_size() -> int:
+    """Ranks this process is launched among (torchrun or Slurm), 1 when alone."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    if "SLURM_PROCID" in os.environ:
+        return int(os.environ.get("SLURM_NTASKS", "1"))
+    return 1
+
+
+def _check_model_controls(cfg: PivotRLConfig) -> None:
+    m = cfg.model
+    _check(m.moe_router_dtype in ("fp32", "fp64", "none"), "model.moe_router_dtype", "use 'fp32', 'fp64' or 'none'")
+    _check(m.moe_token_dispatcher_type in ("alltoall", "allgather", "flex"), "model.moe_token_dispatcher_type",
+           "use 'alltoall', 'allgather' or 'flex'")
+    _check(m.transformer_impl in ("local", "transformer_engine", "auto"), "model.transformer_impl",
+           "use 'local', 'transformer_engine' or 'auto'")
+    _check(not m.moe_grouped_gemm or m.transformer_impl != "local", "model.moe_grouped_gemm",
+           "grouped GEMM needs the Transformer Engine spec: set model.transformer_impl=transformer_engine (GPU) "
+           "or model.moe_grouped_gemm=false")
+
+
+def _check_parallel(cfg: PivotRLConfig) -> None:
+    """The layout must fit the model and the world; messages say what to change."""
+    import torch
+
+    m, p, a = cfg.model, cfg.parallel, cfg.algorithm
+    tp, pp, ep = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.expert_model_parallel_size
+    etp = tp if p.expert_tensor_parallel_size is None else p.expert_tensor_parallel_size
+    for key, v in (("tensor_model_parallel_size", tp), ("pipeline_model_parallel_size", pp),
+                   ("expert_model_parallel_size", ep), ("expert_tensor_parallel_size", etp)):
+        _check(v >= 1, f"parallel.{key}", "must be >= 1")
+    _check(p.virtual_pipeline_model_parallel_size is None, "parallel.virtual_pipeline_model_parallel_size",
+           "interleaved (virtual) pipeline stages are not supported yet; leave it null")
+    _check(m.num_layers % pp == 0, "parallel.pipeline_model_parallel_size",
+           f"model.num_layers={m.num_layers} is not divisible by PP={pp}")
+    _check(m.num_attention_heads % tp == 0, "parallel.tensor_model_parallel_size",
+           f"model.num_attention_heads={m.num_attention_heads} is not divisible by TP={tp}")
+    _check(m.num_query_groups % tp == 0, "parallel.tensor_model_parallel_size",
+           f"model.num_query_groups={m.num_query_groups} (KV heads) is not divisible by TP={tp}; lower TP")
+    if m.num_experts > 0:
+        _check(m.num_experts % ep == 0, "parallel.expert_model_parallel_size",
+               f"model.num_experts={m.num_experts} is not divisible by EP={ep}")
+        _check(m.moe_ffn_hidden_size % etp == 0, "parallel.expert_tensor_parallel_size",
+               f"model.moe_ffn_hidden_size={m.moe_ffn_hidden_size} is not divisible by expert TP={etp}")
+        _check(tp == 1 or p.sequence_parallel, "parallel.sequence_parallel",
+               "MoE with TP > 1 needs parallel.sequence_parallel=true")
+    else:
+        _check(ep == 1, "parallel.expert_model_parallel_size", "EP > 1 needs an MoE model (model.num_experts > 0)")
+        _check(m.ffn_hidden_size % tp == 0, "parallel.tensor_model_parallel_size",
+               f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by TP={tp}")
+    _check(not p.sequence_parallel or tp > 1, "parallel.sequence_parallel",
+           "sequence parallelism splits activations over TP ranks: it needs TP > 1")
+    _check(not p.use_distributed_optimizer or torch.cuda.is_available(), "parallel.use_distributed_optimizer",
+           "megatron's DistributedOptimizer needs CUDA tensors; use parallel.use_distributed_optimizer=false on CPU")
+    world = _world_size()
+    if world == 1:
+        return  # one process runs the single-rank layout (runtime.Runtime.parallel)
+    _check(world % (tp * pp) == 0, "parallel.tensor_model_parallel_size",
+           f"world size {world} is not divisible by TP x PP = {tp * pp}; launch a multiple of {tp * pp} ranks")
+    _check(world % (etp * ep * pp) == 0, "parallel.expert_model_parallel_size",
+           f"world size {world} is not divisible by expert-TP x EP x PP = {etp * ep * pp}")
+    dp = max(world // (tp * pp), 1)
+    _check(a.prompts_per_step % dp == 0, "algorithm.prompts_per_step",
+           f"must be divisible by the data-parallel size {dp} (world {world} / TP {tp} / PP {pp})")

@@ -57,5 +57,32 @@ def current_dp() -> DataParallel:
     return DataParallel(ps.get_data_parallel_rank(), ps.get_data_parallel_world_size(), group)
 
 
+@dataclass(frozen=True)
+class ModelParallel:
+    """The ranks that hold one replica of the model (TP x PP) and must see the same data."""
+
+    rank: int
+    size: int
+    group: Any = None
+
+    def broadcast(self, obj: Any) -> Any:
+        """``obj`` from model-parallel rank 0, on every rank of the group (pickled)."""
+        if self.size == 1:
+            return obj
+        box = [obj if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=dist.get_global_rank(self.group, 0), group=self.group)
+        return box[0]
+
+
+def current_mp() -> ModelParallel:
+    """The model-parallel group of megatron's parallel_state, or size 1 when not initialized."""
+    from megatron.core import parallel_state as ps
+
+    if not (dist.is_available() and dist.is_initialized() and ps.model_parallel_is_initialized()):
+        return ModelParallel(0, 1)
+    group = ps.get_model_parallel_group()
+    return ModelParallel(dist.get_rank(group), dist.get_world_size(group), group)
+
+
 def world_rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -28,6 +28,14 @@ class SamplingParams:
     """Hard cap on the length of one action; longer completions are cut (finish_reason 'length')."""
     seed: int | None = None
     """Seed for this call's sampling; None draws from the engine's generator."""
+    stream_keys: tuple[int, ...] | None = None
+    """Random-stream key of each prompt of a seeded call (default: its index). Data-parallel
+    ranks pass each prompt's position in the global batch, so a sharded batch draws exactly the
+    samples one rank would have drawn for the whole batch."""
+
+    def stream_key(self, prompt_index: int) -> int:
+        """The random-stream key of prompt ``prompt_index`` of this call."""
+        return prompt_index if self.stream_keys is None else int(self.stream_keys[prompt_index])
 
 
 @dataclass

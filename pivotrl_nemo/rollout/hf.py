@@ -195,7 +195,7 @@ class HFRolloutEngine:
             logits, mask = logits[rows], mask[rows]
         next_pos = torch.tensor([len(prompts[i]) for i, _ in batch], dtype=torch.long, device=device)
 
-        gens = [torch.Generator().manual_seed(sequence_seed(base_seed, i, j)) for i, j in batch]
+        gens = [torch.Generator().manual_seed(sequence_seed(base_seed, sampling.stream_key(i), j)) for i, j in batch]
         tokens: list[list[int]] = [[] for _ in batch]
         logprobs: list[list[float]] = [[] for _ in batch]
         finish: list[str] = ["length"] * len(batch)

@@ -138,7 +138,7 @@ class VLLMRolloutEngine:
             raise ValueError("empty prompt")
         self.wake()
         params = [VLLMSamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                     max_tokens=sampling.max_new_tokens, seed=request_seed(sampling.seed, i),
+                                     max_tokens=sampling.max_new_tokens, seed=request_seed(sampling.seed, sampling.stream_key(i)),
                                      logprobs=0, stop_token_ids=self.stop_token_ids, skip_special_tokens=True)
                   for i in range(len(prompts))]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)

@@ -28,9 +28,11 @@ TP/PP/EP.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,10 +54,28 @@ def default_position_ids(input_ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
 
 
-def _hidden_and_weight(*, hidden_states: torch.Tensor, output_layer: Any, output_weight: Any, **_: Any):
-    """GPTModel ``output_processor``: final hidden states [B, S, H] and the output weight [V, H]."""
+def _hidden_and_weight(*, hidden_states: torch.Tensor, output_layer: Any, output_weight: Any, config: Any = None,
+                       **_: Any):
+    """GPTModel ``output_processor``: final hidden states [B, S, H] and the output weight [V/TP, H].
+
+    Under sequence parallelism the hidden states arrive split along the sequence; they are
+    gathered here with a backward that only *splits* the gradient, because the vocab-parallel
+    log-prob head (``pivotrl_nemo.kernels``, given the TP group) sums the hidden-state gradient
+    over the TP ranks itself (as ``ColumnParallelLinear`` would).
+    """
     weight = output_weight if output_weight is not None else output_layer.weight
+    if config is not None and config.sequence_parallel:
+        from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+        hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=False,
+                                                             group=output_layer.tp_group)
     return hidden_states.transpose(0, 1).contiguous(), weight
+
+
+LossFn = Callable[[int, Any, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+"""``loss_fn(index, micro_batch, hidden [N, H] at its loss positions, output weight [V/TP, H])``
+-> (scalar loss already normalised by the global token count, stats). Runs on the last
+pipeline stage only."""
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -113,7 +133,7 @@ class MegatronPolicy:
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
             overlap_grad_reduce=False,
-            use_distributed_optimizer=False,
+            use_distributed_optimizer=self.parallel.use_distributed_optimizer,
             check_for_nan_in_grad=False,
         )
         with cuda_to_cpu():
@@ -164,7 +184,7 @@ class MegatronPolicy:
             bf16=dtype == torch.bfloat16,
             fp16=dtype == torch.float16,
             params_dtype=dtype,
-            use_distributed_optimizer=False,
+            use_distributed_optimizer=self.parallel.use_distributed_optimizer,
         )
         return get_megatron_optimizer(config, [self.model])
 
@@ -229,13 +249,89 @@ class MegatronPolicy:
                           output_processor=_hidden_and_weight)
 
     @property
+    def tp_group(self) -> Any:
+        """The tensor-parallel group the output weight is split over (None at TP=1)."""
+        group = self.gpt.pg_collection.tp
+        return group if group.size() > 1 else None
+
+    @property
+    def is_last_stage(self) -> bool:
+        """Whether this rank holds the output layer (the only stage that computes losses)."""
+        return bool(self.gpt.post_process)
+
+    def forward_backward(self, micro_batches: list[Any], loss_fn: LossFn, forward_only: bool = False) -> list[dict]:
+        """Forward (and backward) every micro-batch through megatron's schedule; gradients
+        accumulate in the DDP buffers (call ``zero_grad`` before, ``optimizer_step`` after).
+
+        ``micro_batches`` are ``algorithms.batching.TokenBatch``es (right-padded ``input_ids``,
+        ``loss_index`` of the loss positions). ``get_forward_backward_func`` picks 1F1B under
+        pipeline parallelism (shapes exchanged per micro-batch: ``variable_seq_lengths``) and a
+        plain loop otherwise. Megatron divides each micro-batch's loss by the number of
+        micro-batches; it is multiplied back here, so ``loss_fn``'s normalisation (the global
+        valid-token count) is what the gradient sees. Returns ``loss_fn``'s stats per micro-batch
+        on the last pipeline stage and ``[]`` on other stages.
+        """
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        from pivotrl_nemo.algorithms.batching import gather_hidden
+
+        if not micro_batches:
+            return []
+        n = len(micro_batches)
+        stats: list[dict] = []
+
+        def loss_of(i: int, batch: Any, output: Any):
+            hidden, weight = output
+            loss, st = loss_fn(i, batch, gather_hidden(hidden, batch), weight)
+            stats.append(st)
+            return loss * n, {}
+
+        def forward_step(data_iterator: Any, model: Any):
+            i, batch = next(data_iterator)
+            ids, pos, _ = self._inputs(batch.input_ids, None, None)
+            out = model(ids, pos, None, output_processor=_hidden_and_weight if self.is_last_stage else None)
+            return out, functools.partial(loss_of, i, batch)
+
+        self.gpt.config.variable_seq_lengths = self.gpt.pg_collection.pp.size() > 1
+        widest = max(int(b.input_ids.shape[1]) for b in micro_batches)
+        with cuda_to_cpu():
+            get_forward_backward_func()(
+                forward_step_func=forward_step, data_iterator=iter(list(enumerate(micro_batches))), model=self.model,
+                num_microbatches=n, seq_length=widest, micro_batch_size=int(micro_batches[0].input_ids.shape[0]),
+                forward_only=forward_only)
+        return stats
+
+    def pipeline_sum(self, values: list[float]) -> list[float]:
+        """Sum ``values`` over the pipeline stages: what the last stage computed, on every stage
+        (other stages pass zeros)."""
+        pp = self.gpt.pg_collection.pp
+        if pp.size() == 1:
+            return [float(v) for v in values]
+        import torch.distributed as dist
+
+        t = torch.tensor([float(v) if self.is_last_stage else 0.0 for v in values], dtype=torch.float64,
+                         device="cuda" if dist.get_backend(pp) == "nccl" else "cpu")
+        dist.all_reduce(t, group=pp)
+        return t.tolist()
+
+    @property
     def device(self) -> torch.device:
         """Where the model's parameters live (inputs are moved there)."""
         return next(self.gpt.parameters()).device
 
     def _inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None):
+        """Inputs on the model's device. Under sequence parallelism the sequence is right-padded
+        to a multiple of TP (megatron splits it evenly); causal attention keeps the extra
+        positions invisible to the real ones, and outputs keep the padded length."""
         device = self.device
         input_ids = input_ids.to(device)
+        tp = self.gpt.pg_collection.tp.size()
+        extra = (-input_ids.shape[1]) % tp if self.gpt.config.sequence_parallel else 0
+        if extra:
+            if position_ids is not None or padding_mask is not None:
+                raise ValueError("explicit position_ids/padding_mask under sequence parallelism must already have "
+                                 f"a length divisible by TP={tp}")
+            input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=0)
         position_ids = default_position_ids(input_ids) if position_ids is None else position_ids.to(device)
         return input_ids, position_ids, None if padding_mask is None else padding_mask.to(device)
 
@@ -252,7 +348,12 @@ class MegatronPolicy:
         The grad norm is that of the full gradient before clipping (0.0 when clipping is off and
         megatron skips computing it).
         """
-        self.model.finish_grad_sync()
+        from megatron.core.distributed import finalize_model_grads
+
+        # DP reduction + the TP sums of sequence-parallel / qk-norm grads + tied-embedding grads
+        # across pipeline stages (megatron's own post-backward step)
+        with cuda_to_cpu():
+            finalize_model_grads([self.model], pg_collection=self.gpt.pg_collection)
         self.scheduler.step(1)  # LR for this step: lr * (k+1) / warmup_steps during warm-up
         with cuda_to_cpu():
             ok, grad_norm, _ = self.optimizer.step()
