@@ -18,6 +18,13 @@ class TokenBatch:
     loss_index: torch.Tensor  # [N, 2] (batch, position) of every loss position, row-major
     targets: torch.Tensor  # [N] the token each loss position predicts
     seq_of_token: torch.Tensor  # [N] which sequence (0..B-1) each loss position belongs to
+    lengths: torch.Tensor | None = None  # [B] unpadded length of each sequence
+
+    def padding_mask(self) -> torch.Tensor | None:
+        """[B, S] True at right-padding positions (None when lengths are unknown)."""
+        if self.lengths is None:
+            return None
+        return torch.arange(self.input_ids.shape[1]).unsqueeze(0) >= self.lengths.unsqueeze(1)
 
     @property
     def num_tokens(self) -> int:
@@ -46,6 +53,7 @@ def make_batch(prompts: list[list[int]], actions: list[list[int]], pad_id: int,
         loss_index=torch.tensor(idx, dtype=torch.long).reshape(-1, 2),
         targets=torch.tensor(tgt, dtype=torch.long),
         seq_of_token=torch.tensor(owner, dtype=torch.long),
+        lengths=torch.tensor([len(s) for s in seqs], dtype=torch.long),
     )
 
 

@@ -99,6 +99,7 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
     n = max(dp.sum(stats["n"]), 1)
     all_rewards = torch.tensor(dp.gather(rewards.tolist()), dtype=torch.float32).reshape(-1, rewards.shape[1])
     return {
+        **policy.expert_load_metrics(),
         "reward_mean": float(all_rewards.mean()),
         "zero_variance_groups": zero_variance_fraction(all_rewards),
         "loss": dp.sum(stats["loss"]),

@@ -130,6 +130,12 @@ class MegatronPolicy:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
         self.gpt = gpt
+        self.expert_load = None
+        """``moe_stats.ExpertLoadTracker`` when the model has experts and ``moe_log_expert_load``."""
+        if self.model_cfg.num_experts > 0 and self.model_cfg.moe_log_expert_load:
+            from .moe_stats import ExpertLoadTracker
+
+            self.expert_load = ExpertLoadTracker(gpt, self.model_cfg.num_layers, self.model_cfg.num_experts)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
             overlap_grad_reduce=False,
@@ -288,8 +294,9 @@ class MegatronPolicy:
 
         def forward_step(data_iterator: Any, model: Any):
             i, batch = next(data_iterator)
-            ids, pos, _ = self._inputs(batch.input_ids, None, None)
-            out = model(ids, pos, None, output_processor=_hidden_and_weight if self.is_last_stage else None)
+            ids, pos, pad = self._inputs(batch.input_ids, None, batch.padding_mask())
+            out = model(ids, pos, None, padding_mask=pad,
+                        output_processor=_hidden_and_weight if self.is_last_stage else None)
             return out, functools.partial(loss_of, i, batch)
 
         self.gpt.config.variable_seq_lengths = self.gpt.pg_collection.pp.size() > 1
@@ -328,10 +335,11 @@ class MegatronPolicy:
         tp = self.gpt.pg_collection.tp.size()
         extra = (-input_ids.shape[1]) % tp if self.gpt.config.sequence_parallel else 0
         if extra:
-            if position_ids is not None or padding_mask is not None:
-                raise ValueError("explicit position_ids/padding_mask under sequence parallelism must already have "
-                                 f"a length divisible by TP={tp}")
+            if position_ids is not None:
+                raise ValueError(f"explicit position_ids under sequence parallelism need a length divisible by TP={tp}")
             input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=0)
+            if padding_mask is not None:
+                padding_mask = torch.nn.functional.pad(padding_mask, (0, extra), value=True)
         position_ids = default_position_ids(input_ids) if position_ids is None else position_ids.to(device)
         return input_ids, position_ids, None if padding_mask is None else padding_mask.to(device)
 
@@ -365,6 +373,10 @@ class MegatronPolicy:
     def current_lr(self) -> float:
         """The learning rate the last optimizer step used (before any step: the scheduler's start)."""
         return float(self.optimizer.param_groups[0]["lr"])
+
+    def expert_load_metrics(self) -> dict[str, float]:
+        """Per-layer expert load since the last call (a collective; {} for dense models)."""
+        return self.expert_load.collect() if self.expert_load is not None else {}
 
     def router_weights(self) -> dict[str, torch.Tensor]:
         """Copies of the MoE router weights, by megatron name (for freeze checks and logging)."""
