@@ -1,0 +1,17 @@
+"""Worker for test_pivotrl_layouts.py: the real ``train`` stage (rollouts on the HF engine fed by
+the gathered weights, BFCL verifier, GRPO steps, checkpoints) on a prepared run directory, at
+whatever layout the overrides and the launch give (python for 1 rank, torchrun for 2)."""
+
+import sys
+
+
+def main(run_dir: str, *overrides: str) -> None:
+    from pivotrl_nemo import stage_impl
+    from pivotrl_nemo.config import load_config
+
+    cfg = load_config(["experiment=smoke", f"run_dir={run_dir}", *overrides])
+    stage_impl.train(cfg, __import__("pathlib").Path(run_dir))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
