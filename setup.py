@@ -21,7 +21,7 @@ setup(
         "omegaconf>=2.3",
         "numpy",
         "safetensors",
-        "psutil",  # megatron dist_checkpointing's async writer needs it (undeclared there)
+        "psutil",  # megatron dist_checkpointing's writer (sync saves too) imports it; megatron-core does not declare it
         "tqdm",
         "tensorboard",
         "matplotlib",

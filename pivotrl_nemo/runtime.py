@@ -38,7 +38,18 @@ class Runtime:
 
     @cached_property
     def vocab_size(self) -> int:
-        return padded_vocab_size(len(self.tokenizer))
+        """The policy's vocabulary: the tokenizer's, padded to a multiple of 128; or that of
+        ``model.init_checkpoint`` (an imported model keeps its own, e.g. Qwen3's 151,936)."""
+        init = self.cfg.model.init_checkpoint
+        if not init:
+            return padded_vocab_size(len(self.tokenizer))
+        from .models.megatron.checkpoint import read_meta
+
+        vocab = int(read_meta(init)["vocab_size"])
+        if vocab < len(self.tokenizer):
+            raise ValueError(f"model.init_checkpoint={init} has a {vocab}-token vocabulary, smaller than the "
+                             f"tokenizer's {len(self.tokenizer)} (model.tokenizer={self.cfg.model.tokenizer})")
+        return vocab
 
     @property
     def pad_id(self) -> int:

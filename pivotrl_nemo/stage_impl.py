@@ -2,11 +2,11 @@
 
 Outputs under run_dir:
   data/trajectories.jsonl, data/splits.json      build
-  sft/checkpoint, sft/metrics.jsonl              sft      (pi_0)
+  sft/checkpoint/step_<N>, sft/metrics.jsonl     sft      (pi_0; megatron dist checkpoints)
   candidates/<split>.jsonl                       extract
   profile/profile_log.jsonl, profile/profiled.jsonl   profile
   pivots.jsonl, filter_summary.json, plots/pass_rate_hist.png   filter
-  train/checkpoint, train/metrics.jsonl          train
+  train/checkpoint/{latest,step_<N>}, train/metrics.jsonl   train
   eval/results.json                              eval
   report.md, report.json, plots/*.png            report
 """
@@ -128,14 +128,25 @@ def sft(cfg: PivotRLConfig, run_dir: Path) -> dict:
     rt = runtime(cfg)
     cands = _candidates_of(cfg, run_dir)
     train_ex = _sft_examples(rt, cands["sft"])
-    policy = rt.new_policy(cfg.sft.optim, total_steps=cfg.sft.steps, freeze_router=False)
-    with MetricsWriter(run_dir / "sft") as mw:
-        last = train_sft(policy, train_ex, cfg.sft, rt.pad_id, mw, impl=cfg.loss.impl,
-                         micro_batch_size=cfg.algorithm.micro_batch_size)
+    policy = rt.new_policy(cfg.sft.optim, total_steps=max(cfg.sft.steps, 1), freeze_router=False)
+    if cfg.model.init_checkpoint:
+        policy.load(cfg.model.init_checkpoint, load_optimizer=False)
+        log.info("sft: starting from %s", cfg.model.init_checkpoint)
+    last: dict = {}
+    if cfg.sft.steps > 0:
+        with MetricsWriter(run_dir / "sft") as mw:
+            last = train_sft(policy, train_ex, cfg.sft, rt.pad_id, mw, impl=cfg.loss.impl,
+                             micro_batch_size=cfg.algorithm.micro_batch_size)
     held = cands.get("val") or cands.get("rl") or []
     nll = action_nll(policy, _sft_examples(rt, held[:64]), rt.pad_id) if held else None
-    policy.save(run_dir / "sft" / "checkpoint")
-    return {"examples": len(train_ex), "final_loss": last["sft/loss"], "heldout_action_nll": nll}
+    # pi_0: one dist checkpoint (weights, optimizer, config); a re-run replaces it
+    from .config import to_yaml
+    from .models.megatron.checkpoint import Retention
+
+    policy.save(run_dir / "sft" / "checkpoint", policy.step_count, metrics=last, config_yaml=to_yaml(cfg),
+                retention=Retention(keep_last=1))
+    return {"examples": len(train_ex), "final_loss": last.get("sft/loss"), "heldout_action_nll": nll,
+            "init_checkpoint": cfg.model.init_checkpoint}
 
 
 def _pi0(cfg: PivotRLConfig, run_dir: Path, optim=None, total_steps: int = 1):

@@ -61,7 +61,7 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
     batches = [make_batch([s.prompt for s in part], [s.action for s in part], pad_id, [s.keep for s in part])
                for part in parts]
     refs: dict[int, torch.Tensor] = {}
-    if cfg.kl_coef > 0 and batches:
+    if cfg.kl_coef > 0:  # every rank: under EP the forward is a collective
         def ref_fn(i, batch, hidden, weight):
             with torch.no_grad():
                 refs[i], _ = action_logprobs(hidden, weight, batch.targets.to(hidden.device), temperature, impl,

@@ -14,8 +14,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from ..config import to_yaml
 from ..config.schema import PivotRLConfig
 from ..distributed.dp import DataParallel, ModelParallel, current_mp
+from ..models.megatron.checkpoint import Retention, find_latest
 from ..utils.io import atomic_write_json
 from ..utils.logging import get_logger
 from ..utils.metrics import MetricsWriter
@@ -72,15 +74,16 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
                    out_dir: Path, metrics: MetricsWriter | None, pad_id: int, dp: DataParallel | None = None,
                    progress: bool = True, ref_policy=None) -> dict:
     """Run (or resume) training. Every DP rank calls this; each samples its share of the step's
-    pivots; rank 0 alone writes metrics and checkpoints (all ranks hold the same weights)."""
+    pivots; rank 0 alone writes metrics; checkpoints are collective (each rank writes its shards,
+    rank 0 finalizes), kept per ``algorithm.keep_last`` / ``best_metric``."""
     a = cfg.algorithm
     dp = dp or DataParallel(0, 1)
     mp = current_mp()
     ckpt, state_file = out_dir / "checkpoint", out_dir / "trainer_state.json"
     start = 1
-    if (ckpt / "policy.pt").exists():
-        # The loop step lives in the checkpoint file itself: weights, optimizer and step are one
-        # atomic write (trainer_state.json is a human-readable copy).
+    if find_latest(ckpt) is not None:
+        # The loop step lives in the checkpoint itself: weights, optimizer, RNG and step are one
+        # atomic directory rename (trainer_state.json is a human-readable copy).
         start = int(policy.load(ckpt)["loop_step"]) + 1
         synchronizer.sync_weights()
         log.info("train: resumed from %s at step %d", ckpt, start)
@@ -107,7 +110,9 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
             if metrics is not None:
                 metrics.log(step, last)
             if step % a.save_every == 0 or step == a.steps or stop:
-                policy.save(ckpt, extra={"loop_step": step})  # collective: rank 0 writes, all ranks wait
+                # collective: every rank writes its shards; metrics rank checkpoints for best_metric
+                policy.save(ckpt, step, extra={"loop_step": step}, metrics=last, config_yaml=to_yaml(cfg),
+                            retention=Retention.from_config(a))
                 if dp.is_main:
                     atomic_write_json(state_file, {"step": step})
                 dp.barrier()

@@ -83,6 +83,11 @@ class ModelConfig:
     """float32 on CPU; bfloat16 on GPU."""
     seed: int = 1234
     """Seed for weight init."""
+    init_checkpoint: Optional[str] = None
+    """A megatron checkpoint (``pivotrl import hf_dir=... out=DIR`` writes one from Hugging Face;
+    any checkpoint root or step directory works) whose weights start the ``sft`` stage instead of
+    a random init; with ``sft.steps=0`` it is pi_0 as is. Its vocabulary size is the policy's.
+    The model.* keys must describe it (``pivotrl import`` prints the override line)."""
 
 
 @dataclass
@@ -235,6 +240,14 @@ class AlgorithmConfig:
     """Leave actions cut at max_new_tokens out of the loss (overlong filtering)."""
     save_every: int = 10
     """Checkpoint the policy, optimizer and sampler state every this many steps (resume point)."""
+    keep_last: int = 2
+    """Keep the newest this many checkpoints under ``train/checkpoint`` (older ones are deleted
+    once a newer one is complete), plus the best one when ``best_metric`` is set."""
+    best_metric: str = ""
+    """Also keep the checkpoint with the best value of this per-step metric (a key of
+    ``train/metrics.jsonl``, e.g. 'train/reward_mean'); '' tracks no best."""
+    best_mode: str = "max"
+    """'max' or 'min': whether a higher or a lower ``best_metric`` is better."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
     seed: int = 0
     """Pivot sampling seed."""

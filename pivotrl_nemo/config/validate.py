@@ -8,6 +8,8 @@ from .schema import PivotRLConfig
 
 STAGES = ("build", "sft", "extract", "profile", "filter", "train", "eval", "report")
 VERIFIERS = ("bfcl_state", "tool_call_args", "strict")
+METRIC_PREFIXES = ("train/", "verdict/", "time/", "moe/")
+"""Prefixes of the per-step metrics the training loop logs (``algorithm.best_metric`` must name one)."""
 
 
 def _check(cond: bool, key: str, message: str) -> None:
@@ -56,6 +58,11 @@ def validate(cfg: PivotRLConfig) -> None:
     _check(cfg.eval.split in splits and cfg.eval.split not in ("sft", "rl"), "eval.split",
            f"must be a held-out split of data.split_fractions other than 'sft' and 'rl', got {cfg.eval.split!r}")
     _check(a.save_every >= 1, "algorithm.save_every", "must be >= 1")
+    _check(a.keep_last >= 1, "algorithm.keep_last", "must be >= 1 (the newest checkpoint is the resume point)")
+    _check(a.best_mode in ("max", "min"), "algorithm.best_mode", "use 'max' or 'min'")
+    _check(not a.best_metric or a.best_metric.startswith(METRIC_PREFIXES), "algorithm.best_metric",
+           f"must be '' or a per-step training metric starting with one of {list(METRIC_PREFIXES)}, "
+           f"e.g. 'train/reward_mean'; got {a.best_metric!r}")
     _check(cfg.profile.k >= 2, "profile.k", "needs at least 2 samples for a variance")
     _check(0 < cfg.filter.lambda_diff <= 1, "filter.lambda_diff", "must be in (0, 1]")
     _check(a.group_size >= 2, "algorithm.group_size", "GRPO needs at least 2 samples per pivot")

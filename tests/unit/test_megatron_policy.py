@@ -112,10 +112,11 @@ def test_save_load_round_trip(tmp_path):
     ids, nxt = _batch(seed=0), _batch(seed=1)
     for _ in range(2):
         _train_step(policy, ids)
-    ckpt = policy.save(tmp_path / "ckpt")
-    assert (ckpt / "policy.pt").is_file() and not list(tmp_path.glob("*.tmp.*"))
-    policy.save(tmp_path / "ckpt")  # overwriting is atomic too (file-level rename)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["policy.pt"] and not list(tmp_path.glob("*.tmp.*"))
+    # a dist checkpoint root (layout, retention and errors: test_checkpoint.py)
+    step_dir = policy.save(tmp_path / "ckpt")
+    assert step_dir == tmp_path / "ckpt" / "step_00000002" and (step_dir / "meta.json").is_file()
+    policy.save(tmp_path / "ckpt")  # the same step again replaces it
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step_00000002"]
     with torch.no_grad():
         logits = policy.forward_logits(nxt)
     loss_a, _ = _train_step(policy, nxt)

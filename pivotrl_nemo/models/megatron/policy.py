@@ -21,8 +21,11 @@ Data parallelism: megatron DDP *averages* gradients over data-parallel ranks
 (``calculate_per_token_loss=False``); with more than one DP rank a loss normalised by the global
 token count must be multiplied by the DP size (or the config switched to per-token loss).
 
-Checkpoints here are ``torch.save`` files (single rank); megatron dist checkpoints come with
-TP/PP/EP.
+Checkpoints (``save``/``load``) are megatron dist checkpoints written by
+``models.megatron.checkpoint``: a root of ``step_<N>/`` directories (model, optimizer, LR schedule,
+RNG, the caller's data cursor and config), each written as ``step_<N>.tmp`` and renamed when
+complete, a ``latest`` pointer, and retention of the newest few plus the best by a metric. A
+checkpoint saved at one TP / PP / EP layout loads at another.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import shutil
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -43,10 +45,6 @@ from pivotrl_nemo.models.megatron.build import build_gpt_model, router_parameter
 from pivotrl_nemo.utils.logging import get_logger
 
 logger = get_logger(__name__)
-
-CHECKPOINT_FILE = "policy.pt"
-"""The file inside a ``MegatronPolicy.save`` directory."""
-
 
 def default_position_ids(input_ids: torch.Tensor) -> torch.Tensor:
     """``[B, S]`` positions 0..S-1 (right-padded batches: pads only follow valid tokens)."""
@@ -76,15 +74,6 @@ LossFn = Callable[[int, Any, torch.Tensor, torch.Tensor], tuple[torch.Tensor, di
 """``loss_fn(index, micro_batch, hidden [N, H] at its loss positions, output weight [V/TP, H])``
 -> (scalar loss already normalised by the global token count, stats). Runs on the last
 pipeline stage only."""
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class MegatronPolicy:
@@ -281,13 +270,17 @@ class MegatronPolicy:
 
         from pivotrl_nemo.algorithms.batching import gather_hidden
 
-        if not micro_batches:
+        real = len(micro_batches)
+        n = self._global_microbatches(real)
+        if n == 0:
             return []
-        n = len(micro_batches)
+        micro_batches = list(micro_batches) + [self._empty_batch()] * (n - real)
         stats: list[dict] = []
 
         def loss_of(i: int, batch: Any, output: Any):
             hidden, weight = output
+            if i >= real:  # padding micro-batch: runs the expert collectives, adds nothing
+                return hidden.sum() * 0.0, {}
             loss, st = loss_fn(i, batch, gather_hidden(hidden, batch), weight)
             stats.append(st)
             return loss * n, {}
@@ -307,6 +300,28 @@ class MegatronPolicy:
                 num_microbatches=n, seq_length=widest, micro_batch_size=int(micro_batches[0].input_ids.shape[0]),
                 forward_only=forward_only)
         return stats
+
+    def _global_microbatches(self, local: int) -> int:
+        """How many micro-batches this rank must run. Under expert parallelism the MoE token
+        exchange is a collective across data-parallel ranks, so every rank runs as many
+        micro-batches as the busiest one (the extra ones are empty); otherwise ``local``."""
+        ep = self.gpt.pg_collection.ep
+        if ep is None or ep.size() == 1:
+            return local
+        import torch.distributed as dist
+
+        t = torch.tensor([local], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    @staticmethod
+    def _empty_batch() -> Any:
+        """A one-token micro-batch with no loss positions (padding for ``_global_microbatches``)."""
+        from pivotrl_nemo.algorithms.batching import TokenBatch
+
+        return TokenBatch(input_ids=torch.zeros(1, 1, dtype=torch.long), loss_index=torch.zeros(0, 2, dtype=torch.long),
+                          targets=torch.zeros(0, dtype=torch.long), seq_of_token=torch.zeros(0, dtype=torch.long),
+                          lengths=torch.ones(1, dtype=torch.long))
 
     def pipeline_sum(self, values: list[float]) -> list[float]:
         """Sum ``values`` over the pipeline stages: what the last stage computed, on every stage
@@ -384,88 +399,25 @@ class MegatronPolicy:
 
     # ----------------------------------------------------------------------- state
 
-    def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer and scheduler state, step count, RNG states and the model config."""
-        from megatron.core import tensor_parallel
+    def save(self, root: str | os.PathLike, step: int | None = None, extra: dict[str, Any] | None = None,
+             metrics: dict[str, Any] | None = None, config_yaml: str | None = None, retention: Any = None) -> Path:
+        """Write a dist checkpoint ``root/step_<step>`` (a collective: every rank calls it); returns it.
 
-        rng: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "tracker": {k: v.clone() for k, v in tensor_parallel.get_cuda_rng_tracker().get_states().items()},
-        }
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        return {
-            "model": self.gpt.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step_count,
-            "rng": rng,
-            "model_cfg": dataclasses.asdict(self.model_cfg),
-            "vocab_size": self.vocab_size,
-        }
-
-    def load_state_dict(self, state: dict[str, Any], load_optimizer: bool = True) -> None:
-        """Restore what ``state_dict`` returned (the model shape must match).
-
-        ``load_optimizer=False`` takes only the weights (e.g. pi_0 from the SFT checkpoint for a
-        new RL run): optimizer, schedule, step count and RNG stay as they are.
+        ``step`` defaults to ``step_count``; ``extra`` (plain data, e.g. the loop's data cursor)
+        comes back from ``load``; ``metrics`` are recorded and rank checkpoints for
+        ``retention`` (a ``checkpoint.Retention``: the newest ``keep_last``, default 2, plus the
+        best by a metric); ``config_yaml`` is the resolved run config. See
+        ``models.megatron.checkpoint`` for the layout and the atomicity.
         """
-        from megatron.core import tensor_parallel
+        from .checkpoint import save_checkpoint
 
-        if state["vocab_size"] != self.vocab_size:
-            raise ValueError(f"checkpoint vocab_size {state['vocab_size']} != policy's {self.vocab_size}")
-        self.gpt.load_state_dict(state["model"], strict=True)
-        if not load_optimizer:
-            return
-        with cuda_to_cpu():
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step_count = int(state["step"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available() and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"])
-        tensor_parallel.get_cuda_rng_tracker().set_states(rng["tracker"])
+        return save_checkpoint(self, root, self.step_count if step is None else step, extra=extra, metrics=metrics,
+                               config_yaml=config_yaml, retention=retention)
 
-    def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``directory/policy.pt`` atomically; returns ``directory``.
+    def load(self, path: str | os.PathLike, load_optimizer: bool = True) -> dict[str, Any]:
+        """Restore a checkpoint (a step directory, or a root: its latest) saved at any layout;
+        returns the ``extra`` dict it was saved with. ``load_optimizer=False`` takes only the
+        weights (e.g. pi_0 from the SFT checkpoint): optimizer, schedule, step count and RNG stay."""
+        from .checkpoint import load_checkpoint
 
-        A new directory is written as ``<name>.tmp.<pid>`` and renamed; an existing one gets the
-        file written as ``policy.pt.tmp.<pid>`` and renamed over the old file, so a kill at any
-        point leaves either the previous checkpoint or the new one. With several data-parallel
-        ranks (identical replicas) rank 0 writes and all ranks wait for it.
-        """
-        import torch.distributed as dist
-
-        directory = Path(directory)
-        multi = dist.is_initialized() and dist.get_world_size() > 1
-        if multi and self.parallel != ParallelConfig(sequence_parallel=self.parallel.sequence_parallel):
-            raise NotImplementedError("torch.save checkpoints are single-shard; TP/PP/EP need dist checkpoints")
-        if not multi or dist.get_rank() == 0:
-            state = self.state_dict()
-            state["extra"] = dict(extra or {})  # e.g. the training loop's step, saved in the same file
-            if directory.is_dir():
-                _atomic_torch_save(state, directory / CHECKPOINT_FILE)
-            else:
-                directory.parent.mkdir(parents=True, exist_ok=True)
-                tmp = directory.with_name(f"{directory.name}.tmp.{os.getpid()}")
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-                tmp.mkdir()
-                _atomic_torch_save(state, tmp / CHECKPOINT_FILE)
-                os.replace(tmp, directory)
-            logger.info("saved policy (step %d) to %s", self.step_count, directory)
-        if multi:
-            dist.barrier()
-        return directory
-
-    def load(self, directory: str | os.PathLike, load_optimizer: bool = True) -> dict[str, Any]:
-        """Restore a ``save`` directory (``load_optimizer=False``: weights only); returns the
-        ``extra`` dict it was saved with."""
-        path = Path(directory) / CHECKPOINT_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no policy checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.load_state_dict(state, load_optimizer=load_optimizer)
-        logger.info("loaded policy (step %d) from %s", self.step_count, directory)
-        return dict(state.get("extra", {}))
+        return load_checkpoint(self, path, load_optimizer=load_optimizer)
