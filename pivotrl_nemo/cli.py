@@ -5,6 +5,7 @@
     pivotrl validate runs/quickstart/pivots.jsonl  # check a pivot file, file:line: field: message
     pivotrl show-config experiment=quickstart      # the resolved configuration
     pivotrl export experiment=quickstart export.checkpoint=train export.out=hf_out  # HF safetensors
+    pivotrl import hf_dir=/path/to/hf out=runs/x/sft/checkpoint   # HF folder -> megatron checkpoint
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _quiet_third_party() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        sys.stdout.write(USAGE + "\nstages: " + " ".join(STAGE_CMDS) + " | run | validate | export | show-config\n")
+        sys.stdout.write(USAGE + "\nstages: " + " ".join(STAGE_CMDS)
+                         + " | run | validate | export | import | show-config\n")
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "validate":
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from .export_cli import export_main
 
         return export_main(rest)
+    if cmd == "import":
+        from .export_cli import import_main
+
+        return import_main(rest)
     from .config import ConfigError, load_config, to_yaml
 
     force = "--force" in rest

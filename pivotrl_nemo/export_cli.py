@@ -1,9 +1,17 @@
-"""``pivotrl export [hydra overrides] export.checkpoint=train|sft export.out=DIR [export.overwrite=true]``
+"""Hugging Face checkpoints out of and into runs: ``pivotrl export`` and ``pivotrl import``.
 
-Writes a run's megatron checkpoint (``<run_dir>/<checkpoint>/checkpoint/policy.pt``) as a Hugging
+``pivotrl export [hydra overrides] export.checkpoint=train|sft export.out=DIR [export.overwrite=true]``
+writes a run's megatron checkpoint (the latest step of ``<run_dir>/<checkpoint>/checkpoint``) as a Hugging
 Face folder (``models.megatron.hf_export.export_hf``): safetensors, config.json,
 generation_config.json and the run's tokenizer. ``export.*`` keys are this command's own; the
 rest are the usual overrides that resolve ``run_dir`` and the tokenizer.
+
+``pivotrl import hf_dir=HF_FOLDER out=CHECKPOINT_DIR [overwrite=true] [overrides]`` reads the HF
+config (``hf_import.model_config_from_hf``), builds the megatron policy at the requested layout
+(``parallel.*`` overrides, under torchrun), loads the safetensors into it (each rank reads only
+its shards) and writes ``MegatronPolicy.save(out)``. It prints the derived model config and the
+``model.*`` overrides that train on the checkpoint (e.g. import to ``<run_dir>/sft/checkpoint``
+to start the RL stages from it).
 """
 
 from __future__ import annotations
@@ -20,49 +28,58 @@ CHECKPOINTS = ("train", "sft")
 
 
 def export_stage(cfg: Any, run_dir: str | Path, which: str, out: str | Path, overwrite: bool = False) -> Path:
-    """Export ``<run_dir>/<which>/checkpoint`` (which: 'train' or 'sft') of the run configured by
-    ``cfg`` (a ``PivotRLConfig``) to the HF folder ``out``; returns ``out``.
+    """Export ``<run_dir>/<which>/checkpoint`` (which: 'train' or 'sft'; its latest step) of the run
+    configured by ``cfg`` (a ``PivotRLConfig``) to the HF folder ``out``; returns ``out``.
 
     The model shape comes from the checkpoint's own ``model_cfg``; the tokenizer from the run.
+    Runs at the layout this process runs (``Runtime.parallel``: ``cfg.parallel`` among several
+    ranks; every rank calls it, rank 0 writes); the dist checkpoint reshards on load.
     """
-    import torch
-
     from pivotrl_nemo.config.schema import ModelConfig
     from pivotrl_nemo.distributed.setup import init_distributed
     from pivotrl_nemo.models.megatron.build import build_gpt_model
+    from pivotrl_nemo.models.megatron.checkpoint import load_model_weights, read_meta
     from pivotrl_nemo.models.megatron.hf_export import export_hf
-    from pivotrl_nemo.models.megatron.policy import CHECKPOINT_FILE
     from pivotrl_nemo.runtime import Runtime
 
     if which not in CHECKPOINTS:
         raise ValueError(f"export.checkpoint={which!r}; use one of {', '.join(CHECKPOINTS)}")
-    path = Path(run_dir) / which / "checkpoint" / CHECKPOINT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {which} checkpoint at {path}: run `pivotrl {which}` first")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model_cfg = ModelConfig(**state["model_cfg"])
+    root = Path(run_dir) / which / "checkpoint"
+    try:
+        meta = read_meta(root)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {which} checkpoint at {root}: run `pivotrl {which}` first") from None
+    model_cfg = ModelConfig(**meta["model_cfg"])
+    vocab = int(meta["vocab_size"])
     rt = Runtime(cfg)
-    if rt.vocab_size != state["vocab_size"]:
-        raise ValueError(f"checkpoint vocab_size {state['vocab_size']} != the run tokenizer's padded {rt.vocab_size}")
-    init_distributed(cfg.parallel, seed=model_cfg.seed)
-    gpt = build_gpt_model(model_cfg, state["vocab_size"], cfg.parallel)
-    gpt.load_state_dict(state["model"], strict=True)
+    if rt.vocab_size != vocab:
+        raise ValueError(f"checkpoint vocab_size {vocab} != the run tokenizer's padded {rt.vocab_size}")
+    init_distributed(rt.parallel, seed=model_cfg.seed)
+    gpt = build_gpt_model(model_cfg, vocab, rt.parallel)
+    load_model_weights(gpt, meta["path"], model_cfg, vocab)
     out = export_hf(gpt, model_cfg, rt.tokenizer, out, overwrite=overwrite)
-    logger.info("exported %s checkpoint (step %s) of %s to %s", which, state.get("step"), run_dir, out)
+    logger.info("exported %s checkpoint (step %s) of %s to %s", which, meta.get("step"), run_dir, out)
     return out
 
 
-def split_export_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
-    """``export.KEY=VALUE`` arguments (as a dict) and the remaining Hydra overrides."""
+def _split_args(args: list[str], own_key) -> tuple[dict[str, str], list[str]]:
+    """``KEY=VALUE`` arguments whose ``own_key(KEY)`` is not None (as a dict under that name) and
+    the remaining Hydra overrides."""
     own: dict[str, str] = {}
     rest: list[str] = []
     for a in args:
         key, sep, value = a.partition("=")
-        if sep and key.startswith("export."):
-            own[key[len("export."):]] = value
+        name = own_key(key) if sep else None
+        if name is not None:
+            own[name] = value
         else:
             rest.append(a)
     return own, rest
+
+
+def split_export_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``export.KEY=VALUE`` arguments (as a dict) and the remaining Hydra overrides."""
+    return _split_args(args, lambda k: k[len("export."):] if k.startswith("export.") else None)
 
 
 def export_main(args: list[str]) -> int:
@@ -83,9 +100,155 @@ def export_main(args: list[str]) -> int:
         return 2
     configure_logging(cfg.log_level)
     overwrite = own.get("overwrite", "false").lower() in ("1", "true", "yes")
+    from pivotrl_nemo.models.megatron.checkpoint import CheckpointError
+
     try:
         export_stage(cfg, cfg.run_dir, own.get("checkpoint", "train"), own["out"], overwrite=overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError, NotImplementedError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, NotImplementedError, CheckpointError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
     return 0
+
+
+# --------------------------------------------------------------------------- pivotrl import
+
+IMPORT_USAGE = ("usage: pivotrl import hf_dir=HF_FOLDER out=CHECKPOINT_DIR [overwrite=true] "
+                "[overrides: parallel.*, model.params_dtype=..., ...]\n")
+
+ARCH_KEYS = ("name", "hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "head_dim",
+             "qk_layernorm", "ffn_hidden_size", "num_experts", "moe_ffn_hidden_size", "moe_router_topk",
+             "moe_aux_loss_coeff", "max_position_embeddings", "rotary_base", "norm_epsilon", "init_method_std",
+             "tie_word_embeddings", "params_dtype")
+"""The ``model.*`` fields ``model_config_from_hf`` derives from an HF config (plus the tokenizer)."""
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def _hydra_value(v: Any) -> str:
+    """A value as a Hydra command-line override writes it (quoted when it needs to be)."""
+    import re
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    s = repr(v) if isinstance(v, float) else str(v)
+    if re.fullmatch(r"[A-Za-z0-9_./+-]+", s):
+        return s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def model_overrides(model_cfg: Any, tokenizer_dir: str | Path | None = None) -> list[str]:
+    """``model.KEY=VALUE`` overrides that make ``load_config`` build ``model_cfg``'s architecture
+    (``ARCH_KEYS``), plus ``model.tokenizer=DIR`` when given."""
+    out = [f"model.{k}={_hydra_value(getattr(model_cfg, k))}" for k in ARCH_KEYS]
+    if tokenizer_dir is not None:
+        out.append(f"model.tokenizer={_hydra_value(str(tokenizer_dir))}")
+    return out
+
+
+def split_import_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The import command's own ``hf_dir=`` / ``out=`` / ``overwrite=`` arguments and the rest."""
+    return _split_args(args, lambda k: k if k in ("hf_dir", "out", "overwrite") else None)
+
+
+def import_stage(cfg: Any, hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Write the HF checkpoint ``hf_dir`` as a megatron policy checkpoint (``MegatronPolicy.save``)
+    in ``out``, built from ``cfg.model`` at the layout this process runs (``Runtime.parallel``:
+    ``cfg.parallel`` among several ranks). Every rank calls it. Returns a summary (vocab size,
+    layout, tensors loaded on this rank)."""
+    from transformers import AutoConfig
+
+    from pivotrl_nemo.distributed.setup import init_distributed
+    from pivotrl_nemo.models.megatron.hf_import import HFImportError, load_hf_checkpoint_into
+    from pivotrl_nemo.models.megatron.policy import MegatronPolicy
+    from pivotrl_nemo.runtime import Runtime
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=true to replace its checkpoint")
+    hf_config = AutoConfig.from_pretrained(str(hf_dir), local_files_only=True)
+    vocab = int(hf_config.vocab_size)
+    parallel = Runtime(cfg).parallel
+    if vocab % parallel.tensor_model_parallel_size:
+        raise HFImportError(f"vocab_size {vocab} is not divisible by "
+                            f"parallel.tensor_model_parallel_size={parallel.tensor_model_parallel_size}")
+    init_distributed(parallel, seed=cfg.model.seed)
+    policy = MegatronPolicy(cfg.model, vocab, cfg.algorithm.optim, parallel=parallel)
+    n = load_hf_checkpoint_into(policy.gpt, hf_dir, cfg.model)
+    policy.save(out, extra={"imported_from": str(Path(hf_dir).resolve())})
+    logger.info("imported %s into %s: %d local tensors, layout %s", hf_dir, out, n, parallel)
+    return {"vocab_size": vocab, "parallel": parallel, "tensors": n}
+
+
+def import_main(args: list[str]) -> int:
+    """The ``pivotrl import`` command: returns the exit code. Prints the model config it derived
+    from the HF config and the Hydra overrides that train on the imported checkpoint."""
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig
+
+    from pivotrl_nemo.config import ConfigError, load_config
+    from pivotrl_nemo.models.megatron.hf_import import HFImportError, model_config_from_hf
+    from pivotrl_nemo.utils.logging import configure_logging
+
+    own, rest = split_import_args(args)
+    if "hf_dir" not in own or "out" not in own:
+        sys.stderr.write(IMPORT_USAGE)
+        return 2
+    hf_dir = Path(own["hf_dir"]).expanduser().resolve()
+    try:
+        hf_config = AutoConfig.from_pretrained(str(hf_dir), local_files_only=True)
+        derived = model_config_from_hf(hf_config)
+    except (OSError, ValueError) as e:  # no/invalid config.json, or HFImportError
+        sys.stderr.write(f"error: {hf_dir}: {e}\n")
+        return 1
+    tokenizer_dir = hf_dir if any((hf_dir / f).is_file() for f in _TOKENIZER_FILES) else None
+    given = {a.partition("=")[0].lstrip("+~") for a in rest}
+    overrides = [o for o in model_overrides(derived, tokenizer_dir) if o.partition("=")[0] not in given]
+    try:
+        cfg = load_config(overrides + rest)
+    except ConfigError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    configure_logging(cfg.log_level)
+    overwrite = own.get("overwrite", "false").lower() in ("1", "true", "yes")
+    try:
+        summary = import_stage(cfg, hf_dir, own["out"], overwrite=overwrite)
+    except (FileNotFoundError, FileExistsError, HFImportError, ValueError, NotImplementedError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+    line = " ".join(model_overrides(cfg.model, cfg.model.tokenizer if tokenizer_dir is not None else None))
+    p = summary["parallel"]
+    logger.info("derived model config: %s", {k: getattr(cfg.model, k) for k in ARCH_KEYS})
+    logger.info("train on it with: %s", line)
+    if _rank() == 0:
+        sys.stdout.write(
+            f"imported {hf_dir} ({hf_config.model_type}, vocab {summary['vocab_size']}) -> {own['out']} "
+            f"[TP={p.tensor_model_parallel_size} PP={p.pipeline_model_parallel_size} "
+            f"EP={p.expert_model_parallel_size}]\nmodel config:\n"
+            + "".join(f"  {ln}\n" for ln in OmegaConf.to_yaml(OmegaConf.structured(cfg.model)).splitlines())
+            + "hydra overrides for this model (stages that start from pi_0 read <run_dir>/sft/checkpoint):\n"
+            + f"  {line}\n")
+        _warn_vocab(cfg.model.tokenizer if tokenizer_dir is not None else None, summary["vocab_size"])
+    return 0
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _warn_vocab(tokenizer_dir: str | None, vocab: int) -> None:
+    """Tell the user when the run's vocabulary (the tokenizer's, padded) will differ from the
+    checkpoint's: ``MegatronPolicy.load`` refuses a vocab_size mismatch."""
+    if tokenizer_dir is None:
+        sys.stdout.write("note: no tokenizer files in the HF folder; set model.tokenizer to the one it was trained "
+                         f"with (the run's padded vocabulary must be {vocab})\n")
+        return
+    from pivotrl_nemo.rollout.tokenizer import load_tokenizer
+    from pivotrl_nemo.runtime import padded_vocab_size
+
+    run_vocab = padded_vocab_size(len(load_tokenizer(tokenizer_dir)))
+    if run_vocab != vocab:
+        sys.stdout.write(f"warning: the run sizes its vocabulary from the tokenizer ({run_vocab} after padding to a "
+                         f"multiple of 128) but the checkpoint has {vocab} rows; loading it into a run will fail "
+                         "on the vocab_size check\n")

@@ -1,4 +1,4 @@
-"""megatron-core GPTModel (``models.megatron.build``) -> Hugging Face Qwen3-MoE / Qwen3 tensors.
+"""megatron-core GPTModel (``models.megatron.build``) -> Hugging Face Llama / Qwen3 / Qwen3-MoE tensors.
 
 ``hf_config_for`` gives the ``transformers`` config of the twin model that computes the same
 function as ``build_gpt_model(cfg, vocab_size)``; ``megatron_to_hf`` yields the twin's tensors by
@@ -8,29 +8,31 @@ its Qwen3-MoE keeps each layer's experts fused as 3-D parameters ``mlp.experts.g
 router as ``mlp.gate.weight``. (Loading/saving safetensors goes through transformers' own
 per-expert conversion; these names are for in-place weight updates of a live model.)
 
-One function per tensor family converts full (unsharded) megatron tensors; ``megatron_to_hf``
-walks the model and hands each family the tensors it needs through ``gather``. With TP/PP/EP
-(issue 3) ``gather`` becomes a collective that returns the full tensor (TP all-gather along the
-partition dim, experts from every EP rank) and layer indices already come from
-``layer.layer_number`` (global under PP); the family functions stay as they are.
+Any TP / PP / EP layout: ``megatron_to_hf`` consumes ``models.megatron.sharding.iter_full_state``,
+the collective stream of ``(global megatron name, full tensor)`` that every rank receives in
+full, and converts it tensor by tensor (``hf_from_megatron_stream``); an MoE layer's experts are
+buffered until all of them have arrived, then emitted as the two fused tensors. Every rank of
+the world must drain the generator (export, weight sync).
+
+``megatron_tensor_kind`` is the one table of megatron names, shared with the importer
+(``models.megatron.hf_import``). It also accepts the Transformer Engine spec's names where they
+differ from the local spec: ``self_attention.linear_qkv.layer_norm_weight`` (input layernorm
+fused into the QKV projection) and ``mlp.linear_fc1.layer_norm_weight`` (the pre-MLP norm fused
+into a dense layer's fc1). Those aliases follow megatron-core 0.19's TE layer spec but are not
+exercised by the CPU tests (no Transformer Engine there); TE's grouped-GEMM experts
+(``experts.linear_fc1.weight{i}``) and the TE op-fuser names are not mapped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from pivotrl_nemo.config.schema import ModelConfig
-
-Gather = Callable[[str, torch.Tensor], torch.Tensor]
-"""``gather(megatron_name, local_tensor) -> full tensor``; identity on a single rank."""
-
-
-def local_gather(name: str, tensor: torch.Tensor) -> torch.Tensor:
-    """The single-rank ``Gather``: the local tensor is the full tensor."""
-    return tensor
 
 
 # --------------------------------------------------------------------------- config
@@ -150,100 +152,165 @@ def fuse_experts(fc1: list[torch.Tensor], fc2: list[torch.Tensor]) -> tuple[torc
     return torch.stack(fc1, dim=0), torch.stack(fc2, dim=0)
 
 
-# --------------------------------------------------------------------------- walk
+# --------------------------------------------------------------------------- megatron names
+
+_LAYER_NAME = re.compile(r"^decoder\.layers\.(?P<layer>\d+)\.(?P<rest>.+)$")
+_EXPERT_NAME = re.compile(r"^mlp\.experts\.local_experts\.(?P<expert>\d+)\.(?P<rest>.+)$")
+
+_TOP_LEVEL = {
+    "embedding.word_embeddings.weight": "embed",
+    "decoder.final_layernorm.weight": "final_norm",
+    "output_layer.weight": "output",
+}
+_IN_LAYER = {
+    "input_layernorm.weight": "input_norm",
+    "self_attention.linear_qkv.layer_norm_weight": "input_norm",  # TE: norm fused into linear_qkv
+    "self_attention.linear_qkv.weight": "qkv",
+    "self_attention.linear_proj.weight": "o_proj",
+    "self_attention.q_layernorm.weight": "q_norm",
+    "self_attention.k_layernorm.weight": "k_norm",
+    "pre_mlp_layernorm.weight": "post_attn_norm",
+    "mlp.linear_fc1.layer_norm_weight": "post_attn_norm",  # TE dense layer: norm fused into fc1
+    "mlp.linear_fc1.weight": "fc1",
+    "mlp.linear_fc2.weight": "fc2",
+    "mlp.router.weight": "router",
+}
+_IN_EXPERT = {"linear_fc1.weight": "expert_fc1", "linear_fc2.weight": "expert_fc2"}
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and not hasattr(model, "decoder"):
-        model = model.module
-    return model
+@dataclass(frozen=True)
+class TensorKind:
+    """What a global megatron tensor is: ``kind`` (see ``megatron_tensor_kind``), its global
+    layer index (None outside the decoder layers) and global expert index (None unless an expert)."""
+
+    kind: str
+    layer: int | None = None
+    expert: int | None = None
 
 
-def _expert_tensors(mlp: Any, prefix: str, cfg: ModelConfig, gather: Gather) -> Iterator[tuple[str, torch.Tensor]]:
-    experts = mlp.experts
-    if not hasattr(experts, "local_experts"):
-        raise NotImplementedError(
-            f"{type(experts).__name__} experts: only SequentialMLP (moe_grouped_gemm=False) is mapped"
-        )
-    indices = list(mlp.local_expert_indices)
-    if len(indices) != cfg.num_experts:
-        raise NotImplementedError(
-            f"{len(indices)} of {cfg.num_experts} experts on this rank: EP>1 needs an expert gather"
-        )
-    fc1: list[torch.Tensor] = [torch.empty(0)] * cfg.num_experts
-    fc2: list[torch.Tensor] = [torch.empty(0)] * cfg.num_experts
-    for local, global_idx in enumerate(indices):
-        expert = experts.local_experts[local]
-        name = f"{prefix}.mlp.experts.local_experts.{local}"
-        fc1[global_idx] = gather(f"{name}.linear_fc1.weight", expert.linear_fc1.weight)
-        fc2[global_idx] = gather(f"{name}.linear_fc2.weight", expert.linear_fc2.weight)
-    gate_up, down = fuse_experts(fc1, fc2)
-    yield "mlp.experts.gate_up_proj", gate_up
-    yield "mlp.experts.down_proj", down
+def megatron_tensor_kind(global_name: str) -> TensorKind:
+    """Classify a *global* megatron parameter name (``sharding.global_name``: single-rank layer
+    and expert indices), local or Transformer Engine spec.
+
+    Kinds: ``embed``, ``final_norm``, ``output``; per layer ``input_norm``, ``qkv``, ``o_proj``,
+    ``q_norm``, ``k_norm``, ``post_attn_norm``, ``fc1``, ``fc2``, ``router``, ``expert_fc1``,
+    ``expert_fc2``. Raises ``ValueError`` for a name with no HF counterpart.
+    """
+    if global_name in _TOP_LEVEL:
+        return TensorKind(_TOP_LEVEL[global_name])
+    m = _LAYER_NAME.match(global_name)
+    if m:
+        layer, rest = int(m["layer"]), m["rest"]
+        if rest in _IN_LAYER:
+            return TensorKind(_IN_LAYER[rest], layer)
+        e = _EXPERT_NAME.match(rest)
+        if e and e["rest"] in _IN_EXPERT:
+            return TensorKind(_IN_EXPERT[e["rest"]], layer, int(e["expert"]))
+        if rest.startswith("mlp.experts.linear_fc"):
+            raise ValueError(f"{global_name}: grouped-GEMM experts (TEGroupedMLP) are not mapped; "
+                             "use model.moe_grouped_gemm=false")
+    raise ValueError(f"megatron tensor {global_name} has no Hugging Face counterpart here")
 
 
-def _layer_norm_weight(layer: Any, module_name: str, fused_in: Any) -> torch.Tensor:
-    """A pre-norm weight: a separate norm (local spec) or fused into the next linear (TE spec)."""
-    norm = getattr(layer, module_name)
-    weight = getattr(norm, "weight", None)
-    if weight is None:
-        weight = getattr(fused_in, "layer_norm_weight", None)
-    if weight is None:
-        raise ValueError(f"no {module_name} weight found (neither a norm module nor a fused norm)")
-    return weight
+def hf_layer_prefix(layer: int) -> str:
+    """The HF module path of decoder layer ``layer`` (global index)."""
+    return f"model.layers.{layer}"
 
 
-def _layer_tensors(
-    local_idx: int, layer: Any, cfg: ModelConfig, gather: Gather
+_HF_SINGLE = {
+    "embed": "model.embed_tokens.weight",
+    "final_norm": "model.norm.weight",
+    "output": "lm_head.weight",
+    "input_norm": "input_layernorm.weight",
+    "o_proj": "self_attn.o_proj.weight",
+    "q_norm": "self_attn.q_norm.weight",
+    "k_norm": "self_attn.k_norm.weight",
+    "post_attn_norm": "post_attention_layernorm.weight",
+    "fc2": "mlp.down_proj.weight",
+    "router": "mlp.gate.weight",
+}
+"""Kinds that are one HF tensor as they are (per-layer names relative to ``hf_layer_prefix``)."""
+
+
+def hf_name_of(kind: TensorKind) -> str | None:
+    """The HF name of a kind that maps to one tensor unchanged (None for qkv, fc1 and experts)."""
+    name = _HF_SINGLE.get(kind.kind)
+    if name is None or kind.layer is None:
+        return name
+    return f"{hf_layer_prefix(kind.layer)}.{name}"
+
+
+# --------------------------------------------------------------------------- stream conversion
+
+
+@dataclass
+class _LayerExperts:
+    fc1: dict[int, torch.Tensor] = field(default_factory=dict)
+    fc2: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def hf_from_megatron_stream(
+    named_full_tensors: Iterable[tuple[str, torch.Tensor]], cfg: ModelConfig
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    src = f"decoder.layers.{local_idx}"  # this rank's parameter name
-    dst = f"model.layers.{layer.layer_number - 1}"  # global index (layer_number includes the PP offset)
-    attn = layer.self_attention
-    yield f"{dst}.input_layernorm.weight", gather(
-        f"{src}.input_layernorm.weight", _layer_norm_weight(layer, "input_layernorm", attn.linear_qkv))
-    q, k, v = split_qkv(gather(f"{src}.self_attention.linear_qkv.weight", attn.linear_qkv.weight), cfg)
-    yield f"{dst}.self_attn.q_proj.weight", q
-    yield f"{dst}.self_attn.k_proj.weight", k
-    yield f"{dst}.self_attn.v_proj.weight", v
-    yield f"{dst}.self_attn.o_proj.weight", gather(f"{src}.self_attention.linear_proj.weight",
-                                                  attn.linear_proj.weight)
-    if cfg.qk_layernorm:
-        yield f"{dst}.self_attn.q_norm.weight", gather(f"{src}.self_attention.q_layernorm.weight",
-                                                      attn.q_layernorm.weight)
-        yield f"{dst}.self_attn.k_norm.weight", gather(f"{src}.self_attention.k_layernorm.weight",
-                                                      attn.k_layernorm.weight)
-    mlp = layer.mlp
-    yield f"{dst}.post_attention_layernorm.weight", gather(
-        f"{src}.pre_mlp_layernorm.weight",
-        _layer_norm_weight(layer, "pre_mlp_layernorm", getattr(mlp, "linear_fc1", None)))
-    if cfg.num_experts > 0:
-        yield f"{dst}.mlp.gate.weight", gather(f"{src}.mlp.router.weight", mlp.router.weight)
-        for name, tensor in _expert_tensors(mlp, src, cfg, gather):
-            yield f"{dst}.{name}", tensor
-    else:
-        gate, up = split_gate_up(gather(f"{src}.mlp.linear_fc1.weight", mlp.linear_fc1.weight))
-        yield f"{dst}.mlp.gate_proj.weight", gate
-        yield f"{dst}.mlp.up_proj.weight", up
-        yield f"{dst}.mlp.down_proj.weight", gather(f"{src}.mlp.linear_fc2.weight", mlp.linear_fc2.weight)
+    """Convert a stream of ``(global megatron name, full tensor)`` (``sharding.iter_full_state``)
+    into ``(hf_name, tensor)`` of the HF twin, in stream order.
+
+    QKV is split per query group, a dense fc1 into gate/up; an MoE layer's experts are held until
+    all ``cfg.num_experts`` fc1 and fc2 tensors of that layer arrived, then yielded as
+    ``mlp.experts.gate_up_proj`` / ``down_proj``. ``output_layer.weight`` is dropped for tied
+    embeddings. Raises ``ValueError`` for unknown names, experts received twice or left incomplete.
+    """
+    pending: dict[int, _LayerExperts] = {}
+    for name, t in named_full_tensors:
+        kind = megatron_tensor_kind(name)
+        single = hf_name_of(kind)
+        if kind.kind == "output" and cfg.tie_word_embeddings:
+            continue
+        if single is not None:
+            yield single, t
+        elif kind.kind == "qkv":
+            prefix = hf_layer_prefix(kind.layer)
+            q, k, v = split_qkv(t, cfg)
+            yield f"{prefix}.self_attn.q_proj.weight", q
+            yield f"{prefix}.self_attn.k_proj.weight", k
+            yield f"{prefix}.self_attn.v_proj.weight", v
+        elif kind.kind == "fc1":
+            prefix = hf_layer_prefix(kind.layer)
+            gate, up = split_gate_up(t)
+            yield f"{prefix}.mlp.gate_proj.weight", gate
+            yield f"{prefix}.mlp.up_proj.weight", up
+        else:  # expert_fc1 / expert_fc2
+            buf = pending.setdefault(kind.layer, _LayerExperts())
+            slot = buf.fc1 if kind.kind == "expert_fc1" else buf.fc2
+            if kind.expert in slot:
+                raise ValueError(f"{name} received twice")
+            if not 0 <= kind.expert < cfg.num_experts:
+                raise ValueError(f"{name}: expert index outside num_experts={cfg.num_experts}")
+            slot[kind.expert] = t
+            if len(buf.fc1) == len(buf.fc2) == cfg.num_experts:
+                del pending[kind.layer]
+                order = range(cfg.num_experts)
+                gate_up, down = fuse_experts([buf.fc1[e] for e in order], [buf.fc2[e] for e in order])
+                prefix = hf_layer_prefix(kind.layer)
+                yield f"{prefix}.mlp.experts.gate_up_proj", gate_up
+                yield f"{prefix}.mlp.experts.down_proj", down
+    if pending:
+        detail = "; ".join(f"layer {layer}: {len(b.fc1)} fc1 / {len(b.fc2)} fc2 of {cfg.num_experts}"
+                           for layer, b in sorted(pending.items()))
+        raise ValueError(f"incomplete experts at the end of the stream ({detail})")
 
 
 @torch.no_grad()
-def megatron_to_hf(
-    model: torch.nn.Module, cfg: ModelConfig, gather: Gather = local_gather
-) -> Iterator[tuple[str, torch.Tensor]]:
+def megatron_to_hf(model: Any, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(hf_name, tensor)`` for every parameter of the HF twin (``hf_config_for``).
 
-    Tensors are detached views or fresh tensors of megatron's weights (same dtype/device); copy
-    them before the next optimizer step if they must outlive it. Accepts the bare GPTModel or a
+    A collective under model parallelism: every rank of the world must drain the generator, and
+    every rank receives every full tensor (``sharding.iter_full_state``: TP all-gather, experts
+    from every EP rank, pipeline stages broadcast in order). Tensors are detached views of
+    megatron's weights or fresh tensors (same dtype/device); copy them before the next optimizer
+    step if they must outlive it. Accepts a ``MegatronPolicy``, the bare GPTModel or a
     DDP/Float16Module wrapper. Tied embeddings yield only ``model.embed_tokens.weight``.
     """
-    gpt = _unwrap(model)
-    if getattr(gpt, "pre_process", True):
-        yield "model.embed_tokens.weight", gather("embedding.word_embeddings.weight",
-                                                  gpt.embedding.word_embeddings.weight)
-    for local_idx, layer in enumerate(gpt.decoder.layers):
-        yield from _layer_tensors(local_idx, layer, cfg, gather)
-    if getattr(gpt, "post_process", True):
-        yield "model.norm.weight", gather("decoder.final_layernorm.weight", gpt.decoder.final_layernorm.weight)
-        if not cfg.tie_word_embeddings:
-            yield "lm_head.weight", gather("output_layer.weight", gpt.output_layer.weight)
+    from pivotrl_nemo.models.megatron.sharding import iter_full_state
+
+    yield from hf_from_megatron_stream(iter_full_state(model), cfg)

@@ -199,18 +199,17 @@ class VLLMIPCWeightSynchronizer:
     Lifecycle: construct once the policy and the engine exist; ``init_communicator()`` (nothing to
     set up for IPC); ``sync_weights()`` after every optimizer step (and after a resume); ``shutdown()``.
     ``named_tensors`` yields the policy's full HF-named tensors (default: ``megatron_to_hf`` of
-    ``model`` with ``gather``, which under TP/EP gathers the full tensors on every rank).
+    ``model``, a collective stream that under TP/PP/EP hands every rank every full tensor).
     """
 
     def __init__(self, model: torch.nn.Module | None, model_cfg: Any, engine: Any, *,
-                 gather: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
                  named_tensors: Callable[[], Iterable[tuple[str, torch.Tensor]]] | None = None,
                  bucket_bytes: int | None = None, bucket_memory_fraction: float = 0.3) -> None:
         if named_tensors is None:
-            from .hf_mapping import local_gather, megatron_to_hf
+            from .hf_mapping import megatron_to_hf
 
             def named_tensors() -> Iterable[tuple[str, torch.Tensor]]:
-                return megatron_to_hf(model, model_cfg, gather or local_gather)
+                return megatron_to_hf(model, model_cfg)
 
         self.engine = engine
         self.named_tensors = named_tensors

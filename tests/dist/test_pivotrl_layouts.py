@@ -16,7 +16,7 @@ from pivotrl_nemo.utils.io import atomic_write_jsonl, read_jsonl
 from pivotrl_nemo.utils.metrics import read_metrics
 
 WORKER = Path(__file__).with_name("pivotrl_layout_worker.py")
-TRAIN = ["algorithm.steps=5", "algorithm.prompts_per_step=2", "algorithm.group_size=4", "algorithm.save_every=5",
+TRAIN = ["algorithm.steps=5", "algorithm.prompts_per_step=2", "algorithm.group_size=8", "algorithm.save_every=5",
          "algorithm.optim.lr=1e-3", "algorithm.micro_batch_size=3"]
 
 
@@ -42,7 +42,8 @@ def _train(run_dir: Path, ranks: int, overrides: list[str]) -> list[dict]:
 def test_pivotrl_steps_match_single_rank_at_tp2_and_ep2(tmp_path):
     base = tmp_path / "base"
     cfg = load_config(["experiment=smoke", f"run_dir={base}", "data.max_trajectories=2",
-                       "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}", "sft.steps=20"])
+                       "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}", "sft.steps=120",
+                       "sft.batch_size=8", "sft.optim.lr=1e-2"])
     runner = Runner(cfg)
     for name in ("build", "extract", "sft"):
         runner.run(name, stage_impl.STAGE_FUNCS[name])

@@ -145,3 +145,65 @@ def test_smollm2_real_weights_same_next_token_distribution():
     ours = torch.log_softmax(_megatron_logits(gpt, ids)[:, -1], dim=-1)
     assert ours.argmax() == theirs.argmax()
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_lazy_reader_takes_one_expert_slice(tmp_path):
+    """A fused 3-D expert tensor on disk is read one expert at a time (the EP path)."""
+    from safetensors.torch import save_file
+
+    from pivotrl_nemo.models.megatron.hf_import import HFSource, SafetensorsState
+
+    hf = _hf_model(_qwen3_moe())
+    cfg = model_config_from_hf(hf.config)
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    lazy = HFSource(SafetensorsState(tmp_path), cfg)
+    eager = HFSource(state, cfg)
+    assert lazy.fused_experts and eager.fused_experts
+    name = "decoder.layers.1.mlp.experts.local_experts.2.linear_fc1.weight"
+    assert torch.equal(lazy(name), state["model.layers.1.mlp.experts.gate_up_proj"][2])
+    assert lazy.used == {"model.layers.1.mlp.experts.gate_up_proj"}
+    assert torch.equal(lazy("decoder.layers.0.self_attention.linear_qkv.weight"),
+                       eager("decoder.layers.0.self_attention.linear_qkv.weight"))
+    # the Transformer Engine spec's fused-norm names read the same HF norms
+    assert lazy.keys_for("decoder.layers.1.self_attention.linear_qkv.layer_norm_weight") == [
+        "model.layers.1.input_layernorm.weight"]
+    assert lazy.keys_for("decoder.layers.1.mlp.linear_fc1.layer_norm_weight") == [
+        "model.layers.1.post_attention_layernorm.weight"]
+
+
+def test_import_cli_writes_a_checkpoint_that_trains_with_the_printed_overrides(tmp_path, capsys):
+    import shlex
+
+    from pivotrl_nemo.config import load_config
+    from pivotrl_nemo.config.schema import OptimConfig
+    from pivotrl_nemo.export_cli import import_main
+    from pivotrl_nemo.models.megatron.policy import MegatronPolicy
+
+    config = _qwen3_moe()
+    config.max_position_embeddings = 1024  # the run config checks prompt + completion fit
+    hf = _hf_model(config)
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    out = tmp_path / "run" / "sft" / "checkpoint"
+    args = [f"hf_dir={tmp_path / 'hf'}", f"out={out}", f"run_dir={tmp_path / 'run'}"]
+    assert import_main(args) == 0
+    text = capsys.readouterr().out
+    assert "num_experts: 4" in text and "no tokenizer files" in text
+    line = text.split("hydra overrides for this model")[1].splitlines()[1]
+    overrides = shlex.split(line)
+    assert "model.num_experts=4" in overrides and "model.qk_layernorm=true" in overrides
+
+    cfg = load_config(overrides + [f"run_dir={tmp_path / 'run'}"])
+    assert (cfg.model.hidden_size, cfg.model.moe_ffn_hidden_size, cfg.model.num_query_groups) == (48, 24, 2)
+    policy = MegatronPolicy(cfg.model, VOCAB, OptimConfig())
+    policy.load(out, load_optimizer=False)
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+    policy.eval()
+    with torch.no_grad():
+        ours = policy.forward_logits(ids)
+        theirs = hf(input_ids=ids).logits.float()
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+    assert import_main(args) == 1, "an existing checkpoint is kept without overwrite=true"
+    assert "exists" in capsys.readouterr().err
+    assert import_main([f"out={out}"]) == 2

@@ -12,7 +12,14 @@ from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from pivotrl_nemo.distributed.setup import destroy, init_distributed
 from pivotrl_nemo.models.megatron.policy import MegatronPolicy
 from pivotrl_nemo.weight_sync.base import InProcessWeightSynchronizer, WeightLoadError, load_named_tensors_into
-from pivotrl_nemo.weight_sync.hf_mapping import build_hf_model, hf_config_for, megatron_to_hf, split_qkv
+from pivotrl_nemo.models.megatron.sharding import iter_full_state
+from pivotrl_nemo.weight_sync.hf_mapping import (
+    build_hf_model,
+    hf_config_for,
+    hf_from_megatron_stream,
+    megatron_to_hf,
+    split_qkv,
+)
 
 VOCAB = 300
 TINY = ModelConfig(
@@ -138,3 +145,40 @@ def test_load_named_tensors_into_is_strict():
     name, t = good[0]
     with pytest.raises(WeightLoadError, match="mis-shaped"):
         load_named_tensors_into(hf, [(name, t[:-1])] + good[1:])
+
+
+def test_stream_conversion_accepts_any_expert_order_and_te_names():
+    """Experts arrive in EP-rank order (0, 2, 1, 3 at EP=2) and a Transformer Engine model names
+    its fused norms differently; the HF tensors are the same."""
+    import re
+
+    policy = MegatronPolicy(dataclasses.replace(TINY, num_layers=1), VOCAB, OptimConfig())
+    _perturb_norms(policy)
+    cfg = policy.model_cfg
+    stream = [(n, t.clone()) for n, t in iter_full_state(policy)]
+    reference = dict(hf_from_megatron_stream(stream, cfg))
+
+    def rank_order(item):
+        m = re.search(r"local_experts\.(\d+)\.", item[0])
+        return (0, 0) if m is None else (int(m.group(1)) % 2, int(m.group(1)))
+
+    shuffled = sorted(stream, key=rank_order)  # stable: non-expert tensors keep their order
+    assert [n for n, _ in shuffled] != [n for n, _ in stream]
+    te = [(n.replace("decoder.layers.0.input_layernorm.weight",
+                     "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight"), t) for n, t in shuffled]
+    converted = dict(hf_from_megatron_stream(te, cfg))
+    assert converted.keys() == reference.keys()
+    for k, v in reference.items():
+        assert torch.equal(converted[k], v), k
+
+    with pytest.raises(ValueError, match="incomplete experts"):
+        list(hf_from_megatron_stream([x for x in stream if "local_experts.3.linear_fc2" not in x[0]], cfg))
+    with pytest.raises(ValueError, match="no Hugging Face counterpart"):
+        list(hf_from_megatron_stream([("decoder.layers.0.bogus.weight", torch.zeros(1))], cfg))
+
+
+def test_dense_te_pre_mlp_norm_name_maps_to_post_attention_layernorm():
+    cfg = dataclasses.replace(TINY, num_experts=0, ffn_hidden_size=96)
+    w = torch.randn(cfg.hidden_size)
+    (name, t), = hf_from_megatron_stream([("decoder.layers.3.mlp.linear_fc1.layer_norm_weight", w)], cfg)
+    assert name == "model.layers.3.post_attention_layernorm.weight" and t is w

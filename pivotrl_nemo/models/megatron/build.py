@@ -228,20 +228,24 @@ def build_gpt_model(
     post_process = pp.rank() == pp.size() - 1 if post_process is None else post_process
     seed_everything(cfg.seed)
     rotary_base = int(cfg.rotary_base) if float(cfg.rotary_base).is_integer() else cfg.rotary_base
-    model = GPTModel(
-        config=config,
-        transformer_layer_spec=block_spec(cfg, config, pg_collection.pp.rank()),
-        vocab_size=vocab_size,
-        max_sequence_length=cfg.max_position_embeddings,
-        pre_process=pre_process,
-        post_process=post_process,
-        parallel_output=False,
-        share_embeddings_and_output_weights=cfg.tie_word_embeddings,
-        position_embedding_type="rope",
-        rotary_percent=1.0,
-        rotary_base=rotary_base,
-        pg_collection=pg_collection,
-    )
+    from pivotrl_nemo.distributed.cpu_compat import cuda_to_cpu
+
+    # cuda_to_cpu: a tied output layer on a later pipeline stage calls .cuda() in the constructor
+    with cuda_to_cpu():
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=block_spec(cfg, config, pg_collection.pp.rank()),
+            vocab_size=vocab_size,
+            max_sequence_length=cfg.max_position_embeddings,
+            pre_process=pre_process,
+            post_process=post_process,
+            parallel_output=False,
+            share_embeddings_and_output_weights=cfg.tie_word_embeddings,
+            position_embedding_type="rope",
+            rotary_percent=1.0,
+            rotary_base=rotary_base,
+            pg_collection=pg_collection,
+        )
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     if cfg.moe_router_freeze:

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints -> megatron-core ``GPTModel`` (``models.megatron.build``).
+"""Hugging Face checkpoints -> megatron-core ``GPTModel`` (``models.megatron.build``), any layout.
 
 The inverse of ``weight_sync.hf_mapping.megatron_to_hf`` for the three families the policy can
 express: Llama (e.g. SmolLM2: no qk layernorm, usually tied embeddings), Qwen3 (dense, qk
@@ -6,17 +6,20 @@ layernorm) and Qwen3-MoE (qk layernorm, softmax top-k routing with ``norm_topk_p
 
 * ``model_config_from_hf(hf_config)`` -> the ``ModelConfig`` whose ``build_gpt_model`` computes
   the same function.
-* ``load_hf_into_megatron(model, state, cfg)`` copies HF-named tensors into the model. ``state``
-  is any ``Mapping[str, Tensor]``: a ``state_dict()`` or a ``SafetensorsState`` that opens the
-  checkpoint's shards lazily, so a rank reads only the tensors it asks for. Strict: every
-  megatron parameter is set exactly once with the right shape, and every HF key is used
-  (unknown keys are named in the error).
-* ``import_hf_checkpoint(hf_dir)`` -> ``(ModelConfig, GPTModel)``.
+* ``HFSource(state, cfg)``: ``source(global megatron name) -> full tensor`` over any
+  ``Mapping[str, Tensor]`` of HF-named tensors (a ``state_dict()``, or a ``SafetensorsState``
+  that opens the checkpoint's shards lazily). It reads only the HF keys that one megatron tensor
+  needs: q/k/v fused into megatron's grouped ``linear_qkv`` layout, gate/up into ``linear_fc1``,
+  one expert's rows of transformers' fused 3-D experts (or its per-expert checkpoint tensors).
+* ``load_hf_into_megatron(model, state, cfg)`` checks the names (strict: unknown HF keys and the
+  HF keys this rank needs but cannot find are named), then ``sharding.load_full_state(model,
+  source)``: each rank asks only for the tensors it holds (its pipeline stage's layers, its EP
+  rank's experts) and keeps its TP slice. No communication.
+* ``load_hf_checkpoint_into(model, hf_dir, cfg)`` / ``import_hf_checkpoint(hf_dir, ...)``: from a
+  checkpoint folder; every rank calls them, and a failure on any rank raises on all of them.
 
-One function per tensor family (``fuse_qkv``, ``fuse_gate_up``, the expert readers); the walk
-hands each family's result to ``_Writer.put`` under the megatron name. Sharded loading (TP/EP)
-plugs in there: slice the full tensor for this rank's partition before copying. Layer indices
-come from ``layer.layer_number`` (global under PP).
+Megatron names are classified by ``hf_mapping.megatron_tensor_kind`` (local spec, and the
+Transformer Engine spec's fused-norm names, which the CPU tests cannot exercise).
 """
 
 from __future__ import annotations
@@ -145,6 +148,10 @@ class SafetensorsState(Mapping):
     def __getitem__(self, key: str) -> torch.Tensor:
         return self._handles[self._where[key]].get_tensor(key)
 
+    def get_index(self, key: str, index: int) -> torch.Tensor:
+        """``self[key][index]``, reading only that slice of the first dim from disk."""
+        return self._handles[self._where[key]].get_slice(key)[index:index + 1][0]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
 
@@ -174,93 +181,7 @@ def fuse_gate_up(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.cat([gate, up], dim=0)
 
 
-class _Reader:
-    """Reads HF tensors from ``state`` and remembers which keys were used."""
-
-    def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.state = state
-        self.used: set[str] = set()
-        self.missing: list[str] = []
-
-    def has(self, key: str) -> bool:
-        return key in self.state
-
-    def take(self, key: str) -> torch.Tensor | None:
-        if key not in self.state:
-            self.missing.append(key)
-            return None
-        self.used.add(key)
-        return self.state[key]
-
-
-class _Writer:
-    """Copies full tensors into the megatron parameters by name, each exactly once."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.params = dict(model.named_parameters())
-        self.seen: set[str] = set()
-        self.problems: list[str] = []
-
-    @torch.no_grad()
-    def put(self, name: str, tensor: torch.Tensor | None) -> None:
-        if tensor is None:
-            return  # the reader recorded the missing HF key
-        param = self.params.get(name)
-        if param is None:
-            self.problems.append(f"megatron model has no parameter {name}")
-        elif name in self.seen:
-            self.problems.append(f"{name} set twice")
-        elif tuple(param.shape) != tuple(tensor.shape):
-            self.problems.append(f"{name}: got {tuple(tensor.shape)}, expected {tuple(param.shape)}")
-        else:
-            self.seen.add(name)
-            param.copy_(tensor)
-
-
-def _experts(r: _Reader, w: _Writer, src: str, dst: str, cfg: ModelConfig) -> None:
-    """Experts from transformers' fused 3-D tensors (in-memory names) or per-expert weights."""
-    fused = f"{src}.mlp.experts.gate_up_proj"
-    if r.has(fused):
-        gate_up, down = r.take(fused), r.take(f"{src}.mlp.experts.down_proj")
-        for e in range(cfg.num_experts):
-            w.put(f"{dst}.mlp.experts.local_experts.{e}.linear_fc1.weight", gate_up[e])
-            if down is not None:
-                w.put(f"{dst}.mlp.experts.local_experts.{e}.linear_fc2.weight", down[e])
-        return
-    for e in range(cfg.num_experts):
-        hf = f"{src}.mlp.experts.{e}"
-        gate, up = r.take(f"{hf}.gate_proj.weight"), r.take(f"{hf}.up_proj.weight")
-        if gate is not None and up is not None:
-            w.put(f"{dst}.mlp.experts.local_experts.{e}.linear_fc1.weight", fuse_gate_up(gate, up))
-        w.put(f"{dst}.mlp.experts.local_experts.{e}.linear_fc2.weight", r.take(f"{hf}.down_proj.weight"))
-
-
-def _layer(r: _Reader, w: _Writer, local_idx: int, layer: Any, cfg: ModelConfig) -> None:
-    src = f"model.layers.{layer.layer_number - 1}"  # global HF index
-    dst = f"decoder.layers.{local_idx}"  # this rank's parameter name
-    w.put(f"{dst}.input_layernorm.weight", r.take(f"{src}.input_layernorm.weight"))
-    q, k, v = (r.take(f"{src}.self_attn.{p}_proj.weight") for p in "qkv")
-    if q is not None and k is not None and v is not None:
-        w.put(f"{dst}.self_attention.linear_qkv.weight", fuse_qkv(q, k, v, cfg))
-    w.put(f"{dst}.self_attention.linear_proj.weight", r.take(f"{src}.self_attn.o_proj.weight"))
-    if cfg.qk_layernorm:
-        w.put(f"{dst}.self_attention.q_layernorm.weight", r.take(f"{src}.self_attn.q_norm.weight"))
-        w.put(f"{dst}.self_attention.k_layernorm.weight", r.take(f"{src}.self_attn.k_norm.weight"))
-    w.put(f"{dst}.pre_mlp_layernorm.weight", r.take(f"{src}.post_attention_layernorm.weight"))
-    if cfg.num_experts > 0:
-        w.put(f"{dst}.mlp.router.weight", r.take(f"{src}.mlp.gate.weight"))
-        _experts(r, w, src, dst, cfg)
-    else:
-        gate, up = r.take(f"{src}.mlp.gate_proj.weight"), r.take(f"{src}.mlp.up_proj.weight")
-        if gate is not None and up is not None:
-            w.put(f"{dst}.mlp.linear_fc1.weight", fuse_gate_up(gate, up))
-        w.put(f"{dst}.mlp.linear_fc2.weight", r.take(f"{src}.mlp.down_proj.weight"))
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and not hasattr(model, "decoder"):
-        model = model.module
-    return model
+# --------------------------------------------------------------------------- source
 
 
 def _ignorable(key: str) -> bool:
@@ -268,37 +189,188 @@ def _ignorable(key: str) -> bool:
     return key.endswith("rotary_emb.inv_freq")
 
 
-@torch.no_grad()
-def load_hf_into_megatron(model: torch.nn.Module, state: Mapping[str, torch.Tensor], cfg: ModelConfig) -> int:
-    """Copy HF-named tensors (Llama / Qwen3 / Qwen3-MoE names) into ``model`` in place.
+def megatron_global_names(cfg: ModelConfig) -> list[str]:
+    """Global names of a single-rank local-spec GPTModel built from ``cfg`` (the tied output
+    layer excluded), in model order."""
+    names = ["embedding.word_embeddings.weight"]
+    for layer in range(cfg.num_layers):
+        p = f"decoder.layers.{layer}"
+        names += [f"{p}.input_layernorm.weight", f"{p}.self_attention.linear_qkv.weight",
+                  f"{p}.self_attention.linear_proj.weight"]
+        if cfg.qk_layernorm:
+            names += [f"{p}.self_attention.q_layernorm.weight", f"{p}.self_attention.k_layernorm.weight"]
+        names.append(f"{p}.pre_mlp_layernorm.weight")
+        if cfg.num_experts > 0:
+            names.append(f"{p}.mlp.router.weight")
+            for e in range(cfg.num_experts):
+                names += [f"{p}.mlp.experts.local_experts.{e}.linear_fc1.weight",
+                          f"{p}.mlp.experts.local_experts.{e}.linear_fc2.weight"]
+        else:
+            names += [f"{p}.mlp.linear_fc1.weight", f"{p}.mlp.linear_fc2.weight"]
+    names.append("decoder.final_layernorm.weight")
+    if not cfg.tie_word_embeddings:
+        names.append("output_layer.weight")
+    return names
 
-    ``model``: a GPTModel from ``build_gpt_model(cfg, vocab)`` (or a DDP wrapper of one) on one
-    rank. Values are cast to each parameter's dtype/device. Raises ``HFImportError`` naming the
-    missing HF keys, the unknown (unused) HF keys, megatron parameters left unset and
-    mis-shaped tensors. Returns how many megatron parameters were set.
+
+class HFSource:
+    """``source(global megatron name) -> full tensor`` over HF-named tensors ``state``.
+
+    ``state``: any ``Mapping[str, Tensor]``; when it has ``get_index(key, i)`` (``SafetensorsState``)
+    one expert's rows of a fused 3-D expert tensor are read alone. Experts come from transformers'
+    in-memory fused tensors (``mlp.experts.gate_up_proj [E, 2I, H]`` / ``down_proj [E, H, I]``)
+    when ``state`` has them, else from per-expert checkpoint tensors
+    (``mlp.experts.{e}.gate_proj.weight`` ...). ``used`` collects the HF keys read so far.
     """
-    gpt = _unwrap(model)
-    r, w = _Reader(state), _Writer(gpt)
-    if getattr(gpt, "pre_process", True):
-        w.put("embedding.word_embeddings.weight", r.take("model.embed_tokens.weight"))
-    for local_idx, layer in enumerate(gpt.decoder.layers):
-        _layer(r, w, local_idx, layer, cfg)
-    if getattr(gpt, "post_process", True):
-        w.put("decoder.final_layernorm.weight", r.take("model.norm.weight"))
-        if not cfg.tie_word_embeddings:
-            w.put("output_layer.weight", r.take("lm_head.weight"))
-        elif r.has("lm_head.weight"):
-            r.used.add("lm_head.weight")  # in-memory state_dicts list the tied weight twice
-    unknown = sorted(k for k in state if k not in r.used and not _ignorable(k))
-    unset = sorted(set(w.params) - w.seen)
-    problems = list(w.problems)
-    for label, keys in (("missing HF keys", r.missing), ("unknown HF keys", unknown),
+
+    def __init__(self, state: Mapping[str, torch.Tensor], cfg: ModelConfig) -> None:
+        self.state = state
+        self.cfg = cfg
+        self.fused_experts = cfg.num_experts > 0 and any(k.endswith(".mlp.experts.gate_up_proj") for k in state)
+        self.used: set[str] = set()
+
+    def keys_for(self, global_name: str) -> list[str]:
+        """The HF keys ``self(global_name)`` reads. Raises ``HFImportError`` for a megatron name
+        with no HF counterpart."""
+        from pivotrl_nemo.weight_sync.hf_mapping import hf_layer_prefix, hf_name_of, megatron_tensor_kind
+
+        try:
+            kind = megatron_tensor_kind(global_name)
+        except ValueError as e:
+            raise HFImportError(str(e)) from None
+        if kind.kind == "embed" and self.cfg.tie_word_embeddings and "model.embed_tokens.weight" not in self.state \
+                and "lm_head.weight" in self.state:
+            return ["lm_head.weight"]  # a tied checkpoint that kept only the output copy
+        single = hf_name_of(kind)
+        if single is not None:
+            return [single]
+        p = hf_layer_prefix(kind.layer)
+        if kind.kind == "qkv":
+            return [f"{p}.self_attn.{x}_proj.weight" for x in "qkv"]
+        if kind.kind == "fc1":
+            return [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"]
+        if self.fused_experts:
+            return [f"{p}.mlp.experts.{'gate_up_proj' if kind.kind == 'expert_fc1' else 'down_proj'}"]
+        e = f"{p}.mlp.experts.{kind.expert}"
+        if kind.kind == "expert_fc1":
+            return [f"{e}.gate_proj.weight", f"{e}.up_proj.weight"]
+        return [f"{e}.down_proj.weight"]
+
+    def known_keys(self) -> set[str]:
+        """Every HF key the whole model (all ranks together) reads, plus a tied ``lm_head``."""
+        keys = {k for name in megatron_global_names(self.cfg) for k in self.keys_for(name)}
+        if self.cfg.tie_word_embeddings:
+            keys |= {"lm_head.weight", "model.embed_tokens.weight"}  # in-memory state_dicts list both
+        return keys
+
+    def _get(self, key: str, index: int | None = None) -> torch.Tensor:
+        self.used.add(key)
+        if index is None:
+            return self.state[key]
+        get_index = getattr(self.state, "get_index", None)
+        return get_index(key, index) if callable(get_index) else self.state[key][index]
+
+    def __call__(self, global_name: str) -> torch.Tensor:
+        """The full megatron tensor ``global_name`` (``sharding`` global naming)."""
+        from pivotrl_nemo.weight_sync.hf_mapping import megatron_tensor_kind
+
+        keys = self.keys_for(global_name)
+        kind = megatron_tensor_kind(global_name)
+        if kind.kind == "qkv":
+            return fuse_qkv(*(self._get(k) for k in keys), self.cfg)
+        if kind.kind in ("expert_fc1", "expert_fc2") and self.fused_experts:
+            return self._get(keys[0], kind.expert)
+        if len(keys) == 2:  # fc1 / expert_fc1: gate, up
+            return fuse_gate_up(self._get(keys[0]), self._get(keys[1]))
+        return self._get(keys[0])
+
+
+def _local_global_names(gpt: Any) -> list[str]:
+    """The global names this rank's parameters need (a tied output layer on a last stage without
+    the embedding reads the embedding)."""
+    from .sharding import shards
+
+    names = [s.global_name for s in shards(gpt)]
+    if getattr(gpt, "share_embeddings_and_output_weights", False) and gpt.post_process and not gpt.pre_process:
+        names.append("embedding.word_embeddings.weight")
+    return names
+
+
+@torch.no_grad()
+def load_hf_into_megatron(model: Any, state: Mapping[str, torch.Tensor], cfg: ModelConfig) -> int:
+    """Copy HF-named tensors (Llama / Qwen3 / Qwen3-MoE names) into this rank's shards of ``model``.
+
+    ``model``: a GPTModel from ``build_gpt_model(cfg, vocab, parallel)`` at any TP / PP / EP
+    layout (bare, DDP-wrapped or a ``MegatronPolicy``). Each rank reads only the HF tensors of
+    the parameters it holds and keeps its slice (``sharding.load_full_state``); values are cast to
+    each parameter's dtype. No communication: call it on every rank. Raises ``HFImportError``
+    naming unknown HF keys (checked against the whole model), the HF keys this rank needs but
+    cannot find, the megatron parameters they leave unset, and mis-shaped tensors. Returns how
+    many local tensors were set.
+    """
+    from .sharding import load_full_state, unwrap
+
+    gpt = unwrap(model)
+    source = HFSource(state, cfg)
+    problems: list[str] = []
+    missing: list[str] = []
+    unset: list[str] = []
+    for name in _local_global_names(gpt):
+        try:
+            keys = source.keys_for(name)
+        except HFImportError as e:
+            problems.append(str(e))
+            continue
+        absent = [k for k in keys if k not in state]
+        if absent:
+            missing += [k for k in absent if k not in missing]
+            unset.append(name)
+    known = source.known_keys()
+    unknown = sorted(k for k in state if k not in known and not _ignorable(k))
+    for label, keys in (("missing HF keys", missing), ("unknown HF keys", unknown),
                         ("megatron parameters not set", unset)):
         if keys:
             problems.append(f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
     if problems:
         raise HFImportError("HF -> megatron load failed: " + "; ".join(problems))
-    return len(w.seen)
+    try:
+        return load_full_state(gpt, source)
+    except HFImportError:
+        raise
+    except ValueError as e:  # a full tensor whose slice does not fit this rank's parameter
+        raise HFImportError(f"HF -> megatron load failed: {e}") from None
+
+
+def _agree_on_failure(error: BaseException | None) -> None:
+    """Raise on every rank if any rank failed (so no rank is left waiting in a collective)."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        if error is not None:
+            raise error
+        return
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(r, msg) for r, msg in enumerate(every) if msg is not None]
+    if failed:
+        r, msg = failed[0]
+        raise HFImportError(f"HF import failed on rank {r}: {msg}")
+
+
+def load_hf_checkpoint_into(model: Any, hf_dir: str | Path, cfg: ModelConfig) -> int:
+    """``load_hf_into_megatron`` from a checkpoint folder's safetensors, opened lazily (a rank reads
+    only its tensors). Call on every rank: a failure anywhere raises on all ranks. Returns how
+    many local tensors were set."""
+    error: BaseException | None = None
+    n = 0
+    try:
+        n = load_hf_into_megatron(model, SafetensorsState(hf_dir), cfg)
+    except Exception as e:  # noqa: BLE001 -- re-raised below, after telling the other ranks
+        error = e
+    _agree_on_failure(error)
+    return n
 
 
 def import_hf_checkpoint(
@@ -309,8 +381,9 @@ def import_hf_checkpoint(
 ) -> tuple[ModelConfig, Any]:
     """Build a megatron GPTModel from an HF checkpoint folder (``config.json`` + safetensors).
 
-    Requires ``distributed.setup.init_distributed`` first (single rank: TP=PP=EP=1).
-    ``vocab_size`` defaults to the checkpoint's. Returns ``(ModelConfig, GPTModel)``.
+    Requires ``distributed.setup.init_distributed(parallel)`` first; every rank calls it and gets
+    its own shards (``parallel``: the layout, default single rank). ``vocab_size`` defaults to
+    the checkpoint's. Returns ``(ModelConfig, GPTModel)``.
     """
     from transformers import AutoConfig
 
@@ -323,7 +396,6 @@ def import_hf_checkpoint(
     if vocab != hf_config.vocab_size:
         raise HFImportError(f"vocab_size={vocab} != the checkpoint's {hf_config.vocab_size}")
     model = build_gpt_model(cfg, vocab, parallel)
-    state = SafetensorsState(hf_dir)
-    n = load_hf_into_megatron(model, state, cfg)
-    logger.info("imported %s (%s) from %s: %d tensors", cfg.name, hf_config.model_type, hf_dir, n)
+    n = load_hf_checkpoint_into(model, hf_dir, cfg)
+    logger.info("imported %s (%s) from %s: %d local tensors", cfg.name, hf_config.model_type, hf_dir, n)
     return cfg, model
