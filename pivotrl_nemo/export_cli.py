@@ -62,6 +62,24 @@ def export_stage(cfg: Any, run_dir: str | Path, which: str, out: str | Path, ove
     return out
 
 
+def _config_or_none(overrides: list[str]) -> Any:
+    """The run config with logging set up, or None after printing the config error."""
+    from pivotrl_nemo.config import ConfigError, load_config
+    from pivotrl_nemo.utils.logging import configure_logging
+
+    try:
+        cfg = load_config(overrides)
+    except ConfigError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return None
+    configure_logging(cfg.log_level)
+    return cfg
+
+
+def _truthy(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")
+
+
 def _split_args(args: list[str], own_key) -> tuple[dict[str, str], list[str]]:
     """``KEY=VALUE`` arguments whose ``own_key(KEY)`` is not None (as a dict under that name) and
     the remaining Hydra overrides."""
@@ -84,22 +102,16 @@ def split_export_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
 
 def export_main(args: list[str]) -> int:
     """The ``pivotrl export`` command: returns the exit code."""
-    from pivotrl_nemo.config import ConfigError, load_config
-    from pivotrl_nemo.utils.logging import configure_logging
-
     own, rest = split_export_args(args)
     unknown = sorted(set(own) - {"checkpoint", "out", "overwrite"})
     if unknown or "out" not in own:
         sys.stderr.write("usage: pivotrl export [overrides] export.checkpoint=train|sft export.out=DIR "
                          f"[export.overwrite=true]{'; unknown: ' + ', '.join(unknown) if unknown else ''}\n")
         return 2
-    try:
-        cfg = load_config(rest)
-    except ConfigError as e:
-        sys.stderr.write(f"error: {e}\n")
+    cfg = _config_or_none(rest)
+    if cfg is None:
         return 2
-    configure_logging(cfg.log_level)
-    overwrite = own.get("overwrite", "false").lower() in ("1", "true", "yes")
+    overwrite = _truthy(own.get("overwrite", "false"))
     from pivotrl_nemo.models.megatron.checkpoint import CheckpointError
 
     try:
@@ -185,9 +197,7 @@ def import_main(args: list[str]) -> int:
     from omegaconf import OmegaConf
     from transformers import AutoConfig
 
-    from pivotrl_nemo.config import ConfigError, load_config
     from pivotrl_nemo.models.megatron.hf_import import HFImportError, model_config_from_hf
-    from pivotrl_nemo.utils.logging import configure_logging
 
     own, rest = split_import_args(args)
     if "hf_dir" not in own or "out" not in own:
@@ -203,13 +213,10 @@ def import_main(args: list[str]) -> int:
     tokenizer_dir = hf_dir if any((hf_dir / f).is_file() for f in _TOKENIZER_FILES) else None
     given = {a.partition("=")[0].lstrip("+~") for a in rest}
     overrides = [o for o in model_overrides(derived, tokenizer_dir) if o.partition("=")[0] not in given]
-    try:
-        cfg = load_config(overrides + rest)
-    except ConfigError as e:
-        sys.stderr.write(f"error: {e}\n")
+    cfg = _config_or_none(overrides + rest)
+    if cfg is None:
         return 2
-    configure_logging(cfg.log_level)
-    overwrite = own.get("overwrite", "false").lower() in ("1", "true", "yes")
+    overwrite = _truthy(own.get("overwrite", "false"))
     try:
         summary = import_stage(cfg, hf_dir, own["out"], overwrite=overwrite)
     except (FileNotFoundError, FileExistsError, HFImportError, ValueError, NotImplementedError) as e:
