@@ -251,7 +251,7 @@ def _warn_vocab(tokenizer_dir: str | None, vocab: int) -> None:
         sys.stdout.write("note: no tokenizer files in the HF folder; set model.tokenizer to the one it was trained "
                          f"with (the run's padded vocabulary must be {vocab})\n")
         return
-    from pivotrl_nemo.rollout.tokenizer import load_tokenizer
+    from pivotrl_nemo.data.tokenizer import load_tokenizer
     from pivotrl_nemo.runtime import padded_vocab_size
 
     run_vocab = padded_vocab_size(len(load_tokenizer(tokenizer_dir)))

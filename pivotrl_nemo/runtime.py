@@ -27,7 +27,7 @@ class Runtime:
         """The run's tokenizer: the domain tokenizer ``build`` trained, or the configured one."""
         from pathlib import Path
 
-        from .rollout.tokenizer import load_tokenizer
+        from .data.tokenizer import load_tokenizer
 
         if self.cfg.model.tokenizer_vocab_size > 0:
             path = Path(self.cfg.run_dir) / "tokenizer"
@@ -57,7 +57,7 @@ class Runtime:
 
     @cached_property
     def stop_ids(self) -> list[int]:
-        from .rollout.tokenizer import end_of_turn_token_ids
+        from .data.tokenizer import end_of_turn_token_ids
 
         return end_of_turn_token_ids(self.tokenizer)
 

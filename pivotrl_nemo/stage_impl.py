@@ -69,8 +69,8 @@ def _train_domain_tokenizer(cfg: PivotRLConfig, run_dir: Path) -> None:
     import shutil
 
     from .rollout.chat import render_messages
-    from .rollout.tokenizer import load_tokenizer
-    from .verifiers.actions import action_from_expected, render_action
+    from .data.tokenizer import load_tokenizer
+    from .data.actions import action_from_expected, render_action
 
     base = load_tokenizer(cfg.model.tokenizer)
     cands = _candidates_of(cfg, run_dir)
@@ -110,7 +110,7 @@ def extract(cfg: PivotRLConfig, run_dir: Path) -> dict:
 
 def _sft_examples(rt, rows: list[dict]) -> list[tuple[list[int], list[int]]]:
     from .rollout.chat import render_training_example
-    from .verifiers.actions import action_from_expected, render_action
+    from .data.actions import action_from_expected, render_action
 
     out = []
     for r in rows:

@@ -11,7 +11,7 @@ import json
 import random
 from typing import Any
 
-from ..verifiers.actions import expected_from_action, make_call, Action
+from .actions import expected_from_action, make_call, Action
 
 
 def tools_to_responses(tools: list[dict]) -> list[dict]:

@@ -6,7 +6,7 @@ here: ``tool_schema_style='compact'`` writes one signature line per tool
 "This tool belongs to ... Tool description:" preamble is skipped and the first sentence kept,
 cut to ``_DESC_CHARS``), ``'json'`` one JSON schema per line. A fixed instruction
 (``TOOL_CALL_INSTRUCTION``) explains the ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
-format of ``pivotrl_nemo.verifiers.actions``. The row's own leading system (or developer)
+format of ``pivotrl_nemo.data.actions``. The row's own leading system (or developer)
 message comes first; without one the system message is the instruction and the tools.
 
 Responses-API input items become chat messages:
@@ -43,9 +43,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from pivotrl_nemo.config.schema import DataConfig
-from pivotrl_nemo.rollout.tokenizer import end_of_turn_token_ids
+from pivotrl_nemo.data.tokenizer import end_of_turn_token_ids
 from pivotrl_nemo.utils.logging import get_logger
-from pivotrl_nemo.verifiers.actions import Action, ToolCall, make_call, render_action
+from pivotrl_nemo.data.actions import Action, ToolCall, make_call, render_action
 
 logger = get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """Verifier contract: ``verify(row, completion) -> Verdict``.
 
 A verifier is pure, deterministic, bounded in time and never touches the network. The
-completion is untrusted model text: verifiers parse it with ``verifiers.actions`` (JSON, or
+completion is untrusted model text: verifiers parse it with ``data.actions`` (JSON, or
 Python call syntax through ``ast`` with literals only) and never ``eval`` it.
 """
 

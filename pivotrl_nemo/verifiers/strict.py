@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pivotrl_nemo.verifiers.actions import ToolCall, parse_completion
+from pivotrl_nemo.data.actions import ToolCall, parse_completion
 from pivotrl_nemo.verifiers.base import Category, Verdict, fail, ok
 from pivotrl_nemo.verifiers.tool_call_args import expected_action
 

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from pivotrl_nemo.verifiers.actions import Action, ToolCall, action_from_expected, parse_completion
+from pivotrl_nemo.data.actions import Action, ToolCall, action_from_expected, parse_completion
 from pivotrl_nemo.verifiers.base import Category, Verdict, fail, ok
 
 _MAX_DEPTH = 64  # argument nesting deeper than this fails (bounded time, no RecursionError)

@@ -86,7 +86,7 @@ def _save_smollm2(work: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    from pivotrl_nemo.rollout.tokenizer import load_tokenizer, smollm2_gguf_path
+    from pivotrl_nemo.data.tokenizer import load_tokenizer, smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()

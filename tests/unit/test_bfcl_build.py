@@ -10,7 +10,7 @@ from bfcl_rows import trajectory
 
 from pivotrl_nemo.domains.bfcl import backends
 from pivotrl_nemo.domains.bfcl.build import build_bfcl_trajectories, load_category, parse_ground_truth_call
-from pivotrl_nemo.verifiers.actions import make_call
+from pivotrl_nemo.data.actions import make_call
 
 
 @pytest.fixture(scope="module")

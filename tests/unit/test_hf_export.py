@@ -32,7 +32,7 @@ def dist_ctx():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from pivotrl_nemo.rollout.tokenizer import load_tokenizer
+    from pivotrl_nemo.data.tokenizer import load_tokenizer
 
     return load_tokenizer("smollm2")
 

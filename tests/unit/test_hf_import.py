@@ -130,7 +130,7 @@ def _smollm2_folder():
 def test_smollm2_real_weights_same_next_token_distribution():
     from transformers import AutoModelForCausalLM
 
-    from pivotrl_nemo.rollout.tokenizer import load_tokenizer, smollm2_gguf_path
+    from pivotrl_nemo.data.tokenizer import load_tokenizer, smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()

@@ -7,7 +7,7 @@ import pytest
 from bfcl_rows import expected_args, pivot_rows, row_for, tool_call, trajectory, with_expected
 
 from pivotrl_nemo.domains.bfcl.verifier import BfclStateVerifier, prefix_calls
-from pivotrl_nemo.verifiers.actions import action_from_expected
+from pivotrl_nemo.data.actions import action_from_expected
 from pivotrl_nemo.verifiers.base import Category
 
 

@@ -73,7 +73,7 @@ def test_hostile_text_scores_zero(text):
 
 
 def test_canonical_call():
-    from pivotrl_nemo.verifiers.actions import make_call
+    from pivotrl_nemo.data.actions import make_call
 
     assert canonical_call(make_call("f", {"b": 1, "a": [1.5, "x"]})) == 'f({"a":[1.5,"x"],"b":1})'
     assert canonical_call(make_call("f", "not json")) is None

@@ -236,7 +236,7 @@ def test_cuda_ipc_buffer_opens_in_another_process():
 def test_vllm_engine_generates_sleeps_and_refits(hf_moe, tmp_path):
     """Refit correctness: after a sync, vLLM's greedy log-probs equal the trainer-side model's."""
     from pivotrl_nemo.rollout.base import SamplingParams
-    from pivotrl_nemo.rollout.tokenizer import load_tokenizer
+    from pivotrl_nemo.data.tokenizer import load_tokenizer
     from pivotrl_nemo.rollout.vllm import VLLMRolloutEngine, write_model_dir
 
     model = copy.deepcopy(hf_moe).to("cuda", torch.bfloat16)

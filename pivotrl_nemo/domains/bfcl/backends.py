@@ -2,7 +2,7 @@
 
 The backends are BFCL's in-memory Python classes (``GorillaFileSystem``, ``TwitterAPI``, ...).
 BFCL's own executor runs call strings through Python's eval; this module never does. A call is a parsed
-``ToolCall`` (``verifiers.actions``); its method is looked up only among the names the class's
+``ToolCall`` (``data.actions``); its method is looked up only among the names the class's
 function doc lists, called with the decoded keyword arguments, and every exception becomes an
 error string. A few arguments that would make a backend run unboundedly (``power`` on huge
 integers, ``logarithm``/``square_root`` with a huge precision) are refused before the call.
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pivotrl_nemo.utils.logging import get_logger
-from pivotrl_nemo.verifiers.actions import ToolCall, make_call
+from pivotrl_nemo.data.actions import ToolCall, make_call
 
 log = get_logger(__name__)
 

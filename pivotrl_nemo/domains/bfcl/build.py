@@ -22,7 +22,7 @@ from typing import Any
 
 from pivotrl_nemo.domains.bfcl import backends
 from pivotrl_nemo.utils.logging import get_logger
-from pivotrl_nemo.verifiers.actions import ToolCall, parse_python_calls
+from pivotrl_nemo.data.actions import ToolCall, parse_python_calls
 
 log = get_logger(__name__)
 

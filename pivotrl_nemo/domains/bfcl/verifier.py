@@ -22,7 +22,7 @@ from typing import Any
 
 from pivotrl_nemo.domains.bfcl import backends
 from pivotrl_nemo.utils.logging import get_logger
-from pivotrl_nemo.verifiers.actions import Action, ToolCall, make_call, parse_completion
+from pivotrl_nemo.data.actions import Action, ToolCall, make_call, parse_completion
 from pivotrl_nemo.verifiers.base import Category, Verdict, fail, ok
 from pivotrl_nemo.verifiers.tool_call_args import decide_kind, expected_action, row_tool_names
 

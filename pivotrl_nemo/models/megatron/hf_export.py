@@ -67,7 +67,7 @@ def hf_model_from_megatron(policy_or_model: Any, cfg: ModelConfig, tokenizer: An
     ``materialize=True`` builds and returns its own twin; ``materialize=False`` only takes part
     in the collectives and returns None (export's non-writing ranks). Token ids (bos/eos/pad)
     come from ``tokenizer``; the generation config stops at the end of an assistant turn
-    (``rollout.tokenizer.end_of_turn_token_ids``).
+    (``data.tokenizer.end_of_turn_token_ids``).
     """
     if not materialize:
         for _ in megatron_to_hf(policy_or_model, cfg):
@@ -89,7 +89,7 @@ def hf_model_from_megatron(policy_or_model: Any, cfg: ModelConfig, tokenizer: An
     n = load_named_tensors_into(hf, ((k, v.detach().cpu()) for k, v in megatron_to_hf(policy_or_model, cfg)))
     logger.debug("loaded %d tensors into the HF twin for export", n)
     if tokenizer is not None:
-        from pivotrl_nemo.rollout.tokenizer import end_of_turn_token_ids
+        from pivotrl_nemo.data.tokenizer import end_of_turn_token_ids
 
         stops = end_of_turn_token_ids(tokenizer)
         if stops:
