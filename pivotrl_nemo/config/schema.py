@@ -148,22 +148,39 @@ class SamplingConfig:
 
 
 @dataclass
+class HFEngineConfig:
+    """``rollout.engine=hf``: the in-process transformers engine (CPU, or one GPU)."""
+
+    progress: bool = False
+    """Show a per-call decoding progress bar (rank 0)."""
+
+
+@dataclass
+class VLLMEngineConfig:
+    """``rollout.engine=vllm``: vLLM colocated with training (GPU only)."""
+
+    tensor_parallel_size: int = 1
+    """Tensor parallelism of each colocated engine."""
+    gpu_memory_utilization: float = 0.5
+    """Fraction of GPU memory the engine may take while awake (the trainer shares the GPU)."""
+    sleep_level: int = 1
+    """1 offloads weights and frees the KV cache while training runs; 2 discards the weights."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs (slower, less memory, easier debugging)."""
+
+
+@dataclass
 class RolloutConfig:
-    """The engine that samples actions."""
+    """The engine that samples actions; each engine reads its own block (``rollout.<engine>.*``)."""
 
     engine: str = "hf"
-    """'hf' (in-process transformers, CPU/GPU) or 'vllm' (GPU, colocated)."""
+    """A registered rollout engine (``registry.ENGINES``): 'hf' (in-process transformers, CPU/GPU)
+    or 'vllm' (GPU, colocated)."""
     batch_size: int = 64
     """Sequences generated together."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    vllm_tensor_parallel_size: int = 1
-    """vllm: tensor parallelism of each colocated engine."""
-    vllm_gpu_memory_utilization: float = 0.5
-    """vllm: fraction of GPU memory the engine may take while awake (the trainer shares the GPU)."""
-    vllm_sleep_level: int = 1
-    """vllm: 1 offloads weights and frees the KV cache while training runs; 2 discards the weights."""
-    vllm_enforce_eager: bool = False
-    """vllm: disable CUDA graphs (slower, less memory, easier debugging)."""
+    hf: HFEngineConfig = field(default_factory=HFEngineConfig)
+    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
 
 
 @dataclass
