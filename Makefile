@@ -5,7 +5,7 @@ PYTHON312 ?= $(shell for p in python3.12 /root/.pyenv/versions/3.12*/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEPS := setup.py constraints.txt requirements-nodeps.txt
+DEPS := pyproject.toml setup.py constraints.txt requirements-nodeps.txt
 
 .PHONY: venv demo test test-dist test-slurm clean
 

@@ -23,6 +23,13 @@ import time
 
 import torch
 
+from pivotrl_nemo.algorithms.head import action_logprobs
+from pivotrl_nemo.config import load_config
+from pivotrl_nemo.distributed import env
+from pivotrl_nemo.distributed.dp import current_dp
+from pivotrl_nemo.models.megatron.batching import chunks, make_batch
+from pivotrl_nemo.pipeline.runtime import Runtime
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,12 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--micro-batch", type=int, default=4, help="sequences per micro-batch")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for the model, e.g. model.hidden_size=256")
     args = ap.parse_args(argv)
-
-    from pivotrl_nemo.algorithms.batching import chunks, make_batch
-    from pivotrl_nemo.algorithms.head import action_logprobs
-    from pivotrl_nemo.distributed.dp import current_dp
-    from pivotrl_nemo.config import load_config
-    from pivotrl_nemo.runtime import Runtime
 
     cfg = load_config(["experiment=quickstart", f"model.attention_backend={args.attention}", *args.overrides])
     rt = Runtime(cfg)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         lp, _ = action_logprobs(hidden, weight, b.targets.to(hidden.device), 1.0, args.impl, policy.tp_group)
         return -lp.sum() / total * dp.size, {}
 
-    main_rank = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    main_rank = env.is_main()
     times = []
     for it in range(args.steps + 1):
         dp.barrier()

@@ -7,7 +7,7 @@ Public API (``impl="triton"`` is the fused kernel, ``impl="torch"`` the readable
 * ``fused_logprobs_no_grad(...)``: the same values, no graph and no gradient work (the old /
   reference log-prob passes and profiling);
 * ``fused_pg_loss(...)`` -> ``(LossOutput, logprobs, entropy)``: the clipped PG loss (+ k3 KL)
-  of ``pivotrl_nemo.algorithms.losses.clipped_pg_loss`` on the fused log-probs.
+  of ``losses.clipped_pg_loss`` (this package's readable torch steps) on the fused log-probs.
 
 Shapes: ``hidden`` [N, H] holds only the positions that carry loss (gathered by the caller),
 identical on every TP rank; ``weight`` [V/TP, H] is this rank's lm-head shard (rank ``r`` owns
@@ -20,16 +20,23 @@ from __future__ import annotations
 
 import torch
 
-from pivotrl_nemo.algorithms.losses import LossOutput, clipped_pg_loss
-
-from . import reference
-from .triton_logprobs import GPU_CONFIG, INTERPRETER_CONFIG, KernelConfig, availability
+from . import losses, reference
+from .losses import LossOutput, clipped_pg_loss
+from .triton_logprobs import (
+    GPU_CONFIG,
+    INTERPRETER_CONFIG,
+    KernelConfig,
+    availability,
+    forward_logprobs,
+    fused_logprobs,
+)
 
 IMPLS = ("triton", "torch")
 
 __all__ = [
-    "GPU_CONFIG", "IMPLS", "INTERPRETER_CONFIG", "KernelConfig", "LossOutput", "fused_logprobs_no_grad",
-    "fused_pg_loss", "fused_token_logprobs", "masked_mean", "triton_unavailable_reason",
+    "GPU_CONFIG", "IMPLS", "INTERPRETER_CONFIG", "KernelConfig", "LossOutput", "clipped_pg_loss",
+    "fused_logprobs_no_grad", "fused_pg_loss", "fused_token_logprobs", "losses", "masked_mean",
+    "triton_unavailable_reason",
 ]
 
 
@@ -56,8 +63,6 @@ def fused_token_logprobs(
     _check_impl(impl)
     if impl == "torch":
         return reference.token_logprobs_entropy(hidden, weight, targets, temperature, tp_group)
-    from .triton_logprobs import fused_logprobs
-
     return fused_logprobs(hidden, weight, targets, temperature, tp_group, config)
 
 
@@ -75,8 +80,6 @@ def fused_logprobs_no_grad(
     _check_impl(impl)
     if impl == "torch":
         return reference.token_logprobs_entropy(hidden, weight, targets, temperature, tp_group)
-    from .triton_logprobs import forward_logprobs
-
     _, logprobs, entropy = forward_logprobs(hidden, weight, targets, temperature, tp_group, config)
     return logprobs, entropy
 

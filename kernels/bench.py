@@ -29,6 +29,8 @@ from typing import Callable
 
 import torch
 
+from . import fused_logprobs_no_grad, fused_token_logprobs, triton_unavailable_reason
+
 DEFAULT_TOKENS = (4096, 16384, 32768)
 DEFAULT_HIDDEN = 4096
 DEFAULT_VOCAB = 151_936
@@ -66,8 +68,6 @@ def _nll_eager(h, w, t):
 
 def build_methods(device: torch.device, smoke: bool) -> tuple[list[Method], list[tuple[str, str]]]:
     """The methods that can run here, and (name, note) for those that cannot."""
-    from . import fused_logprobs_no_grad, fused_token_logprobs
-
     methods: list[Method] = []
     skipped: list[tuple[str, str]] = []
 
@@ -105,7 +105,7 @@ def build_methods(device: torch.device, smoke: bool) -> tuple[list[Method], list
         if device.type != "cuda":
             raise Skip("CUDA only")
         try:
-            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # optional (extra gpu)
         except ImportError as exc:
             raise Skip(f"liger-kernel not installed ({exc})") from None
         fn = LigerFusedLinearCrossEntropyLoss()
@@ -115,7 +115,7 @@ def build_methods(device: torch.device, smoke: bool) -> tuple[list[Method], list
         if device.type != "cuda":
             raise Skip("CUDA only")
         try:
-            from cut_cross_entropy import linear_cross_entropy
+            from cut_cross_entropy import linear_cross_entropy  # optional (extra gpu)
         except ImportError as exc:
             raise Skip(f"cut-cross-entropy not installed ({exc})") from None
         return Method("cut_cross_entropy", lambda h, w, t: linear_cross_entropy(h, w, t),
@@ -279,8 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         device, dtype = torch.device("cpu"), torch.bfloat16
         args.tokens, args.hidden, args.vocab = list(SMOKE_SHAPE["tokens"]), SMOKE_SHAPE["hidden"], SMOKE_SHAPE["vocab"]
         args.warmup, args.iters = 1, 1
-        from . import triton_unavailable_reason
-
         reason = triton_unavailable_reason(device)
         if reason is not None:
             raise SystemExit(f"bench --smoke cannot run the Triton path: {reason}")
@@ -296,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.methods:
         methods = [m for m in methods if m.name in args.methods or m.name == "lm_head_gemm_floor"]
     try:
-        import triton
+        import triton  # optional; imported after TRITON_INTERPRET is chosen above
 
         triton_version = triton.__version__
     except ImportError:

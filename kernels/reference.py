@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from pivotrl_nemo.algorithms import losses
-
+from . import losses
 from .parallel import all_reduce_max_, copy_to_tp, reduce_from_tp, vocab_start
 
 

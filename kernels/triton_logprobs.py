@@ -72,7 +72,7 @@ INTERPRETER_CONFIG = KernelConfig(block_n=16, block_v=32, block_k=32, group_r=2,
 def _kernels():
     """(module, None) or (None, reason): the kernels import triton, which is optional."""
     try:
-        from . import _triton_kernels
+        from . import _triton_kernels  # lazy: triton is optional, and TRITON_INTERPRET is read at its import
     except ImportError as exc:
         return None, f"triton is not importable ({exc}); use impl='torch'"
     return _triton_kernels, None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata as md
 import json
 import sys
 import tempfile
@@ -27,10 +28,17 @@ from pathlib import Path
 
 import torch
 
+from pivotrl_nemo.algorithms.grpo_step import grpo_step
+from pivotrl_nemo.config.schema import AlgorithmConfig, ModelConfig, OptimConfig, ParallelConfig
+from pivotrl_nemo.distributed.dp import current_dp
+from pivotrl_nemo.distributed.setup import init_distributed
+from pivotrl_nemo.models.megatron import sharding
+from pivotrl_nemo.models.megatron.build import use_transformer_engine
+from pivotrl_nemo.models.megatron.hf.importer import import_hf_checkpoint
+from pivotrl_nemo.models.megatron.policy import MegatronPolicy
+
 
 def _env() -> dict:
-    import importlib.metadata as md
-
     def ver(name: str) -> str | None:
         try:
             return md.version(name)
@@ -44,7 +52,7 @@ def _env() -> dict:
 
 
 def _tiny_qwen3_moe(path: Path) -> None:
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM  # lazy: transformers takes ~1 s to import
 
     torch.manual_seed(0)
     cfg = Qwen3MoeConfig(vocab_size=512, hidden_size=128, intermediate_size=256, moe_intermediate_size=64,
@@ -55,9 +63,7 @@ def _tiny_qwen3_moe(path: Path) -> None:
 
 
 def check_conversion(work: Path) -> dict:
-    from transformers import AutoModelForCausalLM
-
-    from pivotrl_nemo.models.megatron.hf_import import import_hf_checkpoint
+    from transformers import AutoModelForCausalLM  # lazy: transformers
 
     hf_dir = work / "tiny_qwen3_moe"
     _tiny_qwen3_moe(hf_dir)
@@ -74,14 +80,7 @@ def check_conversion(work: Path) -> dict:
 
 def check_training(work: Path, steps: int, distributed_optimizer: bool) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "dist"))
-    from grpo_dp_worker import fixed_groups
-
-    from pivotrl_nemo.algorithms.grpo_step import grpo_step
-    from pivotrl_nemo.config.schema import AlgorithmConfig, ModelConfig, OptimConfig, ParallelConfig
-    from pivotrl_nemo.distributed.dp import current_dp
-    from pivotrl_nemo.models.megatron import sharding
-    from pivotrl_nemo.models.megatron.build import use_transformer_engine
-    from pivotrl_nemo.models.megatron.policy import MegatronPolicy
+    from grpo_dp_worker import fixed_groups  # here: importable only once tests/dist is on sys.path
 
     mcfg = ModelConfig(hidden_size=128, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=32,
                        num_experts=4, moe_ffn_hidden_size=64, params_dtype="bfloat16", transformer_impl="auto")
@@ -127,9 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("gpu_smoke: no CUDA device; nothing to do", file=sys.stderr)
         return 2
-    from pivotrl_nemo.config.schema import ParallelConfig
-    from pivotrl_nemo.distributed.setup import init_distributed
-
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"env": _env()}

@@ -10,20 +10,29 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from ..config.schema import FilterConfig
+from ..data.pivot_row import PivotRow, RowLike
 
 
 def is_pivot(profile: dict, cfg: FilterConfig) -> bool:
     return profile["variance"] > cfg.min_variance and profile["mean"] < cfg.lambda_diff
 
 
-def filter_pivots(rows: list[dict], cfg: FilterConfig) -> tuple[list[dict], dict]:
-    """Split profiled rows into pivots; returns (pivots, summary)."""
+def _profile(row: PivotRow) -> dict:
+    p = row.profile
+    if p is None:
+        raise ValueError(f"row {row.id!r} has no profile: only profiled rows can be filtered")
+    return p
+
+
+def filter_pivots(rows: list[RowLike], cfg: FilterConfig) -> tuple[list[RowLike], dict]:
+    """Split profiled rows into pivots; returns (pivots, summary). Pivots are the rows as given."""
     pivots = []
     reasons: Counter = Counter()
     by_type: dict[str, Counter] = defaultdict(Counter)
     for row in rows:
-        p = row["profile"]
-        kind = row["expected_action"]["type"]
+        view = PivotRow.of(row)
+        p = _profile(view)
+        kind = view.expected_type
         by_type[kind]["candidates"] += 1
         if is_pivot(p, cfg):
             pivots.append(row)
@@ -45,7 +54,7 @@ def filter_pivots(rows: list[dict], cfg: FilterConfig) -> tuple[list[dict], dict
         "zero_variance_fraction": zero_var / n if n else 0.0,
         "dropped": dict(reasons),
         "by_action_type": {k: dict(v) for k, v in by_type.items()},
-        "mean_pass_rate": sum(r["profile"]["mean"] for r in rows) / n if n else 0.0,
+        "mean_pass_rate": sum(_profile(PivotRow.of(r))["mean"] for r in rows) / n if n else 0.0,
         "rule": f"variance > {cfg.min_variance} and mean < {cfg.lambda_diff}",
     }
     return pivots, summary

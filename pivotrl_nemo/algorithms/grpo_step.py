@@ -15,10 +15,10 @@ import torch
 
 from ..config.schema import AlgorithmConfig
 from ..distributed.dp import DataParallel
+from ..kernels.losses import clipped_pg_loss
+from ..models.megatron.batching import chunks, make_batch
 from .advantages import compute_advantages, zero_variance_fraction
-from .batching import chunks, make_batch
 from .head import action_logprobs
-from .losses import clipped_pg_loss
 from .rollouts import ScoredGroup
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from pivotrl_nemo.kernels import fused_token_logprobs
+
 
 def action_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float,
                     impl: str, tp_group=None) -> tuple[torch.Tensor, torch.Tensor]:
-    from pivotrl_nemo.kernels import fused_token_logprobs
-
     logprobs, entropy = fused_token_logprobs(hidden, weight, targets, temperature=temperature, tp_group=tp_group,
                                              impl=impl)
     return logprobs, entropy.detach()

@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ..config import to_yaml
 from ..config.schema import PivotRLConfig
 from ..distributed.dp import DataParallel, ModelParallel, current_mp
@@ -90,8 +92,6 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
     batches = pivot_batches(len(pivots), a.prompts_per_step, a.steps, a.seed)
     bar = None
     if progress and dp.is_main:
-        from tqdm import tqdm
-
         bar = tqdm(total=a.steps, initial=start - 1, desc="pivotrl", unit="step", dynamic_ncols=True)
     last: dict = {}
     policy.train()

@@ -12,8 +12,9 @@ one profile (naming missing, duplicated, unknown and misplaced ids). ``profile_m
 is what a merge job runs first: it finishes any shard whose array task never completed.
 
 Where the shard index comes from (``shard_from_env``): ``SLURM_ARRAY_TASK_ID`` /
-``SLURM_ARRAY_TASK_COUNT`` (``sbatch --array=0-7``), or ``RANK`` / ``WORLD_SIZE`` (one engine per
-data-parallel rank under torchrun), or both (array task x rank); none of them: one shard.
+``SLURM_ARRAY_TASK_COUNT`` (``sbatch --array=0-7``), or the process's rank and world size
+(``distributed.env``: ``RANK`` / ``WORLD_SIZE`` under torchrun, one engine per data-parallel
+rank), or both (array task x rank); none of them: one shard.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.schema import ProfileConfig, SamplingConfig
+from ..distributed import env
 from ..utils.io import JsonlAppender, atomic_write_json
 from ..utils.logging import get_logger
 from .profiling import profile_candidates
@@ -67,17 +69,18 @@ def shard_rows(rows: list[dict], shard_index: int, num_shards: int) -> list[dict
     return [r for r in rows if shard_of(r["id"], num_shards) == shard_index]
 
 
-def shard_from_env(env: Mapping[str, str] | None = None) -> ShardSpec:
-    """This process's shard from Slurm array and torchrun variables (see the module docstring)."""
-    env = os.environ if env is None else env
+def shard_from_env(environ: Mapping[str, str] | None = None) -> ShardSpec:
+    """This process's shard from the Slurm array variables and its rank (see the module docstring);
+    ``environ`` defaults to ``os.environ``."""
+    vars_ = os.environ if environ is None else environ
     array = ShardSpec()
-    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
-        first, step = int(env.get("SLURM_ARRAY_TASK_MIN", "0")), int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
+    if "SLURM_ARRAY_TASK_ID" in vars_ and "SLURM_ARRAY_TASK_COUNT" in vars_:
+        task, count = int(vars_["SLURM_ARRAY_TASK_ID"]), int(vars_["SLURM_ARRAY_TASK_COUNT"])
+        first, step = int(vars_.get("SLURM_ARRAY_TASK_MIN", "0")), int(vars_.get("SLURM_ARRAY_TASK_STEP", "1"))
         if (task - first) % step:
             raise ValueError(f"array task {task} is not on the grid min={first} step={step}")
         array = ShardSpec((task - first) // step, count)
-    dp = ShardSpec(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")))
+    dp = ShardSpec(env.rank(environ), env.world_size(environ))
     return ShardSpec(array.index * dp.count + dp.index, array.count * dp.count)
 
 

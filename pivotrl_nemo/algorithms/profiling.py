@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ..config.schema import ProfileConfig, SamplingConfig
 from ..utils.io import JsonlAppender
 from ..utils.logging import get_logger
@@ -33,8 +35,6 @@ def profile_candidates(rows: list[dict], sampler: TurnSampler, cfg: ProfileConfi
         log.info("profile: resuming, %d of %d candidates already profiled", len(rows) - len(todo), len(rows))
     bar = None
     if progress and todo:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="profile", unit="cand", dynamic_ncols=True)
     with JsonlAppender(log_path) as out:
         for start in range(0, len(todo), chunk_candidates):

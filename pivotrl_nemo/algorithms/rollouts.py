@@ -9,13 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config.schema import DataConfig, SamplingConfig
+from ..data.pivot_row import PivotRow, RowLike
 from ..rollout.base import Completion, RolloutEngine, SamplingParams
+from ..rollout.chat import render_prompt_ids
 from ..verifiers.base import Verdict, Verifier
 
 
 @dataclass
 class ScoredGroup:
-    """The n sampled actions for one row and their verdicts."""
+    """The n sampled actions for one row and their verdicts (``row`` as given to ``sample_and_score``)."""
 
     row: dict
     prompt_ids: list[int]
@@ -31,16 +33,14 @@ class TurnSampler:
     """Renders rows once (cached by row id) and samples + scores one-turn actions."""
 
     def __init__(self, engine: RolloutEngine, tokenizer, data_cfg: DataConfig, verifier: Verifier) -> None:
-        from ..rollout.chat import render_prompt_ids
-
-        self._render = render_prompt_ids
         self.engine, self.tokenizer, self.data_cfg, self.verifier = engine, tokenizer, data_cfg, verifier
         self._prompt_cache: dict[str, list[int]] = {}
 
-    def prompt_ids(self, row: dict) -> list[int]:
-        key = row["id"]
+    def prompt_ids(self, row: RowLike) -> list[int]:
+        view = PivotRow.of(row)
+        key = view.id
         if key not in self._prompt_cache:
-            self._prompt_cache[key] = self._render(row, self.tokenizer, self.data_cfg)
+            self._prompt_cache[key] = render_prompt_ids(view, self.tokenizer, self.data_cfg)
         return self._prompt_cache[key]
 
     def sample_and_score(self, rows: list[dict], n: int, sampling: SamplingConfig, seed: int,

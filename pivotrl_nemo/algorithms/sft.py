@@ -10,11 +10,12 @@ import random
 import time
 
 import torch
+from tqdm import tqdm
 
 from ..config.schema import SFTConfig
+from ..models.megatron.batching import chunks, make_batch
 from ..utils.logging import get_logger
 from ..utils.metrics import MetricsWriter
-from .batching import chunks, make_batch
 from .head import action_logprobs
 
 log = get_logger(__name__)
@@ -29,8 +30,6 @@ def train_sft(policy, examples: list[tuple[list[int], list[int]]], cfg: SFTConfi
     order: list[int] = []
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=cfg.steps, desc="sft", unit="step", dynamic_ncols=True)
     last: dict = {}
     policy.train()

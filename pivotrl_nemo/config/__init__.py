@@ -8,29 +8,27 @@ mistyped or incompatible key with a message naming the key.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from dataclasses import asdict
 
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pivotrl_nemo.registry import DOMAINS
+
+from .errors import ConfigError
 from .schema import PivotRLConfig
 from .validate import validate
 
 __all__ = ["PivotRLConfig", "ConfigError", "load_config", "to_yaml", "fingerprint"]
 
 
-class ConfigError(ValueError):
-    """A configuration problem, with the offending key in the message."""
-
-
 def load_config(overrides: list[str] | None = None, config_name: str = "pivot_rl") -> PivotRLConfig:
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-
-    from hydra.core.config_store import ConfigStore
-
     overrides = list(overrides or [])
     # The typed schema is the first entry of conf/pivot_rl.yaml's defaults list, so Hydra itself
     # type-checks every override against it and rejects unknown keys.
@@ -49,8 +47,26 @@ def load_config(overrides: list[str] | None = None, config_name: str = "pivot_rl
         key = getattr(e, "full_key", None) or "?"
         msg = str(e).splitlines()[0]
         raise ConfigError(f"config key '{key}': {msg}") from None
+    _import_plugins(cfg.plugins)
+    _resolve_defaults(cfg)
     validate(cfg)
     return cfg
+
+
+def _resolve_defaults(cfg: PivotRLConfig) -> None:
+    """Fill choices left to other components: an empty ``verifier.name`` becomes the domain's
+    default verifier, so the resolved config (and every fingerprint) names it."""
+    if not cfg.verifier.name and cfg.data.source in DOMAINS:
+        cfg.verifier.name = DOMAINS.get(cfg.data.source).default_verifier
+
+
+def _import_plugins(modules: list[str]) -> None:
+    """Import ``plugins`` modules (they register verifiers, domains, engines, stages)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"config key 'plugins': cannot import {name!r}: {e}") from None
 
 
 def _describe(e: Exception) -> str:

@@ -39,7 +39,7 @@ class ModelConfig:
     """Per-head width (kv_channels)."""
     qk_layernorm: bool = True
     """Per-head RMSNorm on queries and keys (Qwen3 / Qwen3-MoE); False for Llama-family models
-    such as SmolLM2 (imported with ``models.megatron.hf_import``)."""
+    such as SmolLM2 (imported with ``models.megatron.hf.importer``)."""
     ffn_hidden_size: int = 256
     """Dense MLP width (used only when num_experts == 0)."""
     num_experts: int = 4
@@ -95,7 +95,8 @@ class DataConfig:
     """Where trajectories come from, how they are cut and split."""
 
     source: str = "bfcl"
-    """'bfcl' (built-in: BFCL v4 multi-turn, executed on its real backends) or 'jsonl'."""
+    """A registered domain (``registry.DOMAINS``): 'bfcl' (built-in: BFCL v4 multi-turn, executed
+    on its real backends) or 'jsonl' (OpenAI-chat trajectories from ``path``)."""
     path: Optional[str] = None
     """OpenAI-chat trajectory JSONL when source == 'jsonl'."""
     bfcl_categories: list[str] = field(default_factory=lambda: ["multi_turn_base"])
@@ -125,8 +126,10 @@ class DataConfig:
 class VerifierConfig:
     """The functional reward."""
 
-    name: str = "bfcl_state"
-    """'bfcl_state' (execution-based), 'tool_call_args' (argument comparison) or 'strict'."""
+    name: str = ""
+    """A registered verifier (``registry.VERIFIERS``): 'bfcl_state' (execution-based),
+    'tool_call_args' (argument comparison) or 'strict' (exact match); '' uses the domain's default
+    (``Domain.default_verifier``: bfcl_state for bfcl, tool_call_args for jsonl)."""
     word_overlap_threshold: float = 0.1
     """tool_call_args: long strings pass when multiset word overlap / (|A|+|B|) >= this."""
     float_tolerance: float = 1e-6
@@ -325,8 +328,12 @@ class PivotRLConfig:
     run_dir: str = "runs/default"
     """Where every stage reads and writes."""
     seed: int = 0
-    stages: list[str] = field(default_factory=lambda: ["build", "sft", "extract", "profile", "filter", "train", "eval", "report"])
-    """What ``pivotrl run`` chains, in order."""
+    stages: list[str] = field(default_factory=list)
+    """What ``pivotrl run`` chains, in order (names of registered stages); empty = every built-in
+    stage in registration order (``pivotrl --help`` lists them)."""
+    plugins: list[str] = field(default_factory=list)
+    """Python modules imported before the configuration is validated, so that the verifiers,
+    domains, engines and stages they register can be selected (e.g. ``plugins=[my_pkg.stages]``)."""
     log_level: str = "INFO"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import os
 
+from pivotrl_nemo.distributed.env import world_size
+from pivotrl_nemo.registry import DOMAINS, ENGINES, VERIFIERS, Registry
+
+from .errors import ConfigError
 from .schema import PivotRLConfig
 
-STAGES = ("build", "sft", "extract", "profile", "filter", "train", "eval", "report")
-VERIFIERS = ("bfcl_state", "tool_call_args", "strict")
 METRIC_PREFIXES = ("train/", "verdict/", "time/", "moe/")
 """Prefixes of the per-step metrics the training loop logs (``algorithm.best_metric`` must name one)."""
 
 
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
-        from . import ConfigError
-
         raise ConfigError(f"config key '{key}': {message}")
+
+
+def _check_choice(registry: Registry, value: str, allow_empty: bool = False) -> None:
+    if allow_empty and value == "":
+        return
+    _check(value in registry, registry.config_key, registry.unknown_message(value))
 
 
 def validate(cfg: PivotRLConfig) -> None:
@@ -27,7 +33,7 @@ def validate(cfg: PivotRLConfig) -> None:
            f"must be in [1, model.num_experts={m.num_experts}]")
     _check(m.attention_backend in ("sdpa", "local"), "model.attention_backend", "use 'sdpa' or 'local'")
     _check(m.params_dtype in ("float32", "bfloat16"), "model.params_dtype", "use 'float32' or 'bfloat16'")
-    _check(d.source in ("bfcl", "jsonl"), "data.source", "use 'bfcl' or 'jsonl'")
+    _check_choice(DOMAINS, d.source)
     _check(d.source != "jsonl" or bool(d.path), "data.path", "data.source=jsonl needs data.path=/path/to/trajectories.jsonl")
     _check(abs(sum(d.split_fractions.values()) - 1.0) < 1e-6, "data.split_fractions", "fractions must sum to 1")
     _check(all(v >= 0 for v in d.split_fractions.values()), "data.split_fractions", "fractions must be >= 0")
@@ -36,9 +42,9 @@ def validate(cfg: PivotRLConfig) -> None:
     _check(d.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens <= m.max_position_embeddings,
            "data.max_prompt_tokens", f"prompt ({d.max_prompt_tokens}) + rollout.sampling.max_new_tokens "
            f"({cfg.rollout.sampling.max_new_tokens}) exceeds model.max_position_embeddings ({m.max_position_embeddings})")
-    _check(cfg.verifier.name in VERIFIERS, "verifier.name", f"choose one of {list(VERIFIERS)}")
+    _check_choice(VERIFIERS, cfg.verifier.name, allow_empty=True)
     _check(cfg.verifier.parallel_mode in ("binary_strict", "f1"), "verifier.parallel_mode", "use 'binary_strict' or 'f1'")
-    _check(cfg.rollout.engine in ("hf", "vllm"), "rollout.engine", "use 'hf' or 'vllm'")
+    _check_choice(ENGINES, cfg.rollout.engine)
     if cfg.rollout.engine == "vllm":
         import importlib.util
 
@@ -77,19 +83,8 @@ def validate(cfg: PivotRLConfig) -> None:
 
         _check(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1", "loss.impl",
                "'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for slow CPU debugging); use loss.impl=torch on CPU")
-    unknown = [s for s in cfg.stages if s not in STAGES]
-    _check(not unknown, "stages", f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     _check_model_controls(cfg)
     _check_parallel(cfg)
-
-
-def _world_size() -> int:
-    """Ranks this process is launched among (torchrun or Slurm), 1 when alone."""
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    if "SLURM_PROCID" in os.environ:
-        return int(os.environ.get("SLURM_NTASKS", "1"))
-    return 1
 
 
 def _check_model_controls(cfg: PivotRLConfig) -> None:
@@ -137,7 +132,7 @@ def _check_parallel(cfg: PivotRLConfig) -> None:
            "sequence parallelism splits activations over TP ranks: it needs TP > 1")
     _check(not p.use_distributed_optimizer or torch.cuda.is_available(), "parallel.use_distributed_optimizer",
            "megatron's DistributedOptimizer needs CUDA tensors; use parallel.use_distributed_optimizer=false on CPU")
-    world = _world_size()
+    world = world_size()
     if world == 1:
         return  # one process runs the single-rank layout (runtime.Runtime.parallel)
     _check(world % (tp * pp) == 0, "parallel.tensor_model_parallel_size",

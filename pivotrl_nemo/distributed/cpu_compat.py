@@ -44,6 +44,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -297,8 +298,6 @@ class _CpuEvent:
         self._time = 0.0
 
     def record(self, stream: Any = None) -> None:
-        import time
-
         self._time = time.perf_counter()
 
     def wait(self, stream: Any = None) -> None:
@@ -363,7 +362,7 @@ def _cpu_default_causal_mask(sq: int) -> torch.Tensor:
 
 def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad: bool = False) -> None:
     """``clip_grads.clip_grad_by_total_norm_fp32`` without the ``torch.cuda.FloatTensor`` assert."""
-    from megatron.core.utils import to_local_if_dtensor
+    from megatron.core.utils import to_local_if_dtensor  # lazy: megatron
 
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
@@ -424,7 +423,7 @@ def apply_cpu_compat() -> bool:
         return True
     if not cpu_compat_needed():
         return False
-    import megatron.core
+    import megatron.core  # lazy: megatron
 
     if megatron.core.__version__.split("+")[0] != MEGATRON_CORE_VERSION:
         logger.warning("megatron-core %s: cpu_compat was reviewed against %s",

@@ -49,7 +49,7 @@ class DataParallel:
 
 def current_dp() -> DataParallel:
     """The data-parallel group of megatron's parallel_state, or size 1 when not initialized."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron
 
     if not (dist.is_available() and dist.is_initialized() and ps.model_parallel_is_initialized()):
         return DataParallel(0, 1)
@@ -76,13 +76,10 @@ class ModelParallel:
 
 def current_mp() -> ModelParallel:
     """The model-parallel group of megatron's parallel_state, or size 1 when not initialized."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron
 
     if not (dist.is_available() and dist.is_initialized() and ps.model_parallel_is_initialized()):
         return ModelParallel(0, 1)
     group = ps.get_model_parallel_group()
     return ModelParallel(dist.get_rank(group), dist.get_world_size(group), group)
 
-
-def world_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

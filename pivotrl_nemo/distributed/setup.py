@@ -6,7 +6,7 @@ call it between cases). The returned ``DistributedContext`` carries the process 
 explicitly (a megatron ``ProcessGroupCollection``) so model building, the optimizer and weight
 sync never reach for globals they were not handed.
 
-Launch modes:
+Launch modes (the ranks come from ``distributed.env.launch``):
 - torchrun (``WORLD_SIZE``/``RANK``/``MASTER_ADDR``/``MASTER_PORT`` set): ``env://``.
 - Slurm (``SLURM_NTASKS`` > 1 and ``SLURM_PROCID``, ``MASTER_ADDR``/``MASTER_PORT`` exported by
   the batch script): ranks from the Slurm variables, rendezvous through ``env://``.
@@ -18,22 +18,23 @@ megatron-core compatibility layer (``distributed.cpu_compat``) is applied first.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from pivotrl_nemo.config.schema import ParallelConfig
+from pivotrl_nemo.distributed import env
 from pivotrl_nemo.distributed.cpu_compat import apply_cpu_compat
 from pivotrl_nemo.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class DistributedContext:
     """What ``init_distributed`` set up for this process."""
 
@@ -61,19 +62,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _launch_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun or Slurm variables; (0, 1, 0) when alone."""
-    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
-        return (int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]),
-                int(os.environ.get("SLURM_LOCALID", "0")))
-    return 0, 1, 0
-
-
 def _init_default_group(backend: str) -> None:
     global _OWNS_DEFAULT_GROUP
-    rank, world_size, local_rank = _launch_env()
+    launch = env.launch()
+    rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     if world_size == 1 and "MASTER_ADDR" not in os.environ:
@@ -89,7 +81,7 @@ def _init_default_group(backend: str) -> None:
 
 
 def _layout_matches(parallel_cfg: ParallelConfig) -> bool:
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # lazy: megatron
 
     return (
         ps.get_tensor_model_parallel_world_size() == parallel_cfg.tensor_model_parallel_size
@@ -104,7 +96,7 @@ def seed_everything(seed: int) -> None:
     Call after ``init_distributed``; model construction calls it with the model's seed so weight
     init does not depend on what consumed random numbers before.
     """
-    from megatron.core import tensor_parallel
+    from megatron.core import tensor_parallel  # lazy: megatron
 
     torch.manual_seed(seed)
     if torch.cuda.is_available():
@@ -120,8 +112,8 @@ def init_distributed(parallel_cfg: ParallelConfig, seed: int = 0) -> Distributed
     (call ``destroy()`` first).
     """
     global _CONTEXT
-    from megatron.core import parallel_state as ps
-    from megatron.core.process_groups_config import ProcessGroupCollection
+    from megatron.core import parallel_state as ps  # lazy: megatron
+    from megatron.core.process_groups_config import ProcessGroupCollection  # lazy: megatron
 
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -154,7 +146,7 @@ def init_distributed(parallel_cfg: ParallelConfig, seed: int = 0) -> Distributed
         _CONTEXT = DistributedContext(
             rank=dist.get_rank(),
             world_size=world_size,
-            local_rank=_launch_env()[2],
+            local_rank=env.launch().local_rank,
             backend=dist.get_backend(),
             parallel=parallel_cfg,
             pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
@@ -176,8 +168,8 @@ def destroy(keep_default_group: bool = False) -> None:
     another layout over the same ranks (re-creating the default group in one process is fragile).
     """
     global _CONTEXT, _OWNS_DEFAULT_GROUP
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import random as mp_random
+    from megatron.core import parallel_state as ps  # lazy: megatron
+    from megatron.core.tensor_parallel import random as mp_random  # lazy: megatron
 
     ps.destroy_model_parallel()
     mp_random.initialize_rng_tracker(force_reset=True)

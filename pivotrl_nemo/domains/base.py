@@ -34,7 +34,7 @@ class StepResult:
     observation: list[dict[str, Any]]
     """Chat messages to append after the action: tool outputs (role 'tool') or the next user turn."""
     done: bool
-    """The episode is over (the last user turn was answered, or a turn cap was hit)."""
+    """The episode is over: its last user turn ended (answered, cut by a turn cap, or failed)."""
     info: dict[str, Any] = field(default_factory=dict)
     """Domain-specific facts for logging and the checker (e.g. which user turn ended)."""
 
@@ -44,7 +44,9 @@ class EpisodeCheck:
     """An episode's outcome by the domain's own checker."""
 
     turns_passed: list[bool]
-    """Per user turn: did the state after it match the ground truth's."""
+    """Per user turn played so far: did the state after it match the ground truth's."""
+    details: list[dict[str, Any]] = field(default_factory=list)
+    """Optional per-turn facts behind ``turns_passed`` (domain-specific, for logs and analysis)."""
 
     @property
     def success(self) -> bool:

@@ -15,6 +15,9 @@ Responses-API input items become chat messages:
 * ``function_call`` items: an assistant message whose content is ``render_action`` of the call;
   consecutive assistant items (calls, or text then calls) of one turn become one assistant
   message, blocks joined by newlines, exactly as the policy would emit them;
+* a chat-style assistant message with ``tool_calls`` renders as its Responses items would (its
+  text, if any, then its calls; ``data.pivot_row.item_calls`` reads the calls for both forms, as
+  the BFCL verifier does when it replays the prefix);
 * ``function_call_output`` items: a user message ``<tool_response>\\n...\\n</tool_response>``
   (SmolLM2's template has no tool role; Qwen's template renders tool messages the same way),
   the output cut to ``max_tool_output_chars`` with "..."; consecutive outputs share one message;
@@ -38,14 +41,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from pivotrl_nemo.config.schema import DataConfig
-from pivotrl_nemo.data.tokenizer import end_of_turn_token_ids
+from pivotrl_nemo.data.actions import Action, ToolCall, render_action
+from pivotrl_nemo.data.pivot_row import PivotRow, RowLike, item_calls
 from pivotrl_nemo.utils.logging import get_logger
-from pivotrl_nemo.data.actions import Action, ToolCall, make_call, render_action
+
+if TYPE_CHECKING:  # annotations only: rendering messages needs no transformers
+    from transformers import PreTrainedTokenizerBase
 
 logger = get_logger(__name__)
 
@@ -74,7 +78,9 @@ class _Msg:
 
 def _tool_function(tool: dict[str, Any]) -> dict[str, Any]:
     """A tool as {name, description, parameters}, from the Responses or the chat-completions form."""
-    fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+    fn = tool.get("function")
+    if not isinstance(fn, dict):  # the Responses form: the tool object is the function
+        fn = tool
     name = fn.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError(f"tool without a name: {json.dumps(tool)[:120]}")
@@ -223,11 +229,17 @@ def _items_to_messages(items: list[dict[str, Any]], max_tool_output_chars: int) 
         if kind == "skip":
             continue
         if kind == "call":
-            calls.append(make_call(str(item.get("name", "")), item.get("arguments", "{}")))
+            calls.extend(item_calls(item))
             continue
         if kind == "assistant":
+            text = _content_text(item.get("content"))
+            chat_calls = item_calls(item)  # a chat-style message's tool_calls
+            if chat_calls and not text:  # its Responses form is the call items alone
+                calls.extend(chat_calls)
+                continue
             flush_calls()
-            call_prefix = _content_text(item.get("content"))
+            call_prefix = text
+            calls.extend(chat_calls)
             continue
         flush_calls()
         if kind == "output":
@@ -243,21 +255,6 @@ def _items_to_messages(items: list[dict[str, Any]], max_tool_output_chars: int) 
     return out
 
 
-def _row_input(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    params = row.get("responses_create_params")
-    if not isinstance(params, dict):
-        raise ValueError(f"row {row.get('id')!r} has no responses_create_params")
-    items = params.get("input", [])
-    if isinstance(items, str):
-        items = [{"role": "user", "content": items}]
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise ValueError(f"row {row.get('id')!r}: responses_create_params.input must be a list of objects")
-    tools = params.get("tools") or []
-    if not isinstance(tools, list):
-        raise ValueError(f"row {row.get('id')!r}: responses_create_params.tools must be a list")
-    return items, tools
-
-
 def _last_user_index(msgs: list[_Msg]) -> int | None:
     for i in range(len(msgs) - 1, -1, -1):
         if msgs[i].kind == "user":
@@ -265,9 +262,9 @@ def _last_user_index(msgs: list[_Msg]) -> int | None:
     return None
 
 
-def _split_system(row: dict[str, Any], data_cfg: DataConfig) -> tuple[_Msg, list[_Msg]]:
+def _split_system(row: PivotRow, data_cfg: DataConfig) -> tuple[_Msg, list[_Msg]]:
     """The system message (with tools) and the other messages after the history-item limit."""
-    items, tools = _row_input(row)
+    items, tools = row.input_items, row.tools
     base_parts: list[str] = []
     start = 0
     while start < len(items) and _item_kind(items[start]) == "system":
@@ -344,20 +341,22 @@ def _fit_to_budget(
 
 
 def render_messages(
-    row: dict[str, Any], data_cfg: DataConfig, tokenizer: PreTrainedTokenizerBase | None = None
+    row: RowLike, data_cfg: DataConfig, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> list[dict[str, str]]:
     """The chat messages for a pivot row (system with tools first). Without a tokenizer only the
     ``max_history_items`` limit applies; with one, also the ``max_prompt_tokens`` budget."""
-    system, msgs = _split_system(row, data_cfg)
+    view = PivotRow.of(row)
+    system, msgs = _split_system(view, data_cfg)
     if tokenizer is None:
         return _as_dicts(system, msgs)
-    return _fit_to_budget(system, msgs, tokenizer, data_cfg.max_prompt_tokens, row.get("id"))[0]
+    return _fit_to_budget(system, msgs, tokenizer, data_cfg.max_prompt_tokens, view.id)[0]
 
 
-def render_prompt_ids(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig) -> list[int]:
+def render_prompt_ids(row: RowLike, tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig) -> list[int]:
     """Token ids of the row's prompt, ending with the template's assistant generation prompt."""
-    system, msgs = _split_system(row, data_cfg)
-    return _fit_to_budget(system, msgs, tokenizer, data_cfg.max_prompt_tokens, row.get("id"))[1]
+    view = PivotRow.of(row)
+    system, msgs = _split_system(view, data_cfg)
+    return _fit_to_budget(system, msgs, tokenizer, data_cfg.max_prompt_tokens, view.id)[1]
 
 
 def action_token_ids(action_text: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -366,11 +365,13 @@ def action_token_ids(action_text: str, tokenizer: PreTrainedTokenizerBase) -> li
 
 
 def render_training_example(
-    row: dict[str, Any], action_text: str, tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig
+    row: RowLike, action_text: str, tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig
 ) -> tuple[list[int], list[int]]:
     """(ids, loss_mask) for prompt + action + end-of-turn; the mask is 1 exactly on the action
     tokens and the end-of-turn token. Built by concatenating ids, so ``render_prompt_ids(row)``
     is an exact prefix of ``ids``."""
+    from pivotrl_nemo.data.tokenizer import end_of_turn_token_ids  # heavy: imports transformers
+
     prompt = render_prompt_ids(row, tokenizer, data_cfg)
     action = action_token_ids(action_text, tokenizer)
     eot = end_of_turn_token_ids(tokenizer)[0]

@@ -27,11 +27,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from pivotrl_nemo.config.schema import PivotRLConfig
+from pivotrl_nemo.models.megatron.hf.mapping import build_hf_model, load_named_tensors_into
 from pivotrl_nemo.rollout.base import Completion, SamplingParams
 from pivotrl_nemo.utils.logging import get_logger
-from pivotrl_nemo.weight_sync.base import load_named_tensors_into
+from pivotrl_nemo.weight_sync.base import InProcessWeightSynchronizer
 
 logger = get_logger(__name__)
 
@@ -116,6 +119,20 @@ class HFRolloutEngine:
         self.progress = progress
         self._generator = torch.Generator().manual_seed(seed)
 
+    @classmethod
+    def from_config(cls, cfg: PivotRLConfig, policy_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                    vocab_size: int, stop_ids: list[int]) -> tuple[HFRolloutEngine, InProcessWeightSynchronizer]:
+        """The engine of ``rollout.engine=hf`` over an HF twin of ``cfg.model`` (``build_hf_model``:
+        on the GPU when there is one), and the ``InProcessWeightSynchronizer`` that refreshes it from
+        ``policy_model`` (the trained megatron model, any layout), already synced once: the engine
+        holds the policy's current weights on return. Reads ``rollout.batch_size`` and
+        ``rollout.hf.*``. A collective under model parallelism (the sync): every rank calls it."""
+        hf_model = build_hf_model(cfg.model, vocab_size, tokenizer)
+        engine = cls(hf_model, tokenizer, cfg.rollout.batch_size, stop_ids, progress=cfg.rollout.hf.progress)
+        sync = InProcessWeightSynchronizer(policy_model, cfg.model, engine)
+        sync.sync_weights()
+        return engine, sync
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -141,8 +158,6 @@ class HFRolloutEngine:
         results: list[list[Completion | None]] = [[None] * n for _ in prompts]
         starts = range(0, len(order), self.batch_size)
         if self.progress:
-            from tqdm import tqdm
-
             starts = tqdm(starts, desc="generate", unit="batch")
         for start in starts:
             batch = [seqs[k] for k in order[start : start + self.batch_size]]

@@ -26,11 +26,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config.schema import PivotRLConfig
+from ..distributed import env
+from ..models.megatron.hf.mapping import hf_config_for
 from ..utils.logging import get_logger
+from ..weight_sync.vllm_sync import WORKER_EXTENSION_CLS, VLLMIPCWeightSynchronizer
 from .base import Completion, SamplingParams
 
 log = get_logger(__name__)
@@ -78,8 +83,9 @@ def to_completions(request_outputs: Sequence[Any], prompts: Sequence[Sequence[in
 
 
 def default_executor() -> str | None:
-    """``external_launcher`` under a multi-rank torchrun (SPMD colocation), else vLLM's default."""
-    return "external_launcher" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    """``external_launcher`` when the job has several ranks (SPMD colocation under torchrun), else
+    vLLM's default."""
+    return "external_launcher" if env.world_size() > 1 else None
 
 
 def write_model_dir(hf_config: Any, tokenizer: Any, path: str | os.PathLike) -> str:
@@ -98,12 +104,10 @@ class VLLMRolloutEngine:
                  seed: int = 0, sleep_level: int = 1, load_format: str = "auto", executor: str | None = "auto",
                  enforce_eager: bool = False, llm_kwargs: dict[str, Any] | None = None) -> None:
         try:
-            import vllm
+            import vllm  # lazy: optional GPU-only extra, seconds to import
         except ImportError as e:
             raise ImportError("rollout.engine=vllm needs vLLM and a CUDA GPU: pip install 'pivotrl_nemo[gpu]' or "
                               "use the NGC image (see Dockerfile); on CPU use rollout=hf") from e
-        from ..weight_sync.vllm_sync import WORKER_EXTENSION_CLS
-
         if sleep_level not in (1, 2):
             raise ValueError(f"sleep_level must be 1 or 2, got {sleep_level}")
         if not stop_token_ids:
@@ -128,9 +132,31 @@ class VLLMRolloutEngine:
         self.llm = vllm.LLM(**kwargs)
         self._asleep: set[str] = set()
 
+    @classmethod
+    def from_config(cls, cfg: PivotRLConfig, policy_model: torch.nn.Module, tokenizer: Any, vocab_size: int,
+                    stop_ids: list[int]) -> tuple[VLLMRolloutEngine, VLLMIPCWeightSynchronizer]:
+        """The engine of ``rollout.engine=vllm``, colocated on this rank's GPU, and the
+        ``VLLMIPCWeightSynchronizer`` that refits it from ``policy_model`` (the trained megatron
+        model, any layout), already synced once: the engine holds the policy's current weights on
+        return. vLLM starts from ``<run_dir>/vllm_model`` (the HF twin's config and the tokenizer,
+        ``load_format="dummy"``: no weights on disk). Reads ``rollout.vllm.*``, ``model.params_dtype``,
+        the longest prompt + action and ``seed``. A collective under model parallelism (the sync)."""
+        v = cfg.rollout.vllm
+        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+        model_dir = write_model_dir(hf_config_for(cfg.model, vocab_size, **ids), tokenizer,
+                                    Path(cfg.run_dir) / "vllm_model")
+        engine = cls(model_dir, stop_ids, tensor_parallel_size=v.tensor_parallel_size,
+                     gpu_memory_utilization=v.gpu_memory_utilization, dtype=cfg.model.params_dtype,
+                     max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens,
+                     seed=cfg.seed, sleep_level=v.sleep_level, load_format="dummy", enforce_eager=v.enforce_eager)
+        sync = VLLMIPCWeightSynchronizer(policy_model, cfg.model, engine)
+        sync.sync_weights()
+        return engine, sync
+
     # ------------------------------------------------------------------ RolloutEngine
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
-        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm import SamplingParams as VLLMSamplingParams  # lazy: optional GPU-only extra
 
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -146,8 +172,6 @@ class VLLMRolloutEngine:
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors (all of them) through the bucketed refit path."""
-        from ..weight_sync.vllm_sync import VLLMIPCWeightSynchronizer
-
         tensors = list(named_tensors)
         VLLMIPCWeightSynchronizer(None, None, self, named_tensors=lambda: tensors).sync_weights()
 

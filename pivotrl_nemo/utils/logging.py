@@ -1,8 +1,8 @@
 """Rank-aware logging: every module logs through ``get_logger(__name__)``.
 
 Only rank 0 emits INFO and below; every rank emits WARNING and above, prefixed with its rank,
-so a failure on rank 3 is never hidden. The rank comes from torchrun / Slurm environment
-variables, read once at configuration time.
+so a failure on rank 3 is never hidden. The rank is ``distributed.env.rank()`` (torchrun / Slurm
+variables), read once at configuration time.
 """
 
 from __future__ import annotations
@@ -11,15 +11,9 @@ import logging
 import os
 import sys
 
+from pivotrl_nemo.distributed import env
+
 _CONFIGURED = False
-
-
-def global_rank() -> int:
-    """The process's global rank from torchrun or Slurm variables (0 when launched alone)."""
-    for var in ("RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
 
 
 class _RankFilter(logging.Filter):
@@ -39,7 +33,7 @@ def configure_logging(level: str = "INFO", log_file: str | None = None) -> None:
     root.setLevel(level)
     if _CONFIGURED and log_file is None:
         return
-    rank = global_rank()
+    rank = env.rank()
     fmt = logging.Formatter("[%(asctime)s %(levelname)s r%(rank)d %(name)s] %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = []
     if not _CONFIGURED:

@@ -23,7 +23,7 @@ class MetricsWriter:
         self._f = open(self.path, "a", encoding="utf-8")
         self._tb = None
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy and tolerated absent: tensorboard is heavy
 
             self._tb = SummaryWriter(str(self.dir / "tensorboard" / name))
         except ImportError:  # tensorboard is a declared dependency; tolerate its absence

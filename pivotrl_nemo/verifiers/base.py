@@ -1,14 +1,30 @@
-"""Verifier contract: ``verify(row, completion) -> Verdict``.
+"""Verifier contract: ``verify(row, completion) -> Verdict``, and the shared template.
 
 A verifier is pure, deterministic, bounded in time and never touches the network. The
 completion is untrusted model text: verifiers parse it with ``data.actions`` (JSON, or
 Python call syntax through ``ast`` with literals only) and never ``eval`` it.
+
+Every built-in verifier is a ``VerifierBase``, built as ``Cls(cfg)`` from a ``VerifierConfig``
+(configs select it by its ``registry.VERIFIERS`` name). ``VerifierBase.verify`` decides, in order:
+
+1. the row's expected action (a malformed ``expected_action`` raises ValueError: a data error);
+2. an unparseable completion fails ``unparseable``;
+3. message vs call: a message where a message is expected goes to ``compare_message``; a call
+   where a message is expected fails ``message_expected``, a message where a call is expected
+   fails ``call_expected``;
+4. calls naming tools the row does not offer: ``unknown_tool`` (a hook; see each verifier);
+5. everything else: ``compare_calls``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from pivotrl_nemo.config.schema import VerifierConfig
+from pivotrl_nemo.data.actions import Action, ToolCall, parse_completion
+from pivotrl_nemo.data.pivot_row import PivotRow, RowLike
 
 
 class Category:
@@ -53,10 +69,97 @@ def fail(category: str, detail: str = "") -> Verdict:
 
 
 class Verifier(Protocol):
-    """A functional verifier. ``name`` is what configs select (``verifier.name``)."""
+    """A functional verifier (selected by its ``registry.VERIFIERS`` name, ``verifier.name``)."""
 
-    name: str
-
-    def verify(self, row: dict[str, Any], completion: str) -> Verdict:
+    def verify(self, row: RowLike, completion: str) -> Verdict:
         """Score one completion (raw model text) against the row's expected action."""
         ...
+
+
+# ---------------------------------------------------------------------------------- shared helpers
+
+
+def expected_action(row: RowLike) -> Action:
+    """The row's expected action (raises ValueError on a malformed row: a data error, not the model's)."""
+    return PivotRow.of(row).expected
+
+
+def row_tool_names(row: RowLike) -> set[str]:
+    """Tool names a pivot row offers (Responses format ``{name}`` or chat format ``{function: {name}}``)."""
+    return PivotRow.of(row).tool_names
+
+
+def decide_kind(expected: Action, action: Action) -> Verdict | None:
+    """The verdict when parse failure or message-vs-call decides it alone, else None (a message
+    where a message is expected passes here: content not compared)."""
+    if action.kind == "unparseable":
+        return fail(Category.UNPARSEABLE, action.error)
+    if expected.kind == "message":
+        if action.kind == "message":
+            return ok("message expected and given (content not compared)")
+        return fail(Category.MESSAGE_EXPECTED, f"called {', '.join(c.name for c in action.calls)}")
+    if action.kind == "message":
+        return fail(Category.CALL_EXPECTED, f"expected a call to {', '.join(c.name for c in expected.calls)}")
+    return None
+
+
+def json_normalised(args: dict[str, Any]) -> Any:
+    """Arguments as JSON would give them back (tuples -> lists, non-string keys -> strings)."""
+    return json.loads(json.dumps(args, ensure_ascii=False))
+
+
+def clip(s: str, n: int) -> str:
+    """``s`` cut to at most ``n`` characters, ending in "..." when cut (keeps details short)."""
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def unknown_tool_verdict(
+    calls: tuple[ToolCall, ...] | list[ToolCall], tools: set[str], name_chars: int = 80
+) -> Verdict | None:
+    """``unknown_tool`` naming the first call whose name is not in ``tools``, else None."""
+    for call in calls:
+        if call.name not in tools:
+            return fail(Category.UNKNOWN_TOOL, f"{clip(call.name, name_chars)!r} is not among the row's tools")
+    return None
+
+
+# ---------------------------------------------------------------------------------- template
+
+
+class VerifierBase:
+    """The shared ``verify`` (see the module doc); subclasses fill in the hooks.
+
+    ``compare_calls`` must be overridden; ``compare_message`` passes any message by default and
+    ``unknown_tool`` rejects, when the row lists tools, the first call naming none of them.
+    """
+
+    def __init__(self, cfg: VerifierConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else VerifierConfig()
+
+    def verify(self, row: RowLike, completion: str) -> Verdict:
+        """Score one completion (raw model text) against the row's expected action."""
+        view = PivotRow.of(row)
+        expected = view.expected
+        action = parse_completion(completion)
+        if expected.kind == "message" and action.kind == "message":
+            return self.compare_message(expected, action)
+        decided = decide_kind(expected, action)
+        if decided is not None:
+            return decided
+        unknown = self.unknown_tool(view, expected, action)
+        if unknown is not None:
+            return unknown
+        return self.compare_calls(view, expected, action)
+
+    def compare_message(self, expected: Action, action: Action) -> Verdict:
+        """A message where a message is expected; by default it passes (content not compared)."""
+        return ok("message expected and given (content not compared)")
+
+    def unknown_tool(self, row: PivotRow, expected: Action, action: Action) -> Verdict | None:
+        """``unknown_tool`` when a predicted call names a tool the row does not offer, else None."""
+        tools = row.tool_names
+        return unknown_tool_verdict(action.calls, tools) if tools else None
+
+    def compare_calls(self, row: PivotRow, expected: Action, action: Action) -> Verdict:
+        """Predicted call(s) vs expected call(s); both sides are calls here."""
+        raise NotImplementedError

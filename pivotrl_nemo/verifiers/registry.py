@@ -1,29 +1,23 @@
-"""Verifier selection: ``get_verifier(cfg.verifier)`` -> a ``Verifier``."""
+"""Verifier construction: ``build_verifier(name, cfg)`` -> a ``Verifier``.
+
+The names live in one table, ``pivotrl_nemo.registry.VERIFIERS`` (built-ins are imported on first
+use, so naming ``bfcl_state`` imports ``bfcl_eval`` only when it is built). Every verifier class
+is built the same way, ``Cls(cfg)``.
+"""
 
 from __future__ import annotations
 
 from pivotrl_nemo.config.schema import VerifierConfig
+from pivotrl_nemo.registry import VERIFIERS
 from pivotrl_nemo.verifiers.base import Verifier
 
-VERIFIER_NAMES = ("bfcl_state", "tool_call_args", "strict")
+
+def build_verifier(name: str, cfg: VerifierConfig) -> Verifier:
+    """The verifier registered as ``name``, configured from ``cfg``. An unknown name raises
+    ``registry.RegistryError`` (a KeyError) listing the choices and the closest one."""
+    return VERIFIERS.get(name)(cfg)
 
 
 def get_verifier(cfg: VerifierConfig) -> Verifier:
-    """The verifier ``cfg.name`` selects, configured from ``cfg``. Unknown names raise ValueError."""
-    if cfg.name == "bfcl_state":
-        from pivotrl_nemo.domains.bfcl.verifier import BfclStateVerifier  # imports bfcl_eval lazily
-
-        return BfclStateVerifier()
-    if cfg.name == "tool_call_args":
-        from pivotrl_nemo.verifiers.tool_call_args import ToolCallArgsVerifier
-
-        return ToolCallArgsVerifier(
-            word_overlap_threshold=cfg.word_overlap_threshold,
-            float_tolerance=cfg.float_tolerance,
-            parallel_mode=cfg.parallel_mode,
-        )
-    if cfg.name == "strict":
-        from pivotrl_nemo.verifiers.strict import StrictVerifier
-
-        return StrictVerifier()
-    raise ValueError(f"unknown verifier {cfg.name!r}; choices: {list(VERIFIER_NAMES)}")
+    """``build_verifier(cfg.name, cfg)``: the verifier the config selects."""
+    return build_verifier(cfg.name, cfg)

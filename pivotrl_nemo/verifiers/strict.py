@@ -3,17 +3,17 @@
 A call's canonical form is its name plus the canonical JSON of its arguments (sorted keys, no
 whitespace, so argument order and call syntax do not matter but ``5`` vs ``5.0`` does). A batch
 matches when the multisets of canonical calls are equal. A message matches when its content
-equals the expected content after stripping surrounding whitespace.
+equals the expected content after stripping surrounding whitespace. There is no separate
+unknown-tool check: a call to any other name, offered or not, is ``not_exact``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from pivotrl_nemo.data.actions import ToolCall, parse_completion
-from pivotrl_nemo.verifiers.base import Category, Verdict, fail, ok
-from pivotrl_nemo.verifiers.tool_call_args import expected_action
+from pivotrl_nemo.data.actions import Action, ToolCall
+from pivotrl_nemo.data.pivot_row import PivotRow
+from pivotrl_nemo.verifiers.base import Category, Verdict, VerifierBase, clip, fail, ok
 
 
 def canonical_call(call: ToolCall) -> str | None:
@@ -27,24 +27,18 @@ def canonical_call(call: ToolCall) -> str | None:
     return f"{call.name}({args})"
 
 
-class StrictVerifier:
-    """Exact canonical-action match."""
+class StrictVerifier(VerifierBase):
+    """Exact canonical-action match; ``StrictVerifier(cfg)`` (no strict-specific settings)."""
 
-    name = "strict"
+    def compare_message(self, expected: Action, action: Action) -> Verdict:
+        if action.content.strip() == expected.content.strip():
+            return ok("message")
+        return fail(Category.NOT_EXACT, "message content differs")
 
-    def verify(self, row: dict[str, Any], completion: str) -> Verdict:
-        expected = expected_action(row)
-        action = parse_completion(completion)
-        if action.kind == "unparseable":
-            return fail(Category.UNPARSEABLE, action.error)
-        if expected.kind == "message":
-            if action.kind != "message":
-                return fail(Category.MESSAGE_EXPECTED, f"called {', '.join(c.name for c in action.calls)}")
-            if action.content.strip() == expected.content.strip():
-                return ok("message")
-            return fail(Category.NOT_EXACT, "message content differs")
-        if action.kind == "message":
-            return fail(Category.CALL_EXPECTED, f"expected a call to {', '.join(c.name for c in expected.calls)}")
+    def unknown_tool(self, row: PivotRow, expected: Action, action: Action) -> Verdict | None:
+        return None  # a wrong name is not_exact, like any other difference
+
+    def compare_calls(self, row: PivotRow, expected: Action, action: Action) -> Verdict:
         pred = [canonical_call(c) for c in action.calls]
         if any(p is None for p in pred):
             return fail(Category.BAD_ARGUMENTS_JSON, "arguments do not decode as a JSON object")
@@ -53,8 +47,4 @@ class StrictVerifier:
             return ok(", ".join(c.name for c in action.calls))
         if len(pred) != len(exp):
             return fail(Category.NOT_EXACT, f"{len(pred)} calls where {len(exp)} expected")
-        return fail(Category.NOT_EXACT, f"{_clip(' '.join(sorted(pred)))} != {_clip(' '.join(sorted(exp)))}")  # type: ignore[arg-type]
-
-
-def _clip(s: str, n: int = 120) -> str:
-    return s if len(s) <= n else s[: n - 3] + "..."
+        return fail(Category.NOT_EXACT, f"{clip(' '.join(sorted(pred)), 120)} != {clip(' '.join(sorted(exp)), 120)}")  # type: ignore[arg-type]

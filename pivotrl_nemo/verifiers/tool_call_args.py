@@ -1,6 +1,9 @@
 """``tool_call_args``: the paper's single-step argument-comparison verifier (method reference 5.1).
 
-Decision order for an expected ``function_call``: the tool name must match, the predicted
+The shared steps come first (``verifiers.base.VerifierBase``: parse, message vs call). Then, for
+a single predicted call against a single expected call, a name that is neither the expected one
+nor among the row's tools (when the row lists any) fails ``unknown_tool``; batches skip this
+check. Decision order for an expected ``function_call``: the tool name must match, the predicted
 arguments must decode as a JSON object, then the decoded arguments are compared recursively and
 type-aware:
 
@@ -22,59 +25,18 @@ iff the call counts are equal and every expected call is matched; ``'f1'``: rewa
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from pivotrl_nemo.data.actions import Action, ToolCall, action_from_expected, parse_completion
-from pivotrl_nemo.verifiers.base import Category, Verdict, fail, ok
+from pivotrl_nemo.config.schema import VerifierConfig
+from pivotrl_nemo.data.actions import Action, ToolCall
+from pivotrl_nemo.data.pivot_row import PivotRow
+from pivotrl_nemo.verifiers.base import Category, Verdict, VerifierBase, clip, fail, json_normalised, ok
 
 _MAX_DEPTH = 64  # argument nesting deeper than this fails (bounded time, no RecursionError)
 PARALLEL_MODES = ("binary_strict", "f1")
-
-
-# ---------------------------------------------------------------------------------- shared helpers
-
-
-def row_tool_names(row: dict[str, Any]) -> set[str]:
-    """Tool names a pivot row offers (Responses format ``{name}`` or chat format ``{function: {name}}``)."""
-    names: set[str] = set()
-    for tool in (row.get("responses_create_params") or {}).get("tools") or []:
-        if not isinstance(tool, dict):
-            continue
-        fn = tool.get("function")
-        name = fn.get("name") if isinstance(fn, dict) else tool.get("name")
-        if isinstance(name, str):
-            names.add(name)
-    return names
-
-
-def expected_action(row: dict[str, Any]) -> Action:
-    """The row's expected action (raises ValueError on a malformed row: a data error, not the model's)."""
-    try:
-        return action_from_expected(row["expected_action"])
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"row {row.get('id')!r} has a malformed expected_action: {e}") from e
-
-
-def decide_kind(expected: Action, action: Action) -> Verdict | None:
-    """The verdict when parse failure or message-vs-call decides it alone, else None."""
-    if action.kind == "unparseable":
-        return fail(Category.UNPARSEABLE, action.error)
-    if expected.kind == "message":
-        if action.kind == "message":
-            return ok("message expected and given (content not compared)")
-        return fail(Category.MESSAGE_EXPECTED, f"called {', '.join(c.name for c in action.calls)}")
-    if action.kind == "message":
-        return fail(Category.CALL_EXPECTED, f"expected a call to {', '.join(c.name for c in expected.calls)}")
-    return None
-
-
-def json_normalised(args: dict[str, Any]) -> Any:
-    """Arguments as JSON would give them back (tuples -> lists, non-string keys -> strings)."""
-    return json.loads(json.dumps(args, ensure_ascii=False))
 
 
 # ---------------------------------------------------------------------------------- values
@@ -140,8 +102,7 @@ def compare_values(
 
 
 def _clip(v: Any, n: int = 60) -> str:
-    r = repr(v)
-    return r if len(r) <= n else r[: n - 3] + "..."
+    return clip(repr(v), n)
 
 
 # ---------------------------------------------------------------------------------- calls
@@ -231,27 +192,30 @@ def compare_calls(
     return Verdict(reward, category, f"{detail}; expected call {unmatched[0]}: {near.detail if near else 'no candidate'}")
 
 
-class ToolCallArgsVerifier:
-    """Argument-comparison verifier (Gym's ``single_step_tool_use_with_argument_comparison``)."""
+class ToolCallArgsVerifier(VerifierBase):
+    """Argument-comparison verifier (Gym's ``single_step_tool_use_with_argument_comparison``),
+    configured by ``cfg.word_overlap_threshold``, ``cfg.float_tolerance`` and ``cfg.parallel_mode``."""
 
-    name = "tool_call_args"
+    def __init__(self, cfg: VerifierConfig | None = None) -> None:
+        super().__init__(cfg)
+        if self.cfg.parallel_mode not in PARALLEL_MODES:
+            raise ValueError(f"unknown parallel_mode {self.cfg.parallel_mode!r}; choices: {list(PARALLEL_MODES)}")
+        self.word_overlap_threshold = self.cfg.word_overlap_threshold
+        self.float_tolerance = self.cfg.float_tolerance
+        self.parallel_mode = self.cfg.parallel_mode
 
-    def __init__(self, word_overlap_threshold: float = 0.1, float_tolerance: float = 1e-6, parallel_mode: str = "binary_strict"):
-        if parallel_mode not in PARALLEL_MODES:
-            raise ValueError(f"unknown parallel_mode {parallel_mode!r}; choices: {list(PARALLEL_MODES)}")
-        self.word_overlap_threshold = word_overlap_threshold
-        self.float_tolerance = float_tolerance
-        self.parallel_mode = parallel_mode
+    def unknown_tool(self, row: PivotRow, expected: Action, action: Action) -> Verdict | None:
+        """Only a single call against a single expected call is checked, and only when its name
+        differs from the expected one (batches go to the matching, where a stray name is a
+        ``wrong_tool`` near miss or a count mismatch)."""
+        if len(action.calls) != 1 or len(expected.calls) != 1:
+            return None
+        tools = row.tool_names
+        call = action.calls[0]
+        if tools and call.name != expected.calls[0].name and call.name not in tools:
+            return fail(Category.UNKNOWN_TOOL, f"{call.name[:80]!r} is not among the row's tools")
+        return None
 
-    def verify(self, row: dict[str, Any], completion: str) -> Verdict:
-        expected = expected_action(row)
-        action = parse_completion(completion)
-        decided = decide_kind(expected, action)
-        if decided is not None:
-            return decided
-        tools = row_tool_names(row)
-        if len(action.calls) == 1 and len(expected.calls) == 1:
-            call = action.calls[0]
-            if tools and call.name != expected.calls[0].name and call.name not in tools:
-                return fail(Category.UNKNOWN_TOOL, f"{call.name[:80]!r} is not among the row's tools")
+    def compare_calls(self, row: PivotRow, expected: Action, action: Action) -> Verdict:
+        # the module-level compare_calls (the multiset matching), not this method
         return compare_calls(action.calls, expected.calls, self.float_tolerance, self.word_overlap_threshold, self.parallel_mode)

@@ -1,7 +1,7 @@
 """Refit a colocated vLLM engine after every optimizer step, without a disk round trip.
 
 Sender (the trainer process, ``VLLMIPCWeightSynchronizer``): megatron tensors -> HF names
-(``hf_mapping.megatron_to_hf``) -> vLLM checkpoint names (``to_checkpoint_names``: per-expert
+(``models.megatron.hf.mapping.megatron_to_hf``) -> vLLM checkpoint names (``to_checkpoint_names``: per-expert
 tensors) -> flat aligned buckets on the trainer's GPU (``buckets``) -> for each bucket one
 ``LLM.collective_rpc("pivotrl_load_bucket", ...)`` carrying the manifest and either a CUDA IPC
 handle of the buffer (engine in another process: vLLM's default engine-core process) or the
@@ -27,7 +27,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
 
+from ..models.megatron.hf.mapping import megatron_to_hf
 from ..utils.logging import get_logger
 from .buckets import BucketManifest, PackedBucket, iter_packed_buckets, unpack
 
@@ -101,8 +103,6 @@ def ipc_args_from_wire(wire: dict[str, Any], device_index: int) -> tuple:
 
 def share_cuda_buffer(buffer: torch.Tensor) -> dict[str, Any]:
     """CUDA IPC handle of ``buffer`` (GPU only), keyed by the GPU's UUID."""
-    from torch.multiprocessing.reductions import reduce_tensor
-
     _, args = reduce_tensor(buffer)
     return {device_uuid(buffer.device.index): ipc_args_to_wire(args)}
 
@@ -110,8 +110,6 @@ def share_cuda_buffer(buffer: torch.Tensor) -> dict[str, Any]:
 def open_cuda_buffer(handles: dict[str, dict[str, Any]]) -> torch.Tensor:
     """Rebuild the buffer shared by ``share_cuda_buffer`` in another process (GPU only): the handle
     of the GPU this process sees under the same UUID, mapped to its local device index."""
-    from torch.multiprocessing.reductions import rebuild_cuda_tensor
-
     for idx in range(torch.cuda.device_count()):
         uuid = device_uuid(idx)
         if uuid in handles:
@@ -182,6 +180,7 @@ class VLLMWeightSyncExtension:
                 raise RuntimeError(f"weight update {st['version']}: {len(not_loaded)} engine parameters were "
                                    f"not loaded: {sorted(not_loaded)[:5]} (a name mapping gap?)")
         try:
+            # lazy and optional: vLLM is a GPU-only extra; this runs inside its worker
             from vllm.model_executor.model_loader.utils import process_weights_after_loading
         except ImportError:  # not inside vLLM (tests)
             pass
@@ -206,8 +205,6 @@ class VLLMIPCWeightSynchronizer:
                  named_tensors: Callable[[], Iterable[tuple[str, torch.Tensor]]] | None = None,
                  bucket_bytes: int | None = None, bucket_memory_fraction: float = 0.3) -> None:
         if named_tensors is None:
-            from .hf_mapping import megatron_to_hf
-
             def named_tensors() -> Iterable[tuple[str, torch.Tensor]]:
                 return megatron_to_hf(model, model_cfg)
 

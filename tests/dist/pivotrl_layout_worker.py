@@ -6,11 +6,11 @@ import sys
 
 
 def main(run_dir: str, *overrides: str) -> None:
-    from pivotrl_nemo import stage_impl
+    from pivotrl_nemo.pipeline import STAGES, Runner
     from pivotrl_nemo.config import load_config
 
     cfg = load_config(["experiment=smoke", f"run_dir={run_dir}", *overrides])
-    stage_impl.train(cfg, __import__("pathlib").Path(run_dir))
+    STAGES.get("train").fn(Runner(cfg).context())
 
 
 if __name__ == "__main__":

@@ -147,14 +147,14 @@ class _Engine:
         self.model = model
 
     def update_weights(self, named_tensors) -> None:
-        from pivotrl_nemo.weight_sync.base import load_named_tensors_into
+        from pivotrl_nemo.models.megatron.hf.mapping import load_named_tensors_into
 
         load_named_tensors_into(self.model, named_tensors)
 
 
 def _import(hf_dir: Path, par, **kwargs):
     """``import_hf_checkpoint`` at layout ``par``."""
-    from pivotrl_nemo.models.megatron.hf_import import import_hf_checkpoint
+    from pivotrl_nemo.models.megatron.hf.importer import import_hf_checkpoint
 
     return import_hf_checkpoint(hf_dir, parallel=par, **kwargs)
 
@@ -166,9 +166,9 @@ def _check_layout(kind: str, layout: str, work: Path, results: dict) -> None:
 
     from pivotrl_nemo.config.schema import ParallelConfig
     from pivotrl_nemo.distributed.setup import destroy, init_distributed
-    from pivotrl_nemo.models.megatron.hf_export import export_hf
+    from pivotrl_nemo.models.megatron.hf.exporter import export_hf
     from pivotrl_nemo.weight_sync.base import InProcessWeightSynchronizer
-    from pivotrl_nemo.weight_sync.hf_mapping import build_hf_model
+    from pivotrl_nemo.models.megatron.hf.mapping import build_hf_model
 
     par = ParallelConfig(**LAYOUTS[layout])
     init_distributed(par, seed=0)
@@ -227,8 +227,8 @@ def _check_import_cli(work: Path, results: dict) -> None:
 
     from pivotrl_nemo.config.schema import OptimConfig, ParallelConfig
     from pivotrl_nemo.distributed.setup import destroy, init_distributed
-    from pivotrl_nemo.export_cli import import_main
-    from pivotrl_nemo.models.megatron.hf_import import model_config_from_hf
+    from pivotrl_nemo.pipeline.hf_commands import import_main
+    from pivotrl_nemo.models.megatron.hf.importer import model_config_from_hf
     from pivotrl_nemo.models.megatron.policy import MegatronPolicy
 
     out = work / "imported_moe"

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pivotrl_nemo import stage_impl
+from pivotrl_nemo.pipeline import Runner
 from pivotrl_nemo.config import load_config
-from pivotrl_nemo.stages import Runner
 from pivotrl_nemo.utils.io import atomic_write_jsonl, read_jsonl
 from pivotrl_nemo.utils.metrics import read_metrics
 
@@ -46,7 +45,7 @@ def test_pivotrl_steps_match_single_rank_at_tp2_and_ep2(tmp_path):
                        "sft.batch_size=8", "sft.optim.lr=1e-2"])
     runner = Runner(cfg)
     for name in ("build", "extract", "sft"):
-        runner.run(name, stage_impl.STAGE_FUNCS[name])
+        runner.run(name)
     atomic_write_jsonl(base / "pivots.jsonl", read_jsonl(base / "candidates" / "sft.jsonl")[:4])
     runs = {}
     for name, ranks, overrides in (("one", 1, []), ("tp2", 2, ["parallel=tp2"]), ("ep2", 2, ["parallel=ep2"])):

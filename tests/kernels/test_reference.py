@@ -1,4 +1,4 @@
-"""The torch reference (kernels/reference.py) against pivotrl_nemo.algorithms.losses and fp64."""
+"""The torch reference (kernels/reference.py) against kernels/losses.py and fp64."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pivotrl_nemo.algorithms import losses
+from pivotrl_nemo.kernels import losses
 
 
 def _case(n=29, h=24, v=70, seed=0, dtype=torch.float32):

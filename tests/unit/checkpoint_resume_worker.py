@@ -1,5 +1,5 @@
 """Driver for test_checkpoint_resume.py: ``python checkpoint_resume_worker.py RUN_DIR [overrides]``
-runs the real train stage (``stage_impl.train``: megatron policy from pi_0, HF rollouts, BFCL
+runs the real train stage (the ``train`` stage: megatron policy from pi_0, HF rollouts, BFCL
 verifier, GRPO, dist checkpoints) on a run directory that already holds pi_0 and pivots.jsonl.
 It resumes from ``train/checkpoint`` when there is one, and exits 143 after a SIGTERM checkpoint
 as the CLI does."""
@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def main(run_dir: str, overrides: list[str]) -> int:
-    from pivotrl_nemo import stage_impl
+    from pivotrl_nemo.pipeline import STAGES, Runner
     from pivotrl_nemo.config import load_config
     from pivotrl_nemo.utils.logging import configure_logging
     from pivotrl_nemo.utils.preemption import PREEMPTED_EXIT_CODE, Preempted
@@ -17,7 +17,7 @@ def main(run_dir: str, overrides: list[str]) -> int:
     cfg = load_config([*overrides, f"run_dir={run_dir}"])
     configure_logging(cfg.log_level)
     try:
-        stage_impl.train(cfg, Path(run_dir))
+        STAGES.get("train").fn(Runner(cfg).context())
     except Preempted:
         return PREEMPTED_EXIT_CODE
     return 0

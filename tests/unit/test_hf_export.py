@@ -10,11 +10,11 @@ import torch
 
 from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from pivotrl_nemo.distributed.setup import destroy, init_distributed
-from pivotrl_nemo.models.megatron.hf_export import export_hf
-from pivotrl_nemo.models.megatron.hf_import import import_hf_checkpoint
+from pivotrl_nemo.models.megatron.hf.exporter import export_hf
+from pivotrl_nemo.models.megatron.hf.importer import import_hf_checkpoint
+from pivotrl_nemo.models.megatron.hf.mapping import megatron_to_hf
 from pivotrl_nemo.models.megatron.policy import MegatronPolicy
-from pivotrl_nemo.runtime import padded_vocab_size
-from pivotrl_nemo.weight_sync.hf_mapping import megatron_to_hf
+from pivotrl_nemo.pipeline.runtime import padded_vocab_size
 
 TINY = ModelConfig(
     hidden_size=64, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=16,
@@ -112,7 +112,7 @@ def test_export_cli_from_run_dir(tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from pivotrl_nemo.config import load_config
-    from pivotrl_nemo.export_cli import export_main
+    from pivotrl_nemo.pipeline.hf_commands import export_main
 
     run_dir = tmp_path / "run"
     cfg = load_config([f"run_dir={run_dir}"])

@@ -11,7 +11,7 @@ import torch
 from pivotrl_nemo.config.schema import ParallelConfig
 from pivotrl_nemo.distributed.setup import destroy, init_distributed
 from pivotrl_nemo.models.megatron.build import build_gpt_model
-from pivotrl_nemo.models.megatron.hf_import import (
+from pivotrl_nemo.models.megatron.hf.importer import (
     HFImportError,
     import_hf_checkpoint,
     load_hf_into_megatron,
@@ -151,7 +151,7 @@ def test_lazy_reader_takes_one_expert_slice(tmp_path):
     """A fused 3-D expert tensor on disk is read one expert at a time (the EP path)."""
     from safetensors.torch import save_file
 
-    from pivotrl_nemo.models.megatron.hf_import import HFSource, SafetensorsState
+    from pivotrl_nemo.models.megatron.hf.importer import HFSource, SafetensorsState
 
     hf = _hf_model(_qwen3_moe())
     cfg = model_config_from_hf(hf.config)
@@ -177,7 +177,7 @@ def test_import_cli_writes_a_checkpoint_that_trains_with_the_printed_overrides(t
 
     from pivotrl_nemo.config import load_config
     from pivotrl_nemo.config.schema import OptimConfig
-    from pivotrl_nemo.export_cli import import_main
+    from pivotrl_nemo.pipeline.hf_commands import import_main
     from pivotrl_nemo.models.megatron.policy import MegatronPolicy
 
     config = _qwen3_moe()

@@ -3,14 +3,13 @@ sft.steps=0 that checkpoint is pi_0 unchanged."""
 
 import torch
 
-from pivotrl_nemo import stage_impl
+from pivotrl_nemo.pipeline import Runner
 from pivotrl_nemo.config import load_config
 from pivotrl_nemo.models.megatron import sharding
-from pivotrl_nemo.stages import Runner
 
 
 def _weights(cfg, path):
-    rt = stage_impl.runtime(cfg)
+    rt = Runner(cfg).runtime
     policy = rt.new_policy(cfg.sft.optim, total_steps=1)
     policy.load(path, load_optimizer=False)
     return {k: v.clone() for k, v in sharding.iter_full_state(policy)}
@@ -22,13 +21,13 @@ def test_sft_starts_from_init_checkpoint(tmp_path):
     a = load_config([*common, f"run_dir={tmp_path / 'a'}", "sft.steps=3"])
     runner = Runner(a)
     for name in ("build", "extract", "sft"):
-        runner.run(name, stage_impl.STAGE_FUNCS[name])
+        runner.run(name)
     src = tmp_path / "a" / "sft" / "checkpoint"
     b = load_config([*common, f"run_dir={tmp_path / 'b'}", "sft.steps=0", f"model.init_checkpoint={src}",
                      "model.seed=99"])  # a different random init: the checkpoint must replace it
     runner = Runner(b)
     for name in ("build", "extract", "sft"):
-        runner.run(name, stage_impl.STAGE_FUNCS[name])
+        runner.run(name)
     wa, wb = _weights(a, src), _weights(b, tmp_path / "b" / "sft" / "checkpoint")
     assert wa.keys() == wb.keys()
     for k in wa:

@@ -7,7 +7,7 @@ import torch
 
 from pivotrl_nemo.algorithms.advantages import (
     compute_advantages, group_mean_std_advantages, leave_one_out_advantages, zero_variance_fraction)
-from pivotrl_nemo.algorithms.losses import clipped_pg_loss, k3_kl, token_logprobs
+from pivotrl_nemo.kernels.losses import clipped_pg_loss, k3_kl, token_logprobs
 
 
 def test_group_mean_std_by_hand():

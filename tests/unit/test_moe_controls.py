@@ -51,7 +51,7 @@ def test_world_size_must_fit_the_layout(monkeypatch):
 
 
 def test_expert_load_counts_every_routed_token():
-    from pivotrl_nemo.algorithms.batching import make_batch
+    from pivotrl_nemo.models.megatron.batching import make_batch
     from pivotrl_nemo.distributed.setup import init_distributed
     from pivotrl_nemo.models.megatron.policy import MegatronPolicy
 

@@ -10,9 +10,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM  # noqa: E402
 
+from pivotrl_nemo.models.megatron.hf.mapping import WeightLoadError  # noqa: E402
 from pivotrl_nemo.rollout.base import SamplingParams  # noqa: E402
 from pivotrl_nemo.rollout.hf import HFRolloutEngine, sample_tokens  # noqa: E402
-from pivotrl_nemo.weight_sync.base import WeightLoadError  # noqa: E402
 
 VOCAB = 256
 PROMPTS = [[3, 17, 42, 9, 100, 7, 55], [8, 9], [10, 11, 12, 13], [200, 201, 202]]

@@ -2,9 +2,8 @@
 
 import pytest
 
-from pivotrl_nemo import stage_impl
+from pivotrl_nemo.pipeline import Runner
 from pivotrl_nemo.config import load_config
-from pivotrl_nemo.stages import Runner
 
 
 def _runner(tmp_path, *extra):
@@ -13,14 +12,14 @@ def _runner(tmp_path, *extra):
 
 def test_rerun_is_a_noop_and_stale_upstream_is_refused(tmp_path, caplog):
     r = _runner(tmp_path)
-    r.run("build", stage_impl.build)
-    r.run("extract", stage_impl.extract)
+    r.run("build")
+    r.run("extract")
     before = (tmp_path / "candidates" / "rl.jsonl").stat().st_mtime_ns
-    r.run("extract", stage_impl.extract)  # same config: nothing happens
+    r.run("extract")  # same config: nothing happens
     assert (tmp_path / "candidates" / "rl.jsonl").stat().st_mtime_ns == before
     changed = _runner(tmp_path, "data.split_seed=5")
     with pytest.raises(RuntimeError, match="stage 'build' .* another configuration"):
-        changed.run("extract", stage_impl.extract)
+        changed.run("extract")
 
 
 def test_partial_state_of_another_configuration_is_discarded(tmp_path):

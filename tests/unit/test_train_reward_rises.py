@@ -6,8 +6,7 @@ import json
 import pytest
 
 from pivotrl_nemo.config import load_config
-from pivotrl_nemo.stages import Runner
-from pivotrl_nemo import stage_impl
+from pivotrl_nemo.pipeline import STAGES, Runner
 from pivotrl_nemo.utils.io import atomic_write_jsonl, read_jsonl
 from pivotrl_nemo.utils.metrics import read_metrics
 
@@ -20,10 +19,10 @@ def test_reward_rises_on_fixed_pivots(tmp_path):
                        "algorithm.optim.lr=1e-3", "algorithm.save_every=8", "rollout.batch_size=32"])
     runner = Runner(cfg)
     for name in ("build", "extract", "sft"):
-        runner.run(name, stage_impl.STAGE_FUNCS[name])
+        runner.run(name)
     rows = read_jsonl(tmp_path / "candidates" / "sft.jsonl")[:4]
     atomic_write_jsonl(tmp_path / "pivots.jsonl", rows)  # a fixed pivot set, seen in SFT
-    stage_impl.train(cfg, tmp_path)
+    STAGES.get("train").fn(Runner(cfg).context())
     rewards = [m["train/reward_mean"] for m in read_metrics(tmp_path / "train" / "metrics.jsonl")]
     assert len(rewards) == 16
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4

@@ -6,14 +6,16 @@ import time
 import pytest
 from bfcl_rows import expected_args, pivot_rows, row_for, tool_call, trajectory, with_expected
 
-from pivotrl_nemo.domains.bfcl.verifier import BfclStateVerifier, prefix_calls
+from pivotrl_nemo.config.schema import VerifierConfig
 from pivotrl_nemo.data.actions import action_from_expected
+from pivotrl_nemo.data.pivot_row import PivotRow
+from pivotrl_nemo.domains.bfcl.verifier import BfclStateVerifier
 from pivotrl_nemo.verifiers.base import Category
 
 
 @pytest.fixture()
 def v():
-    return BfclStateVerifier()
+    return BfclStateVerifier(VerifierConfig(name="bfcl_state"))
 
 
 def _reference_completion(row):
@@ -32,8 +34,8 @@ def test_every_reference_step_of_real_trajectories_passes(v):
 
 def test_prefix_is_the_rows_earlier_calls():
     row = row_for("multi_turn_base_0", "mv")
-    assert [c.name for c in prefix_calls(row)] == ["cd", "mkdir"]
-    assert prefix_calls(row)[0].arguments == {"folder": "document"}
+    assert [c.name for c in PivotRow(row).prefix_calls()] == ["cd", "mkdir"]
+    assert PivotRow(row).prefix_calls()[0].arguments == {"folder": "document"}
 
 
 # ------------------------------------------------------------------ equivalent but different
@@ -190,7 +192,7 @@ def test_hostile_math_arguments_are_refused_quickly(v):
 
 
 def test_k_samples_cost_one_replay_and_cache_is_bounded():
-    v = BfclStateVerifier(cache_size=2)
+    v = BfclStateVerifier(VerifierConfig(name="bfcl_state"), cache_size=2)
     rows = pivot_rows(trajectory("multi_turn_base_0"))
     for row in rows[:3]:
         for _ in range(4):
@@ -203,7 +205,7 @@ def test_k_samples_cost_one_replay_and_cache_is_bounded():
 
 
 def test_verify_time_per_call_is_small():
-    v = BfclStateVerifier()
+    v = BfclStateVerifier(VerifierConfig(name="bfcl_state"))
     rows = pivot_rows(trajectory("multi_turn_base_0"))
     t0 = time.perf_counter()
     n = 0

@@ -6,12 +6,15 @@ import pytest
 from bfcl_rows import row_for, tool_call, with_expected
 
 from pivotrl_nemo.config.schema import VerifierConfig
-from pivotrl_nemo.verifiers.base import Category
-from pivotrl_nemo.verifiers.registry import VERIFIER_NAMES, get_verifier
+from pivotrl_nemo.data.actions import make_call
+from pivotrl_nemo.domains.bfcl.verifier import BfclStateVerifier
+from pivotrl_nemo.registry import VERIFIERS, RegistryError
+from pivotrl_nemo.verifiers.base import Category, VerifierBase
+from pivotrl_nemo.verifiers.registry import build_verifier, get_verifier
 from pivotrl_nemo.verifiers.strict import StrictVerifier, canonical_call
 from pivotrl_nemo.verifiers.tool_call_args import ToolCallArgsVerifier
 
-v = StrictVerifier()
+v = StrictVerifier(VerifierConfig(name="strict"))
 
 
 def test_argument_order_and_call_syntax_do_not_matter():
@@ -73,8 +76,6 @@ def test_hostile_text_scores_zero(text):
 
 
 def test_canonical_call():
-    from pivotrl_nemo.data.actions import make_call
-
     assert canonical_call(make_call("f", {"b": 1, "a": [1.5, "x"]})) == 'f({"a":[1.5,"x"],"b":1})'
     assert canonical_call(make_call("f", "not json")) is None
 
@@ -83,14 +84,15 @@ def test_canonical_call():
 
 
 def test_registry_maps_names_and_config():
-    from pivotrl_nemo.domains.bfcl.verifier import BfclStateVerifier
-
-    assert isinstance(get_verifier(VerifierConfig(name="bfcl_state")), BfclStateVerifier)
+    assert isinstance(build_verifier("bfcl_state", VerifierConfig(name="bfcl_state")), BfclStateVerifier)
     assert isinstance(get_verifier(VerifierConfig(name="strict")), StrictVerifier)
-    tca = get_verifier(VerifierConfig(name="tool_call_args", word_overlap_threshold=0.3, float_tolerance=0.01, parallel_mode="f1"))
-    assert isinstance(tca, ToolCallArgsVerifier)
+    cfg = VerifierConfig(name="tool_call_args", word_overlap_threshold=0.3, float_tolerance=0.01, parallel_mode="f1")
+    tca = get_verifier(cfg)
+    assert isinstance(tca, ToolCallArgsVerifier) and tca.cfg is cfg
     assert (tca.word_overlap_threshold, tca.float_tolerance, tca.parallel_mode) == (0.3, 0.01, "f1")
-    for name in VERIFIER_NAMES:
-        assert get_verifier(VerifierConfig(name=name)).name == name
-    with pytest.raises(ValueError, match="bfcl_state.*tool_call_args.*strict"):
+    for name in ("bfcl_state", "tool_call_args", "strict"):  # built uniformly as Cls(cfg)
+        built = build_verifier(name, VerifierConfig(name=name))
+        assert type(built) is VERIFIERS.get(name) and isinstance(built, VerifierBase)
+        assert not hasattr(type(built), "name")  # names live only in registry.VERIFIERS
+    with pytest.raises(RegistryError, match="bfcl_state.*tool_call_args.*strict"):
         get_verifier(VerifierConfig(name="llm_judge"))

@@ -6,13 +6,19 @@ import time
 import pytest
 from bfcl_rows import expected_args, row_for, tool_call, with_expected
 
+from pivotrl_nemo.config.schema import VerifierConfig
 from pivotrl_nemo.verifiers.base import Category
 from pivotrl_nemo.verifiers.tool_call_args import ToolCallArgsVerifier, maximum_matching, word_overlap
 
 
+def tca(**settings):
+    """A ToolCallArgsVerifier built, as the registry builds it, from a VerifierConfig."""
+    return ToolCallArgsVerifier(VerifierConfig(name="tool_call_args", **settings))
+
+
 @pytest.fixture()
 def v():
-    return ToolCallArgsVerifier()
+    return tca()
 
 
 def _call_row(name, arguments, tools=None):
@@ -57,13 +63,13 @@ def test_overlap_threshold_semantics():
     args = expected_args(row)
     same = tool_call("create_ticket", **args)
     assert word_overlap(args["description"], args["description"]) == 0.5  # identical scores exactly 0.5
-    assert ToolCallArgsVerifier(word_overlap_threshold=0.5).verify(row, same).passed
-    assert not ToolCallArgsVerifier(word_overlap_threshold=0.51).verify(row, same).passed
+    assert tca(word_overlap_threshold=0.5).verify(row, same).passed
+    assert not tca(word_overlap_threshold=0.51).verify(row, same).passed
     unrelated = tool_call("create_ticket", title=args["title"], description="completely different words entirely here")
-    verdict = ToolCallArgsVerifier(word_overlap_threshold=0.1).verify(row, unrelated)
+    verdict = tca(word_overlap_threshold=0.1).verify(row, unrelated)
     assert verdict.category == Category.WRONG_ARGS and "args.description" in verdict.detail
     # threshold 0.0 is not name-only: keys and types still count
-    zero = ToolCallArgsVerifier(word_overlap_threshold=0.0)
+    zero = tca(word_overlap_threshold=0.0)
     assert zero.verify(row, unrelated).passed
     assert zero.verify(row, tool_call("create_ticket", title=args["title"])).category == Category.WRONG_ARG_KEYS
 
@@ -74,7 +80,7 @@ def test_float_within_tolerance_passes(v):
     assert v.verify(row, tool_call("pressBrakePedal", pedalPosition=1.0 + 1e-9)).passed
     verdict = v.verify(row, tool_call("pressBrakePedal", pedalPosition=0.9))
     assert verdict.category == Category.WRONG_ARGS and "args.pedalPosition" in verdict.detail
-    assert ToolCallArgsVerifier(float_tolerance=0.2).verify(row, tool_call("pressBrakePedal", pedalPosition=0.9)).passed
+    assert tca(float_tolerance=0.2).verify(row, tool_call("pressBrakePedal", pedalPosition=0.9)).passed
 
 
 # ------------------------------------------------------------------ near misses
@@ -152,7 +158,7 @@ def test_batch_binary_strict(v):
 
 
 def test_batch_f1():
-    v = ToolCallArgsVerifier(parallel_mode="f1")
+    v = tca(parallel_mode="f1")
     row = _batch_row([("mkdir", {"dir_name": "temp"}), ("touch", {"file_name": "notes.txt"})])
     mk, tc = tool_call("mkdir", dir_name="temp"), tool_call("touch", file_name="notes.txt")
     assert v.verify(row, tc + mk).reward == 1.0
@@ -170,13 +176,13 @@ def test_maximum_matching_needs_augmenting_paths():
     assert maximum_matching([[1, 0], [0], [2, 1]]) == {0: 1, 1: 0, 2: 2}
     # through the verifier: p0 fits both expected strings, p1 only the first one
     row = _batch_row([("note", {"text": "alpha beta gamma"}), ("note", {"text": "alpha beta delta"})])
-    v = ToolCallArgsVerifier(word_overlap_threshold=0.4)
+    v = tca(word_overlap_threshold=0.4)
     assert v.verify(row, tool_call("note", text="alpha beta gamma delta") + tool_call("note", text="alpha beta gamma")).passed
 
 
 def test_bad_parallel_mode():
     with pytest.raises(ValueError, match="binary_strict"):
-        ToolCallArgsVerifier(parallel_mode="fractional")
+        tca(parallel_mode="fractional")
 
 
 # ------------------------------------------------------------------ hostile and unparseable

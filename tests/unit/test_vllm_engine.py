@@ -19,7 +19,7 @@ import torch
 
 from pivotrl_nemo.config.schema import ModelConfig
 from pivotrl_nemo.rollout.vllm import request_seed, sampled_logprobs, to_completions
-from pivotrl_nemo.weight_sync.hf_mapping import hf_config_for
+from pivotrl_nemo.models.megatron.hf.mapping import hf_config_for
 from pivotrl_nemo.weight_sync.vllm_sync import (VLLMIPCWeightSynchronizer, VLLMWeightSyncExtension,
                                                 ipc_args_from_wire, ipc_args_to_wire, to_checkpoint_names)
 

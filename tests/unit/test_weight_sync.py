@@ -10,16 +10,18 @@ import torch.nn.functional as F
 
 from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from pivotrl_nemo.distributed.setup import destroy, init_distributed
-from pivotrl_nemo.models.megatron.policy import MegatronPolicy
-from pivotrl_nemo.weight_sync.base import InProcessWeightSynchronizer, WeightLoadError, load_named_tensors_into
-from pivotrl_nemo.models.megatron.sharding import iter_full_state
-from pivotrl_nemo.weight_sync.hf_mapping import (
+from pivotrl_nemo.models.megatron.hf.mapping import (
+    WeightLoadError,
     build_hf_model,
     hf_config_for,
     hf_from_megatron_stream,
+    load_named_tensors_into,
     megatron_to_hf,
     split_qkv,
 )
+from pivotrl_nemo.models.megatron.policy import MegatronPolicy
+from pivotrl_nemo.models.megatron.sharding import iter_full_state
+from pivotrl_nemo.weight_sync.base import InProcessWeightSynchronizer
 
 VOCAB = 300
 TINY = ModelConfig(

@@ -249,8 +249,8 @@ class BfclEnv:
     def fingerprint(self) -> str:
         return state_fingerprint(self.instances)
 
-    def class_fingerprints(self) -> dict[str, str]:
-        return class_fingerprints(self.instances)
+    def class_fingerprints(self, *, public_only: bool = False) -> dict[str, str]:
+        return class_fingerprints(self.instances, public_only=public_only)
 
 
 def make_env(env_meta: dict[str, Any]) -> BfclEnv:
@@ -431,10 +431,10 @@ def canonical(value: Any, depth: int = 0, _seen: frozenset[int] = frozenset()) -
     return {"<repr>": cls, "value": str(value)[:200]}
 
 
-def _instance_state(inst: Any) -> dict[str, Any]:
+def _instance_state(inst: Any, public_only: bool = False) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for key, value in vars(inst).items():
-        if key.startswith("_") and key not in _STATEFUL_PRIVATE:
+        if key.startswith("_") and (public_only or key not in _STATEFUL_PRIVATE):
             continue
         if key == "_current_dir":
             state[key] = _dir_path(value)
@@ -454,11 +454,15 @@ def state_fingerprint(instances: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def class_fingerprints(instances: dict[str, Any]) -> dict[str, str]:
-    """Per-class SHA-256 of the canonical state (to name which backend differs)."""
+def class_fingerprints(instances: dict[str, Any], *, public_only: bool = False) -> dict[str, str]:
+    """Per-class SHA-256 of the canonical state (to name which backend differs).
+
+    ``public_only`` drops the file system's current directory too, which leaves exactly the
+    attributes BFCL's own multi-turn ``state_checker`` compares (every non-``_`` attribute).
+    """
     out = {}
     for name, inst in sorted(instances.items()):
-        blob = json.dumps(_instance_state(inst), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        blob = json.dumps(_instance_state(inst, public_only), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         out[name] = hashlib.sha256(blob.encode("utf-8")).hexdigest()
     return out
 

@@ -1,7 +1,7 @@
 """Build the trained policy: a Qwen3-MoE-like megatron-core ``GPTModel`` on the local layer spec.
 
 Architecture (matching ``transformers``' Qwen3-MoE / Qwen3 so the HF twin in
-``weight_sync.hf_mapping`` computes the same function): pre-norm RMSNorm, GQA self-attention
+``models.megatron.hf.mapping`` computes the same function): pre-norm RMSNorm, GQA self-attention
 with per-head RMSNorm on queries and keys (qk layernorm), rotary embeddings (non-interleaved,
 base ``cfg.rotary_base``), no linear biases, SwiGLU MLPs; every layer's MLP is an MoE with
 ``cfg.num_experts`` routed experts (0 builds a dense model). Routing is softmax top-k with the
@@ -9,17 +9,20 @@ top-k probabilities renormalised, which megatron computes as a softmax over the 
 (``moe_router_pre_softmax=False``); Qwen3-MoE's ``norm_topk_prob=True`` is the same function.
 
 The local spec (no Transformer Engine) runs on CPU and GPU; the TE spec can replace it on GPU
-without changing parameter names that matter to ``hf_mapping``.
+without changing parameter names that matter to ``hf.mapping``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from pivotrl_nemo.config.schema import ModelConfig, ParallelConfig
+from pivotrl_nemo.distributed.cpu_compat import cuda_to_cpu
+from pivotrl_nemo.distributed.setup import seed_everything
 from pivotrl_nemo.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -36,7 +39,7 @@ def params_dtype(cfg: ModelConfig) -> torch.dtype:
 
 def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None) -> Any:
     """The megatron ``TransformerConfig`` for ``cfg`` under the ``parallel`` layout."""
-    from megatron.core.transformer.transformer_config import TransformerConfig
+    from megatron.core.transformer.transformer_config import TransformerConfig  # lazy: megatron
 
     parallel = parallel or ParallelConfig()
     if cfg.num_attention_heads % cfg.num_query_groups != 0:
@@ -124,8 +127,6 @@ def use_transformer_engine(cfg: ModelConfig) -> bool:
     """Whether ``cfg.transformer_impl`` selects the Transformer Engine spec here."""
     if cfg.transformer_impl == "local":
         return False
-    import importlib.util
-
     available = torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
     if cfg.transformer_impl == "transformer_engine" and not available:
         raise RuntimeError("model.transformer_impl=transformer_engine needs CUDA and Transformer Engine "
@@ -140,7 +141,7 @@ def layer_spec(cfg: ModelConfig) -> Any:
     (``cfg.qk_layernorm``), SequentialMLP experts, SDPA core attention when
     ``cfg.attention_backend == 'sdpa'``.
     """
-    from megatron.core.models.gpt import gpt_layer_specs as specs
+    from megatron.core.models.gpt import gpt_layer_specs as specs  # lazy: megatron
 
     experts = cfg.num_experts if cfg.num_experts > 0 else None
     if use_transformer_engine(cfg):
@@ -158,7 +159,7 @@ def layer_spec(cfg: ModelConfig) -> Any:
         sub.self_attention.submodules.q_layernorm = ParallelRMSNorm
         sub.self_attention.submodules.k_layernorm = ParallelRMSNorm
     if cfg.attention_backend == "sdpa":
-        from .sdpa_attention import use_sdpa
+        from .sdpa_attention import use_sdpa  # lazy: it subclasses megatron's attention at import
 
         use_sdpa(spec)
     return spec
@@ -166,11 +167,12 @@ def layer_spec(cfg: ModelConfig) -> Any:
 
 def block_spec(cfg: ModelConfig, config: Any, pp_rank: int) -> Any:
     """The decoder block of pipeline stage ``pp_rank``: its layers and the final norm."""
+    # lazy: megatron
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
     spec = layer_spec(cfg)
     if use_transformer_engine(cfg):
-        from megatron.core.extensions.transformer_engine import TENorm
+        from megatron.core.extensions.transformer_engine import TENorm  # lazy: megatron + transformer_engine
 
         norm = TENorm
     else:
@@ -209,13 +211,11 @@ def build_gpt_model(
     stage: first and last.
     Freezes the routers when ``cfg.moe_router_freeze``.
     """
-    from megatron.core.models.gpt import GPTModel
-
-    from pivotrl_nemo.distributed.setup import seed_everything
+    from megatron.core.models.gpt import GPTModel  # lazy: megatron
 
     config = transformer_config(cfg, parallel)
     if pg_collection is None:
-        from megatron.core.process_groups_config import ProcessGroupCollection
+        from megatron.core.process_groups_config import ProcessGroupCollection  # lazy: megatron
 
         pg_collection = ProcessGroupCollection.use_mpu_process_groups()
     tp = pg_collection.tp.size()
@@ -228,8 +228,6 @@ def build_gpt_model(
     post_process = pp.rank() == pp.size() - 1 if post_process is None else post_process
     seed_everything(cfg.seed)
     rotary_base = int(cfg.rotary_base) if float(cfg.rotary_base).is_integer() else cfg.rotary_base
-    from pivotrl_nemo.distributed.cpu_compat import cuda_to_cpu
-
     # cuda_to_cpu: a tied output layer on a later pipeline stage calls .cuda() in the constructor
     with cuda_to_cpu():
         model = GPTModel(

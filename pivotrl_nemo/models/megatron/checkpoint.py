@@ -55,7 +55,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 from pivotrl_nemo.distributed.cpu_compat import cuda_to_cpu
 from pivotrl_nemo.utils.io import atomic_write_json, atomic_write_text
@@ -172,16 +174,13 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
+    """(rank, size) of the default process group the checkpoint is written over; (0, 1) without one."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def _barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
@@ -199,8 +198,7 @@ def layout_of(policy: Any) -> dict[str, Any]:
 
 
 def _rng_state() -> dict[str, Any]:
-    import numpy as np
-    from megatron.core import tensor_parallel
+    from megatron.core import tensor_parallel  # lazy: megatron
 
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
@@ -215,8 +213,7 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-    from megatron.core import tensor_parallel
+    from megatron.core import tensor_parallel  # lazy: megatron
 
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and "cuda" in state:
@@ -228,7 +225,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _rng_object(state: Any) -> Any:
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.dist_checkpointing.mapping import ShardedObject  # lazy: megatron
 
     rank, world = _dist()
     return ShardedObject(_RNG_KEY, state, (world,), (rank,), replica_id=0)
@@ -253,8 +250,8 @@ def _optimizer_leaves(policy: Any, model_sd: dict, is_loading: bool) -> tuple[li
     ``distrib_optim_sharding_type='fully_reshardable'`` picks the reshardable format of megatron's
     DistributedOptimizer (the non-distributed optimizers ignore it).
     """
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedBase
+    from megatron.core.dist_checkpointing.dict_utils import nested_values  # lazy: megatron
+    from megatron.core.dist_checkpointing.mapping import ShardedBase  # lazy: megatron
 
     structs, leaves = [], {}
     metadata = {"distrib_optim_sharding_type": "fully_reshardable"}
@@ -289,7 +286,9 @@ def _optimizer_step(structs: list[dict]) -> Any:
 
 def _use_in_process_write_queue() -> None:
     """Give megatron's synchronous writer an in-process result queue (see the module docstring)."""
-    from megatron.core.dist_checkpointing.strategies import filesystem_async, torch as mcore_torch
+    # lazy: megatron
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron.core.dist_checkpointing.strategies import torch as mcore_torch
 
     if not hasattr(filesystem_async, "_results_queue"):
         raise CheckpointError("megatron-core's filesystem_async has no _results_queue: review "
@@ -378,8 +377,8 @@ def save_checkpoint(policy: Any, root: str | os.PathLike, step: int, extra: dict
     ``config_yaml`` (the resolved run config) is stored with the checkpoint. Saving a step that
     already has a checkpoint replaces it.
     """
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+    from megatron.core import dist_checkpointing  # lazy: megatron
+    from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy  # lazy: megatron
 
     _use_in_process_write_queue()
     retention = retention or Retention()
@@ -452,8 +451,8 @@ def check_compatible(meta: dict[str, Any], model_cfg: Any, vocab_size: int) -> N
 
 
 def _load(request: dict, d: Path) -> dict:
-    from megatron.core import dist_checkpointing
-    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+    from megatron.core import dist_checkpointing  # lazy: megatron
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException; lazy: ~1 s import
 
     try:
         with cuda_to_cpu():
@@ -531,8 +530,8 @@ def _restore_optimizer(policy: Any, structs: list[dict], leaves: dict[str, Any],
                        step: Any) -> None:
     """Put the loaded optimizer entries back where ``_optimizer_leaves`` found them, set Adam's
     step, and hand each sub-optimizer its state dict."""
-    from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
-    from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject, ShardedBase
+    from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace  # lazy: megatron
+    from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject, ShardedBase  # lazy: megatron
 
     slot = {id(leaf): name for name, leaf in leaves.items()}
 

@@ -33,18 +33,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from pivotrl_nemo.distributed.cpu_compat import cuda_to_cpu
+from pivotrl_nemo.models.megatron.batching import TokenBatch, gather_hidden
 from pivotrl_nemo.models.megatron.build import build_gpt_model, router_parameters
+from pivotrl_nemo.models.megatron.checkpoint import load_checkpoint, save_checkpoint
+from pivotrl_nemo.models.megatron.moe_stats import ExpertLoadTracker
 from pivotrl_nemo.utils.logging import get_logger
 
 logger = get_logger(__name__)
+
 
 def default_position_ids(input_ids: torch.Tensor) -> torch.Tensor:
     """``[B, S]`` positions 0..S-1 (right-padded batches: pads only follow valid tokens)."""
@@ -63,7 +68,7 @@ def _hidden_and_weight(*, hidden_states: torch.Tensor, output_layer: Any, output
     """
     weight = output_weight if output_weight is not None else output_layer.weight
     if config is not None and config.sequence_parallel:
-        from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+        from megatron.core.tensor_parallel import gather_from_sequence_parallel_region  # lazy: megatron
 
         hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=False,
                                                              group=output_layer.tp_group)
@@ -116,14 +121,12 @@ class MegatronPolicy:
 
     def _wrap(self, gpt: Any) -> None:
         """Wrap ``gpt`` in megatron DDP and build the optimizer and LR schedule over its trainable params."""
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig  # lazy: megatron
 
         self.gpt = gpt
         self.expert_load = None
         """``moe_stats.ExpertLoadTracker`` when the model has experts and ``moe_log_expert_load``."""
         if self.model_cfg.num_experts > 0 and self.model_cfg.moe_log_expert_load:
-            from .moe_stats import ExpertLoadTracker
-
             self.expert_load = ExpertLoadTracker(gpt, self.model_cfg.num_layers, self.model_cfg.num_experts)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
@@ -163,7 +166,7 @@ class MegatronPolicy:
         self._wrap(gpt)
 
     def _build_optimizer(self) -> Any:
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer  # lazy: megatron
 
         o = self.optim_cfg
         dtype = self.gpt.config.params_dtype
@@ -184,7 +187,7 @@ class MegatronPolicy:
         return get_megatron_optimizer(config, [self.model])
 
     def _build_scheduler(self) -> Any:
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler  # lazy: megatron
 
         o = self.optim_cfg
         return OptimizerParamScheduler(
@@ -258,7 +261,7 @@ class MegatronPolicy:
         """Forward (and backward) every micro-batch through megatron's schedule; gradients
         accumulate in the DDP buffers (call ``zero_grad`` before, ``optimizer_step`` after).
 
-        ``micro_batches`` are ``algorithms.batching.TokenBatch``es (right-padded ``input_ids``,
+        ``micro_batches`` are ``models.megatron.batching.TokenBatch``es (right-padded ``input_ids``,
         ``loss_index`` of the loss positions). ``get_forward_backward_func`` picks 1F1B under
         pipeline parallelism (shapes exchanged per micro-batch: ``variable_seq_lengths``) and a
         plain loop otherwise. Megatron divides each micro-batch's loss by the number of
@@ -266,9 +269,7 @@ class MegatronPolicy:
         valid-token count) is what the gradient sees. Returns ``loss_fn``'s stats per micro-batch
         on the last pipeline stage and ``[]`` on other stages.
         """
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
-        from pivotrl_nemo.algorithms.batching import gather_hidden
+        from megatron.core.pipeline_parallel import get_forward_backward_func  # lazy: megatron
 
         real = len(micro_batches)
         n = self._global_microbatches(real)
@@ -308,8 +309,6 @@ class MegatronPolicy:
         ep = self.gpt.pg_collection.ep
         if ep is None or ep.size() == 1:
             return local
-        import torch.distributed as dist
-
         t = torch.tensor([local], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
@@ -317,8 +316,6 @@ class MegatronPolicy:
     @staticmethod
     def _empty_batch() -> Any:
         """A one-token micro-batch with no loss positions (padding for ``_global_microbatches``)."""
-        from pivotrl_nemo.algorithms.batching import TokenBatch
-
         return TokenBatch(input_ids=torch.zeros(1, 1, dtype=torch.long), loss_index=torch.zeros(0, 2, dtype=torch.long),
                           targets=torch.zeros(0, dtype=torch.long), seq_of_token=torch.zeros(0, dtype=torch.long),
                           lengths=torch.ones(1, dtype=torch.long))
@@ -329,8 +326,6 @@ class MegatronPolicy:
         pp = self.gpt.pg_collection.pp
         if pp.size() == 1:
             return [float(v) for v in values]
-        import torch.distributed as dist
-
         t = torch.tensor([float(v) if self.is_last_stage else 0.0 for v in values], dtype=torch.float64,
                          device="cuda" if dist.get_backend(pp) == "nccl" else "cpu")
         dist.all_reduce(t, group=pp)
@@ -371,7 +366,7 @@ class MegatronPolicy:
         The grad norm is that of the full gradient before clipping (0.0 when clipping is off and
         megatron skips computing it).
         """
-        from megatron.core.distributed import finalize_model_grads
+        from megatron.core.distributed import finalize_model_grads  # lazy: megatron
 
         # DP reduction + the TP sums of sequence-parallel / qk-norm grads + tied-embedding grads
         # across pipeline stages (megatron's own post-backward step)
@@ -409,8 +404,6 @@ class MegatronPolicy:
         best by a metric); ``config_yaml`` is the resolved run config. See
         ``models.megatron.checkpoint`` for the layout and the atomicity.
         """
-        from .checkpoint import save_checkpoint
-
         return save_checkpoint(self, root, self.step_count if step is None else step, extra=extra, metrics=metrics,
                                config_yaml=config_yaml, retention=retention)
 
@@ -418,6 +411,4 @@ class MegatronPolicy:
         """Restore a checkpoint (a step directory, or a root: its latest) saved at any layout;
         returns the ``extra`` dict it was saved with. ``load_optimizer=False`` takes only the
         weights (e.g. pi_0 from the SFT checkpoint): optimizer, schedule, step count and RNG stay."""
-        from .checkpoint import load_checkpoint
-
         return load_checkpoint(self, path, load_optimizer=load_optimizer)

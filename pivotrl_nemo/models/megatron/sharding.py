@@ -60,7 +60,7 @@ def unwrap(model: Any) -> torch.nn.Module:
 def _pg(gpt: torch.nn.Module) -> Any:
     pg = getattr(gpt, "pg_collection", None)
     if pg is None:
-        from megatron.core.process_groups_config import ProcessGroupCollection
+        from megatron.core.process_groups_config import ProcessGroupCollection  # lazy: megatron
 
         pg = ProcessGroupCollection.use_mpu_process_groups()
     return pg

@@ -1,13 +1,13 @@
-"""Hugging Face checkpoints out of and into runs: ``pivotrl export`` and ``pivotrl import``.
+"""Hugging Face checkpoints out of and into runs: the ``pivotrl export`` and ``pivotrl import`` commands.
 
 ``pivotrl export [hydra overrides] export.checkpoint=train|sft export.out=DIR [export.overwrite=true]``
 writes a run's megatron checkpoint (the latest step of ``<run_dir>/<checkpoint>/checkpoint``) as a Hugging
-Face folder (``models.megatron.hf_export.export_hf``): safetensors, config.json,
+Face folder (``models.megatron.hf.exporter.export_hf``): safetensors, config.json,
 generation_config.json and the run's tokenizer. ``export.*`` keys are this command's own; the
 rest are the usual overrides that resolve ``run_dir`` and the tokenizer.
 
 ``pivotrl import hf_dir=HF_FOLDER out=CHECKPOINT_DIR [overwrite=true] [overrides]`` reads the HF
-config (``hf_import.model_config_from_hf``), builds the megatron policy at the requested layout
+config (``hf.importer.model_config_from_hf``), builds the megatron policy at the requested layout
 (``parallel.*`` overrides, under torchrun), loads the safetensors into it (each rank reads only
 its shards) and writes ``MegatronPolicy.save(out)``. It prints the derived model config and the
 ``model.*`` overrides that train on the checkpoint (e.g. import to ``<run_dir>/sft/checkpoint``
@@ -16,11 +16,20 @@ to start the RL stages from it).
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from pivotrl_nemo.utils.logging import get_logger
+from omegaconf import OmegaConf
+
+from pivotrl_nemo.config import ConfigError, load_config
+from pivotrl_nemo.config.schema import ModelConfig
+from pivotrl_nemo.distributed import env
+from pivotrl_nemo.pipeline.layout import RunLayout
+from pivotrl_nemo.pipeline.runtime import Runtime, padded_vocab_size
+from pivotrl_nemo.pipeline.stage import command
+from pivotrl_nemo.utils.logging import configure_logging, get_logger
 
 logger = get_logger(__name__)
 
@@ -35,16 +44,15 @@ def export_stage(cfg: Any, run_dir: str | Path, which: str, out: str | Path, ove
     Runs at the layout this process runs (``Runtime.parallel``: ``cfg.parallel`` among several
     ranks; every rank calls it, rank 0 writes); the dist checkpoint reshards on load.
     """
-    from pivotrl_nemo.config.schema import ModelConfig
+    # lazy: megatron and torch.distributed
     from pivotrl_nemo.distributed.setup import init_distributed
     from pivotrl_nemo.models.megatron.build import build_gpt_model
     from pivotrl_nemo.models.megatron.checkpoint import load_model_weights, read_meta
-    from pivotrl_nemo.models.megatron.hf_export import export_hf
-    from pivotrl_nemo.runtime import Runtime
+    from pivotrl_nemo.models.megatron.hf.exporter import export_hf
 
     if which not in CHECKPOINTS:
         raise ValueError(f"export.checkpoint={which!r}; use one of {', '.join(CHECKPOINTS)}")
-    root = Path(run_dir) / which / "checkpoint"
+    root = RunLayout.of(run_dir).checkpoint(which)
     try:
         meta = read_meta(root)
     except FileNotFoundError:
@@ -64,9 +72,6 @@ def export_stage(cfg: Any, run_dir: str | Path, which: str, out: str | Path, ove
 
 def _config_or_none(overrides: list[str]) -> Any:
     """The run config with logging set up, or None after printing the config error."""
-    from pivotrl_nemo.config import ConfigError, load_config
-    from pivotrl_nemo.utils.logging import configure_logging
-
     try:
         cfg = load_config(overrides)
     except ConfigError as e:
@@ -100,6 +105,8 @@ def split_export_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
     return _split_args(args, lambda k: k[len("export."):] if k.startswith("export.") else None)
 
 
+@command("export", usage="pivotrl export [overrides] export.checkpoint=train|sft export.out=DIR [export.overwrite=true]",
+         help="write a run's sft or train checkpoint as a Hugging Face folder (safetensors, config, tokenizer)")
 def export_main(args: list[str]) -> int:
     """The ``pivotrl export`` command: returns the exit code."""
     own, rest = split_export_args(args)
@@ -138,8 +145,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 def _hydra_value(v: Any) -> str:
     """A value as a Hydra command-line override writes it (quoted when it needs to be)."""
-    import re
-
     if isinstance(v, bool):
         return "true" if v else "false"
     s = repr(v) if isinstance(v, float) else str(v)
@@ -167,12 +172,12 @@ def import_stage(cfg: Any, hf_dir: str | Path, out: str | Path, overwrite: bool 
     in ``out``, built from ``cfg.model`` at the layout this process runs (``Runtime.parallel``:
     ``cfg.parallel`` among several ranks). Every rank calls it. Returns a summary (vocab size,
     layout, tensors loaded on this rank)."""
+    # lazy: transformers, megatron and torch.distributed
     from transformers import AutoConfig
 
     from pivotrl_nemo.distributed.setup import init_distributed
-    from pivotrl_nemo.models.megatron.hf_import import HFImportError, load_hf_checkpoint_into
+    from pivotrl_nemo.models.megatron.hf.importer import HFImportError, load_hf_checkpoint_into
     from pivotrl_nemo.models.megatron.policy import MegatronPolicy
-    from pivotrl_nemo.runtime import Runtime
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -191,13 +196,14 @@ def import_stage(cfg: Any, hf_dir: str | Path, out: str | Path, overwrite: bool 
     return {"vocab_size": vocab, "parallel": parallel, "tensors": n}
 
 
+@command("import", usage=IMPORT_USAGE.strip(),
+         help="convert a Hugging Face checkpoint (Llama, Qwen3, Qwen3-MoE) into a megatron checkpoint")
 def import_main(args: list[str]) -> int:
     """The ``pivotrl import`` command: returns the exit code. Prints the model config it derived
     from the HF config and the Hydra overrides that train on the imported checkpoint."""
-    from omegaconf import OmegaConf
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: transformers
 
-    from pivotrl_nemo.models.megatron.hf_import import HFImportError, model_config_from_hf
+    from pivotrl_nemo.models.megatron.hf.importer import HFImportError, model_config_from_hf
 
     own, rest = split_import_args(args)
     if "hf_dir" not in own or "out" not in own:
@@ -226,7 +232,7 @@ def import_main(args: list[str]) -> int:
     p = summary["parallel"]
     logger.info("derived model config: %s", {k: getattr(cfg.model, k) for k in ARCH_KEYS})
     logger.info("train on it with: %s", line)
-    if _rank() == 0:
+    if env.rank() == 0:
         sys.stdout.write(
             f"imported {hf_dir} ({hf_config.model_type}, vocab {summary['vocab_size']}) -> {own['out']} "
             f"[TP={p.tensor_model_parallel_size} PP={p.pipeline_model_parallel_size} "
@@ -238,12 +244,6 @@ def import_main(args: list[str]) -> int:
     return 0
 
 
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
 def _warn_vocab(tokenizer_dir: str | None, vocab: int) -> None:
     """Tell the user when the run's vocabulary (the tokenizer's, padded) will differ from the
     checkpoint's: ``MegatronPolicy.load`` refuses a vocab_size mismatch."""
@@ -251,8 +251,7 @@ def _warn_vocab(tokenizer_dir: str | None, vocab: int) -> None:
         sys.stdout.write("note: no tokenizer files in the HF folder; set model.tokenizer to the one it was trained "
                          f"with (the run's padded vocabulary must be {vocab})\n")
         return
-    from pivotrl_nemo.data.tokenizer import load_tokenizer
-    from pivotrl_nemo.runtime import padded_vocab_size
+    from pivotrl_nemo.data.tokenizer import load_tokenizer  # lazy: transformers
 
     run_vocab = padded_vocab_size(len(load_tokenizer(tokenizer_dir)))
     if run_vocab != vocab:

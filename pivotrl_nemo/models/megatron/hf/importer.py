@@ -1,6 +1,6 @@
 """Hugging Face checkpoints -> megatron-core ``GPTModel`` (``models.megatron.build``), any layout.
 
-The inverse of ``weight_sync.hf_mapping.megatron_to_hf`` for the three families the policy can
+The inverse of ``hf.mapping.megatron_to_hf`` for the three families the policy can
 express: Llama (e.g. SmolLM2: no qk layernorm, usually tied embeddings), Qwen3 (dense, qk
 layernorm) and Qwen3-MoE (qk layernorm, softmax top-k routing with ``norm_topk_prob=True``).
 
@@ -18,7 +18,7 @@ layernorm) and Qwen3-MoE (qk layernorm, softmax top-k routing with ``norm_topk_p
 * ``load_hf_checkpoint_into(model, hf_dir, cfg)`` / ``import_hf_checkpoint(hf_dir, ...)``: from a
   checkpoint folder; every rank calls them, and a failure on any rank raises on all of them.
 
-Megatron names are classified by ``hf_mapping.megatron_tensor_kind`` (local spec, and the
+Megatron names are classified by ``hf.mapping.megatron_tensor_kind`` (local spec, and the
 Transformer Engine spec's fused-norm names, which the CPU tests cannot exercise).
 """
 
@@ -30,8 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from safetensors import safe_open
 
 from pivotrl_nemo.config.schema import ModelConfig
+from pivotrl_nemo.models.megatron.build import build_gpt_model
+from pivotrl_nemo.models.megatron.hf.mapping import hf_layer_prefix, hf_name_of, megatron_tensor_kind
+from pivotrl_nemo.models.megatron.sharding import load_full_state, shards, unwrap
 from pivotrl_nemo.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -131,8 +136,6 @@ class SafetensorsState(Mapping):
     """
 
     def __init__(self, hf_dir: str | Path, device: str = "cpu") -> None:
-        from safetensors import safe_open
-
         self.hf_dir = Path(hf_dir)
         self.device = device
         index = self.hf_dir / "model.safetensors.index.json"
@@ -232,8 +235,6 @@ class HFSource:
     def keys_for(self, global_name: str) -> list[str]:
         """The HF keys ``self(global_name)`` reads. Raises ``HFImportError`` for a megatron name
         with no HF counterpart."""
-        from pivotrl_nemo.weight_sync.hf_mapping import hf_layer_prefix, hf_name_of, megatron_tensor_kind
-
         try:
             kind = megatron_tensor_kind(global_name)
         except ValueError as e:
@@ -272,8 +273,6 @@ class HFSource:
 
     def __call__(self, global_name: str) -> torch.Tensor:
         """The full megatron tensor ``global_name`` (``sharding`` global naming)."""
-        from pivotrl_nemo.weight_sync.hf_mapping import megatron_tensor_kind
-
         keys = self.keys_for(global_name)
         kind = megatron_tensor_kind(global_name)
         if kind.kind == "qkv":
@@ -288,8 +287,6 @@ class HFSource:
 def _local_global_names(gpt: Any) -> list[str]:
     """The global names this rank's parameters need (a tied output layer on a last stage without
     the embedding reads the embedding)."""
-    from .sharding import shards
-
     names = [s.global_name for s in shards(gpt)]
     if getattr(gpt, "share_embeddings_and_output_weights", False) and gpt.post_process and not gpt.pre_process:
         names.append("embedding.word_embeddings.weight")
@@ -308,8 +305,6 @@ def load_hf_into_megatron(model: Any, state: Mapping[str, torch.Tensor], cfg: Mo
     cannot find, the megatron parameters they leave unset, and mis-shaped tensors. Returns how
     many local tensors were set.
     """
-    from .sharding import load_full_state, unwrap
-
     gpt = unwrap(model)
     source = HFSource(state, cfg)
     problems: list[str] = []
@@ -343,8 +338,6 @@ def load_hf_into_megatron(model: Any, state: Mapping[str, torch.Tensor], cfg: Mo
 
 def _agree_on_failure(error: BaseException | None) -> None:
     """Raise on every rank if any rank failed (so no rank is left waiting in a collective)."""
-    import torch.distributed as dist
-
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         if error is not None:
             raise error
@@ -385,9 +378,7 @@ def import_hf_checkpoint(
     its own shards (``parallel``: the layout, default single rank). ``vocab_size`` defaults to
     the checkpoint's. Returns ``(ModelConfig, GPTModel)``.
     """
-    from transformers import AutoConfig
-
-    from .build import build_gpt_model
+    from transformers import AutoConfig  # lazy: transformers takes ~1 s to import
 
     hf_dir = Path(hf_dir)
     hf_config = AutoConfig.from_pretrained(str(hf_dir), local_files_only=True)

@@ -1,5 +1,8 @@
 """Packing prompt + action token sequences into right-padded batches with loss masks.
 
+The micro-batch format of ``MegatronPolicy.forward_backward`` (which gathers the hidden states
+at the loss positions with ``gather_hidden``); the SFT and GRPO steps build these batches.
+
 Position t of a sequence predicts token t+1, so the loss positions of an action occupying
 tokens [p, L) are t in [p-1, L-2]. Only those positions are gathered before the lm head: a
 batch never materialises [batch x seq x vocab] logits.

@@ -1,4 +1,8 @@
-"""megatron-core GPTModel (``models.megatron.build``) -> Hugging Face Llama / Qwen3 / Qwen3-MoE tensors.
+"""The megatron <-> Hugging Face name mapping: GPTModel (``models.megatron.build``) and its HF twin.
+
+The one table of names and tensor families shared by the importer (``hf.importer``), the
+exporter (``hf.exporter``), weight sync (``weight_sync``) and the in-process rollout engine
+(``rollout.hf``). Llama / Qwen3 / Qwen3-MoE.
 
 ``hf_config_for`` gives the ``transformers`` config of the twin model that computes the same
 function as ``build_gpt_model(cfg, vocab_size)``; ``megatron_to_hf`` yields the twin's tensors by
@@ -15,12 +19,15 @@ buffered until all of them have arrived, then emitted as the two fused tensors. 
 the world must drain the generator (export, weight sync).
 
 ``megatron_tensor_kind`` is the one table of megatron names, shared with the importer
-(``models.megatron.hf_import``). It also accepts the Transformer Engine spec's names where they
+(``hf.importer``). It also accepts the Transformer Engine spec's names where they
 differ from the local spec: ``self_attention.linear_qkv.layer_norm_weight`` (input layernorm
 fused into the QKV projection) and ``mlp.linear_fc1.layer_norm_weight`` (the pre-MLP norm fused
 into a dense layer's fc1). Those aliases follow megatron-core 0.19's TE layer spec but are not
 exercised by the CPU tests (no Transformer Engine there); TE's grouped-GEMM experts
 (``experts.linear_fc1.weight{i}``) and the TE op-fuser names are not mapped.
+
+``load_named_tensors_into`` copies such an HF-named stream into a live HF model (the rollout
+engine's twin, the exporter's), strictly: every parameter exactly once (``WeightLoadError``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from typing import Any
 import torch
 
 from pivotrl_nemo.config.schema import ModelConfig
-
+from pivotrl_nemo.models.megatron.build import params_dtype
+from pivotrl_nemo.models.megatron.sharding import iter_full_state
 
 # --------------------------------------------------------------------------- config
 
@@ -47,7 +55,7 @@ def hf_config_for(
 ) -> Any:
     """The ``transformers`` config of the HF twin: ``Qwen3MoeConfig``, or ``Qwen3Config`` when dense,
     or ``LlamaConfig`` (dense, ``cfg.qk_layernorm=False``, e.g. an imported SmolLM2)."""
-    from transformers import Qwen3Config, Qwen3MoeConfig
+    from transformers import Qwen3Config, Qwen3MoeConfig  # lazy: transformers takes ~1 s to import
 
     common = dict(
         vocab_size=vocab_size,
@@ -72,7 +80,7 @@ def hf_config_for(
     if not cfg.qk_layernorm:
         if cfg.num_experts > 0:
             raise NotImplementedError("an MoE model without qk layernorm has no HF twin here (Qwen3-MoE has qk norms)")
-        from transformers import LlamaConfig
+        from transformers import LlamaConfig  # lazy: transformers
 
         common.pop("use_sliding_window")
         return LlamaConfig(intermediate_size=cfg.ffn_hidden_size, mlp_bias=False, **common)
@@ -98,9 +106,7 @@ def build_hf_model(cfg: ModelConfig, vocab_size: int, tokenizer: Any = None) -> 
     Its weights are random until the first ``load_named_tensors_into`` / weight sync. Token ids
     (bos/eos/pad) come from ``tokenizer`` when given. On the GPU when CUDA is available.
     """
-    from transformers import AutoModelForCausalLM
-
-    from pivotrl_nemo.models.megatron.build import params_dtype
+    from transformers import AutoModelForCausalLM  # lazy: transformers
 
     ids: dict[str, Any] = {}
     if tokenizer is not None:
@@ -311,6 +317,50 @@ def megatron_to_hf(model: Any, cfg: ModelConfig) -> Iterator[tuple[str, torch.Te
     step if they must outlive it. Accepts a ``MegatronPolicy``, the bare GPTModel or a
     DDP/Float16Module wrapper. Tied embeddings yield only ``model.embed_tokens.weight``.
     """
-    from pivotrl_nemo.models.megatron.sharding import iter_full_state
-
     yield from hf_from_megatron_stream(iter_full_state(model), cfg)
+
+
+# --------------------------------------------------------------------------- loading into an HF model
+
+
+class WeightLoadError(ValueError):
+    """The named tensors do not cover the target model's parameters exactly once."""
+
+
+@torch.no_grad()
+def load_named_tensors_into(model: torch.nn.Module, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+    """Copy HF-named tensors into ``model``'s parameters in place; returns how many were copied.
+
+    Every parameter of ``model`` (``named_parameters()``, tied weights once) must be covered
+    exactly once, with the same shape; values are cast to the parameter's dtype and device.
+    Raises ``WeightLoadError`` naming the missing, unexpected, duplicated or mis-shaped keys.
+    Tensors are copied as they stream in, so after an error the model is partly updated and must
+    be reloaded before use.
+    """
+    params = dict(model.named_parameters())
+    seen: set[str] = set()
+    unexpected: list[str] = []
+    duplicated: list[str] = []
+    mis_shaped: list[str] = []
+    for name, tensor in named_tensors:
+        param = params.get(name)
+        if param is None:
+            unexpected.append(name)
+            continue
+        if name in seen:
+            duplicated.append(name)
+            continue
+        seen.add(name)
+        if tuple(param.shape) != tuple(tensor.shape):
+            mis_shaped.append(f"{name}: got {tuple(tensor.shape)}, expected {tuple(param.shape)}")
+            continue
+        param.copy_(tensor)
+    missing = sorted(set(params) - seen)
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected),
+                        ("duplicated", duplicated), ("mis-shaped", mis_shaped)):
+        if keys:
+            problems.append(f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
+    if problems:
+        raise WeightLoadError(f"weight load into {type(model).__name__} failed: " + "; ".join(problems))
+    return len(seen)

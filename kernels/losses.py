@@ -1,7 +1,9 @@
-"""Token-level clipped policy-gradient loss, as readable named steps.
+"""Token-level clipped policy-gradient loss, as readable named steps (torch only).
 
-This is the reference the fused Triton kernel (``pivotrl_nemo.kernels``) is tested against,
-and the CPU default. All math is in fp32 whatever the input dtype.
+The readable reference of the fused path: ``reference`` (the vocab-parallel torch head) and
+``fused_pg_loss`` compute their log-probs blockwise and then apply ``clipped_pg_loss`` from here,
+the Triton kernel is tested against these steps, and the training step (``algorithms.grpo_step``)
+calls ``clipped_pg_loss`` on the head's log-probs. All math is in fp32 whatever the input dtype.
 
 Normalisation contract: the loss of a micro-batch is ``sum(per_token_loss * mask) /
 global_valid_tokens``, where ``global_valid_tokens`` counts the mask over the *whole global
@@ -14,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 
 # ----- log-probs from logits (the unfused path) ------------------------------------------------
 

@@ -3,7 +3,7 @@
 ``export_hf(policy_or_model, cfg, tokenizer, out_dir)`` writes ``model.safetensors`` (sharded by
 transformers when large), ``config.json``, ``generation_config.json`` and the tokenizer files.
 
-The tensors come from ``weight_sync.hf_mapping.megatron_to_hf``, the same stream that feeds
+The tensors come from ``hf.mapping.megatron_to_hf``, the same stream that feeds
 weight sync (``sharding.iter_full_state``: full tensors on every rank, whatever the TP / PP / EP
 layout), so an exported checkpoint and a synced rollout engine hold the same weights. Its names
 are transformers' *in-memory* ones (Qwen3-MoE: fused 3-D experts); rather than re-implementing
@@ -30,21 +30,21 @@ from typing import Any
 import torch.distributed as dist
 
 from pivotrl_nemo.config.schema import ModelConfig
+from pivotrl_nemo.models.megatron.build import params_dtype
+from pivotrl_nemo.models.megatron.hf.mapping import hf_config_for, load_named_tensors_into, megatron_to_hf
+from pivotrl_nemo.models.megatron.sharding import unwrap
 from pivotrl_nemo.utils.logging import get_logger
-from pivotrl_nemo.weight_sync.hf_mapping import hf_config_for, megatron_to_hf
 
 logger = get_logger(__name__)
 
 
 def _vocab_size(policy_or_model: Any) -> int:
     """The full (unsharded) vocabulary of the model, on any pipeline stage."""
-    from .sharding import unwrap
-
     return int(unwrap(policy_or_model).vocab_size)
 
 
 def _world() -> tuple[int, int]:
-    """(global rank, world size); (0, 1) without torch.distributed."""
+    """(rank, size) of the default process group the export's collectives run over; (0, 1) without one."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -73,10 +73,7 @@ def hf_model_from_megatron(policy_or_model: Any, cfg: ModelConfig, tokenizer: An
         for _ in megatron_to_hf(policy_or_model, cfg):
             pass
         return None
-    from transformers import AutoModelForCausalLM
-
-    from pivotrl_nemo.models.megatron.build import params_dtype
-    from pivotrl_nemo.weight_sync.base import load_named_tensors_into
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes ~1 s to import
 
     ids: dict[str, Any] = {}
     if tokenizer is not None:
@@ -89,7 +86,7 @@ def hf_model_from_megatron(policy_or_model: Any, cfg: ModelConfig, tokenizer: An
     n = load_named_tensors_into(hf, ((k, v.detach().cpu()) for k, v in megatron_to_hf(policy_or_model, cfg)))
     logger.debug("loaded %d tensors into the HF twin for export", n)
     if tokenizer is not None:
-        from pivotrl_nemo.data.tokenizer import end_of_turn_token_ids
+        from pivotrl_nemo.data.tokenizer import end_of_turn_token_ids  # lazy: it imports transformers
 
         stops = end_of_turn_token_ids(tokenizer)
         if stops:

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .metrics import read_metrics
+from pivotrl_nemo.config import PivotRLConfig
+from pivotrl_nemo.pipeline.layout import RunLayout
+from pivotrl_nemo.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pivotrl_nemo.utils.metrics import read_metrics
 
 
 def _save_fig(fig, path: Path) -> None:
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: a second of start-up that only plotting stages pay
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -80,12 +81,13 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def write_report(cfg, run_dir: Path, stage_seconds: dict[str, float]) -> dict:
-    res = _read(run_dir / "eval" / "results.json")
-    filt = _read(run_dir / "filter_summary.json")
-    markers = {p.stem: _read(p) for p in (run_dir / ".stages").glob("*.json")}
-    train_rows = read_metrics(run_dir / "train" / "metrics.jsonl")
-    plots = run_dir / "plots"
+def write_report(cfg: PivotRLConfig, layout: RunLayout, stage_seconds: dict[str, float]) -> dict:
+    """Write report.json and report.md (with plots) from the run's outputs; returns report.json."""
+    res = _read(layout.eval_results)
+    filt = _read(layout.filter_summary)
+    markers = {p.stem: _read(p) for p in layout.markers.glob("*.json")}
+    train_rows = read_metrics(layout.train_dir / "metrics.jsonl")
+    plots = layout.plots
     if train_rows:
         plot_reward_curve(train_rows, plots / "reward_curve.png")
     if res:
@@ -111,8 +113,8 @@ def write_report(cfg, run_dir: Path, stage_seconds: dict[str, float]) -> dict:
         "wall_seconds": round(sum(stage_seconds.values()), 1),
         "stages": stage_seconds,
     }
-    atomic_write_json(run_dir / "report.json", rep)
-    atomic_write_text(run_dir / "report.md", _markdown(cfg, rep, filt, markers))
+    atomic_write_json(layout.report_json, rep)
+    atomic_write_text(layout.report_md, _markdown(cfg, rep, filt, markers))
     return rep
 
 
@@ -172,7 +174,7 @@ def _markdown(cfg, rep: dict, filt: dict, markers: dict) -> str:
         f"KL {cfg.algorithm.kl_coef}; lr {cfg.algorithm.optim.lr}",
         f"- batch reward: first 5 steps {_fmt(rep['train_reward_first5'])}, last 5 steps {_fmt(rep['train_reward_last5'])}",
         "- per-step metrics: `train/metrics.jsonl` and TensorBoard (`tensorboard --logdir "
-        f"{cfg.run_dir}/train/tensorboard`)",
+        f"{RunLayout.of(cfg.run_dir).train_dir / 'tensorboard'}`)",
         "",
         "![reward curve](plots/reward_curve.png)",
         "",

@@ -1,0 +1,34 @@
+"""The ``bfcl`` domain: BFCL v4 multi-turn entries executed on their real backends.
+
+Lifecycle (``domains.base``): the ``build`` stage constructs ``BfclDomain(cfg.data)`` and calls
+``trajectories()`` once (``build.build_bfcl_trajectories`` over ``data.bfcl_categories``, capped
+by ``data.max_trajectories``); pivot rows are then judged by the ``bfcl_state`` verifier. Whole
+episodes (end-to-end RL, episode-level evaluation) run in a ``BfclEnvironment`` from
+``environment()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pivotrl_nemo.config.schema import DataConfig
+from pivotrl_nemo.domains.bfcl.build import build_bfcl_trajectories
+from pivotrl_nemo.domains.bfcl.environment import BfclEnvironment
+
+
+class BfclDomain:
+    """BFCL v4 multi-turn trajectories (``data.source='bfcl'``)."""
+
+    default_verifier = "bfcl_state"
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.cfg = cfg
+
+    def trajectories(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The built trajectories; entries BFCL cannot give us are logged by the builder, not counted
+        as invalid rows (``skipped_invalid`` is about malformed input rows, which BFCL has none of)."""
+        return build_bfcl_trajectories(self.cfg.bfcl_categories, self.cfg.max_trajectories), {"skipped_invalid": 0}
+
+    def environment(self) -> BfclEnvironment:
+        """A fresh environment; ``reset`` it with one of the trajectories."""
+        return BfclEnvironment()

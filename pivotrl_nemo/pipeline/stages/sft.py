@@ -1,0 +1,56 @@
+"""``sft``: pi_0, supervised fine-tuning of a fresh (or imported) policy on the 'sft' split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pivotrl_nemo.config import to_yaml
+from pivotrl_nemo.data.actions import render_action
+from pivotrl_nemo.data.pivot_row import PivotRow
+from pivotrl_nemo.pipeline.candidates import candidates_by_split
+from pivotrl_nemo.pipeline.stage import StageContext, stage
+from pivotrl_nemo.rollout.chat import render_training_example
+from pivotrl_nemo.utils.logging import get_logger
+from pivotrl_nemo.utils.metrics import MetricsWriter
+
+log = get_logger(__name__)
+
+
+def sft_examples(ctx: StageContext, rows: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, action ids + end-of-turn) of each row's expert action."""
+    rt = ctx.runtime
+    out = []
+    for r in rows:
+        action = render_action(PivotRow.of(r).expected)
+        ids, mask = render_training_example(r, action, rt.tokenizer, ctx.cfg.data)
+        start = mask.index(1)  # the mask is 1 exactly on the action and its end-of-turn token
+        out.append((ids[:start], ids[start:]))
+    return out
+
+
+@stage("sft", upstream=("build",), sections=lambda c: [c.model, c.sft, c.data, c.seed], state_dirs=("sft",),
+       help="pi_0: cross-entropy on the sft split's expert actions")
+def sft(ctx: StageContext) -> dict[str, Any]:
+    """pi_0: supervised fine-tuning of a fresh policy on the 'sft' split's expert actions."""
+    from pivotrl_nemo.algorithms.sft import action_nll, train_sft  # lazy: torch, megatron
+    from pivotrl_nemo.models.megatron.checkpoint import Retention
+
+    cfg, rt = ctx.cfg, ctx.runtime
+    cands = candidates_by_split(ctx)
+    train_ex = sft_examples(ctx, cands["sft"])
+    policy = rt.new_policy(cfg.sft.optim, total_steps=max(cfg.sft.steps, 1), freeze_router=False)
+    if cfg.model.init_checkpoint:
+        policy.load(cfg.model.init_checkpoint, load_optimizer=False)
+        log.info("sft: starting from %s", cfg.model.init_checkpoint)
+    last: dict[str, Any] = {}
+    if cfg.sft.steps > 0:
+        with MetricsWriter(ctx.layout.sft_dir) as mw:
+            last = train_sft(policy, train_ex, cfg.sft, rt.pad_id, mw, impl=cfg.loss.impl,
+                             micro_batch_size=cfg.algorithm.micro_batch_size)
+    held = cands.get("val") or cands.get("rl") or []
+    nll = action_nll(policy, sft_examples(ctx, held[:64]), rt.pad_id) if held else None
+    # pi_0: one dist checkpoint (weights, optimizer, config); a re-run replaces it
+    policy.save(ctx.layout.sft_checkpoint, policy.step_count, metrics=last, config_yaml=to_yaml(cfg),
+                retention=Retention(keep_last=1))
+    return {"examples": len(train_ex), "final_loss": last.get("sft/loss"), "heldout_action_nll": nll,
+            "init_checkpoint": cfg.model.init_checkpoint}
