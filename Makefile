@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEPS := pyproject.toml setup.py constraints.txt requirements-nodeps.txt
 
-.PHONY: venv demo test test-dist test-slurm clean
+.PHONY: venv demo test lint test-dist test-slurm clean
 
 $(STAMP): $(DEPS)
 	@if [ -z "$(PYTHON312)" ]; then echo "error: Python 3.12 not found (megatron-core 0.19 needs it); set PYTHON312=/path/to/python3.12" >&2; exit 1; fi
@@ -22,7 +22,13 @@ venv: $(STAMP)
 demo: venv
 	$(VENV)/bin/pivotrl run experiment=quickstart
 
-test: venv
+# Lint, format and type checks first: seconds, and CI enforces them through this target.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 test-slurm: venv

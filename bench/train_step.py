@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     actions = [torch.randint(0, args.vocab, (args.action,), generator=g).tolist() for _ in range(args.batch)]
     dp = current_dp()
     mine = dp.shard(list(range(args.batch)))
-    batches = [make_batch([prompts[mine[i]] for i in mb], [actions[mine[i]] for i in mb], 0)
-               for mb in chunks(len(mine), args.micro_batch)]
+    batches = [
+        make_batch([prompts[mine[i]] for i in mb], [actions[mine[i]] for i in mb], 0)
+        for mb in chunks(len(mine), args.micro_batch)
+    ]
     total = args.batch * args.action
 
     def loss_fn(i, b, hidden, weight):
@@ -78,17 +80,28 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(f"step {it}: {dt:.3f} s\n")
     med = statistics.median(times)
     tokens = args.batch * (args.seq + args.action)
-    peak = (torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     p = policy.parallel
-    layout = (f"TP{p.tensor_model_parallel_size} PP{p.pipeline_model_parallel_size} EP{p.expert_model_parallel_size}"
-              f"{' SP' if p.sequence_parallel else ''} DP{dp.size}")
+    layout = (
+        f"TP{p.tensor_model_parallel_size} PP{p.pipeline_model_parallel_size} EP{p.expert_model_parallel_size}"
+        f"{' SP' if p.sequence_parallel else ''} DP{dp.size}"
+    )
     if not main_rank:
         return 0
-    sys.stdout.write(f"{device} | {layout} | seq {args.seq} batch {args.batch} vocab {args.vocab} "
-                     f"attention {args.attention} impl {args.impl} | median {med:.3f} s/step, {tokens / med:,.0f} tokens/s, peak {peak:.2f} GiB "
-                     f"({'GPU allocated' if torch.cuda.is_available() else 'process max RSS'})\n")
+    sys.stdout.write(
+        f"{device} | {layout} | seq {args.seq} batch {args.batch} vocab {args.vocab} "
+        f"attention {args.attention} impl {args.impl} | median {med:.3f} s/step, {tokens / med:,.0f} tokens/s, peak {peak:.2f} GiB "
+        f"({'GPU allocated' if torch.cuda.is_available() else 'process max RSS'})\n"
+    )
     return 0
 
 

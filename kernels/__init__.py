@@ -34,8 +34,17 @@ from .triton_logprobs import (
 IMPLS = ("triton", "torch")
 
 __all__ = [
-    "GPU_CONFIG", "IMPLS", "INTERPRETER_CONFIG", "KernelConfig", "LossOutput", "clipped_pg_loss",
-    "fused_logprobs_no_grad", "fused_pg_loss", "fused_token_logprobs", "losses", "masked_mean",
+    "GPU_CONFIG",
+    "IMPLS",
+    "INTERPRETER_CONFIG",
+    "KernelConfig",
+    "LossOutput",
+    "clipped_pg_loss",
+    "fused_logprobs_no_grad",
+    "fused_pg_loss",
+    "fused_token_logprobs",
+    "losses",
+    "masked_mean",
     "triton_unavailable_reason",
 ]
 
@@ -110,8 +119,15 @@ def fused_pg_loss(
     """
     logprobs, entropy = fused_token_logprobs(hidden, weight, targets, temperature, tp_group, impl, config)
     out = clipped_pg_loss(
-        logprobs, old_logprobs, advantages, mask, global_valid_tokens,
-        clip_low=clip_low, clip_high=clip_high, kl_coef=kl_coef, ref_logprobs=ref_logprobs,
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        global_valid_tokens,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        kl_coef=kl_coef,
+        ref_logprobs=ref_logprobs,
     )
     return out, logprobs, entropy
 

@@ -11,11 +11,27 @@ from triton.runtime.interpreter import InterpretedFunction
 
 @triton.jit
 def lse_partials_kernel(
-    h_ptr, w_ptr, t_ptr, part_ptr,
-    N, V, H, vocab_start, inv_temp, stride_hn, stride_wv,
-    num_splits, split_size, num_row_blocks, plane,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_R: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    h_ptr,
+    w_ptr,
+    t_ptr,
+    part_ptr,
+    N,
+    V,
+    H,
+    vocab_start,
+    inv_temp,
+    stride_hn,
+    stride_wv,
+    num_splits,
+    split_size,
+    num_row_blocks,
+    plane,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_R: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # Program -> (row block, split): groups of GROUP_R row blocks, split-major within a group.
     pid = tl.program_id(0)
@@ -44,10 +60,12 @@ def lse_partials_kernel(
         for k0 in range(0, H, BLOCK_K):
             ks = k0 + offs_k
             k_ok = ks < H
-            hb = tl.load(h_ptr + rows[:, None] * stride_hn + ks[None, :],
-                         mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            wb = tl.load(w_ptr + cols[:, None] * stride_wv + ks[None, :],
-                         mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            hb = tl.load(
+                h_ptr + rows[:, None] * stride_hn + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
+            )
+            wb = tl.load(
+                w_ptr + cols[:, None] * stride_wv + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0
+            )
             if UPCAST:
                 hb = hb.to(tl.float32)
                 wb = wb.to(tl.float32)
@@ -74,11 +92,32 @@ def lse_partials_kernel(
 
 @triton.jit
 def dlogits_kernel(
-    h_ptr, w_ptr, t_ptr, lse_ptr, g_ptr, gent_ptr, ent_ptr, out_ptr,
-    N, H, vocab_start, chunk_start, chunk_len, inv_temp, stride_hn, stride_wv, stride_on,
-    num_col_blocks, num_row_blocks,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_R: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_LP_GRAD: tl.constexpr,
+    h_ptr,
+    w_ptr,
+    t_ptr,
+    lse_ptr,
+    g_ptr,
+    gent_ptr,
+    ent_ptr,
+    out_ptr,
+    N,
+    H,
+    vocab_start,
+    chunk_start,
+    chunk_len,
+    inv_temp,
+    stride_hn,
+    stride_wv,
+    stride_on,
+    num_col_blocks,
+    num_row_blocks,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_R: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    HAS_LP_GRAD: tl.constexpr,
     HAS_ENT_GRAD: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -100,10 +139,8 @@ def dlogits_kernel(
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + offs_k
         k_ok = ks < H
-        hb = tl.load(h_ptr + rows[:, None] * stride_hn + ks[None, :],
-                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        wb = tl.load(w_ptr + cols[:, None] * stride_wv + ks[None, :],
-                     mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        hb = tl.load(h_ptr + rows[:, None] * stride_hn + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        wb = tl.load(w_ptr + cols[:, None] * stride_wv + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         if UPCAST:
             hb = hb.to(tl.float32)
             wb = wb.to(tl.float32)
@@ -123,8 +160,11 @@ def dlogits_kernel(
         ent = tl.load(ent_ptr + rows, mask=row_ok, other=0.0)
         grad -= ge[:, None] * p * (logp + ent[:, None])
     grad = tl.where(row_ok[:, None] & col_ok[None, :], grad * inv_temp, 0.0)
-    tl.store(out_ptr + rows[:, None] * stride_on + ccols[None, :], grad.to(out_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(
+        out_ptr + rows[:, None] * stride_on + ccols[None, :],
+        grad.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & col_ok[None, :],
+    )
 
 
 KERNELS_INTERPRETED = isinstance(lse_partials_kernel, InterpretedFunction)

@@ -23,9 +23,10 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TypedDict
 
 import torch
 
@@ -34,7 +35,17 @@ from . import fused_logprobs_no_grad, fused_token_logprobs, triton_unavailable_r
 DEFAULT_TOKENS = (4096, 16384, 32768)
 DEFAULT_HIDDEN = 4096
 DEFAULT_VOCAB = 151_936
-SMOKE_SHAPE = dict(tokens=(8, 24), hidden=32, vocab=96)
+
+
+class BenchShape(TypedDict):
+    """The problem sizes of a run: token counts (one row each), hidden size, vocabulary size."""
+
+    tokens: tuple[int, ...]
+    hidden: int
+    vocab: int
+
+
+SMOKE_SHAPE: BenchShape = {"tokens": (8, 24), "hidden": 32, "vocab": 96}
 
 
 class Skip(Exception):
@@ -118,8 +129,11 @@ def build_methods(device: torch.device, smoke: bool) -> tuple[list[Method], list
             from cut_cross_entropy import linear_cross_entropy  # optional (extra gpu)
         except ImportError as exc:
             raise Skip(f"cut-cross-entropy not installed ({exc})") from None
-        return Method("cut_cross_entropy", lambda h, w, t: linear_cross_entropy(h, w, t),
-                      lambda h, w, t: linear_cross_entropy(h, w, t).backward())
+        return Method(
+            "cut_cross_entropy",
+            lambda h, w, t: linear_cross_entropy(h, w, t),
+            lambda h, w, t: linear_cross_entropy(h, w, t).backward(),
+        )
 
     add("torch_compile", compiled)
     add("torch_linear_ce_chunked", torch_chunked)
@@ -136,8 +150,14 @@ def build_methods(device: torch.device, smoke: bool) -> tuple[list[Method], list
             grad_out[key] = torch.randn_like(logits)
         logits.backward(grad_out[key])
 
-    methods.append(Method("lm_head_gemm_floor", lambda h, w, t: h @ w.t(), floor_fwd_bwd,
-                          "bare lm-head GEMMs (1 forward, 2 backward): the floor"))
+    methods.append(
+        Method(
+            "lm_head_gemm_floor",
+            lambda h, w, t: h @ w.t(),
+            floor_fwd_bwd,
+            "bare lm-head GEMMs (1 forward, 2 backward): the floor",
+        )
+    )
     return methods, skipped
 
 
@@ -168,8 +188,8 @@ def _time_ms(fn: Callable[[], None], device, warmup: int, iters: int) -> float:
 
 def _inputs(tokens: int, hidden: int, vocab: int, dtype, device, seed: int = 0):
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    h = (torch.randn(tokens, hidden, generator=gen) / hidden ** 0.25).to(device=device, dtype=dtype)
-    w = (torch.randn(vocab, hidden, generator=gen) / hidden ** 0.25).to(device=device, dtype=dtype)
+    h = (torch.randn(tokens, hidden, generator=gen) / hidden**0.25).to(device=device, dtype=dtype)
+    w = (torch.randn(vocab, hidden, generator=gen) / hidden**0.25).to(device=device, dtype=dtype)
     t = torch.randint(0, vocab, (tokens,), generator=gen).to(device)
     return h.requires_grad_(), w.requires_grad_(), t
 
@@ -214,27 +234,55 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 def write_outputs(out: Path, results: list[Result], skipped, meta: dict) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "kernel_bench.csv", out / "kernel_bench.md"
-    fields = ["device", "method", "tokens", "hidden", "vocab", "dtype", "fwd_ms", "fwd_bwd_ms",
-              "peak_gib", "x_floor", "note"]
+    fields = [
+        "device",
+        "method",
+        "tokens",
+        "hidden",
+        "vocab",
+        "dtype",
+        "fwd_ms",
+        "fwd_bwd_ms",
+        "peak_gib",
+        "x_floor",
+        "note",
+    ]
     floor = {r.tokens: r.fwd_bwd_ms for r in results if r.method == "lm_head_gemm_floor"}
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in results:
-            x_floor = r.fwd_bwd_ms / floor[r.tokens] if r.fwd_bwd_ms and floor.get(r.tokens) else None
-            writer.writerow({"device": meta["device"], "method": r.method, "tokens": r.tokens,
-                             "hidden": meta["hidden"], "vocab": meta["vocab"], "dtype": meta["dtype"],
-                             "fwd_ms": _fmt(r.fwd_ms, 3), "fwd_bwd_ms": _fmt(r.fwd_bwd_ms, 3),
-                             "peak_gib": _fmt(r.peak_gib, 3), "x_floor": _fmt(x_floor), "note": r.note})
+            floor_ms = floor.get(r.tokens)
+            x_floor = r.fwd_bwd_ms / floor_ms if r.fwd_bwd_ms and floor_ms else None
+            writer.writerow(
+                {
+                    "device": meta["device"],
+                    "method": r.method,
+                    "tokens": r.tokens,
+                    "hidden": meta["hidden"],
+                    "vocab": meta["vocab"],
+                    "dtype": meta["dtype"],
+                    "fwd_ms": _fmt(r.fwd_ms, 3),
+                    "fwd_bwd_ms": _fmt(r.fwd_bwd_ms, 3),
+                    "peak_gib": _fmt(r.peak_gib, 3),
+                    "x_floor": _fmt(x_floor),
+                    "note": r.note,
+                }
+            )
         for name, note in skipped:
             writer.writerow({"device": meta["device"], "method": name, "note": f"skipped: {note}"})
     lines = [
-        f"# Fused log-prob kernel benchmark ({meta['mode']})", "",
-        f"- device: {meta['device']}", f"- torch {meta['torch']}, triton {meta['triton']}",
+        f"# Fused log-prob kernel benchmark ({meta['mode']})",
+        "",
+        f"- device: {meta['device']}",
+        f"- torch {meta['torch']}, triton {meta['triton']}",
         f"- H = {meta['hidden']}, V = {meta['vocab']}, {meta['dtype']}; loss = mean token NLL; "
-        f"median of {meta['iters']} runs after {meta['warmup']} warm-up", f"- date: {meta['date']}", "",
+        f"median of {meta['iters']} runs after {meta['warmup']} warm-up",
+        f"- date: {meta['date']}",
+        "",
         "Forward+backward ms / peak extra GiB (memory allocated during one forward+backward above what "
-        "was allocated before it: inputs and weight; x floor = time over the bare GEMMs')", "",
+        "was allocated before it: inputs and weight; x floor = time over the bare GEMMs')",
+        "",
     ]
     methods = list(dict.fromkeys(r.method for r in results))
     lines.append("| method | " + " | ".join(f"N={n}" for n in meta["tokens"]) + " |")
@@ -243,17 +291,25 @@ def write_outputs(out: Path, results: list[Result], skipped, meta: dict) -> tupl
     for m in methods:
         cells = []
         for n in meta["tokens"]:
-            r = by_key.get((m, n))
-            if r is None or r.fwd_bwd_ms is None:
-                cells.append(r.note if r is not None and r.note else "-")
+            row = by_key.get((m, n))
+            if row is None or row.fwd_bwd_ms is None:
+                cells.append(row.note if row is not None and row.note else "-")
                 continue
-            x = f" (x{r.fwd_bwd_ms / floor[n]:.2f})" if floor.get(n) else ""
-            cells.append(f"{r.fwd_bwd_ms:.2f} ms / {_fmt(r.peak_gib)} GiB{x}")
+            floor_ms = floor.get(n)
+            x = f" (x{row.fwd_bwd_ms / floor_ms:.2f})" if floor_ms else ""
+            cells.append(f"{row.fwd_bwd_ms:.2f} ms / {_fmt(row.peak_gib)} GiB{x}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Forward only (no grad), ms:", "", "| method | " + " | ".join(f"N={n}" for n in meta["tokens"]) + " |",
-              "|---|" + "---|" * len(meta["tokens"])]
+    lines += [
+        "",
+        "Forward only (no grad), ms:",
+        "",
+        "| method | " + " | ".join(f"N={n}" for n in meta["tokens"]) + " |",
+        "|---|" + "---|" * len(meta["tokens"]),
+    ]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(_fmt(getattr(by_key.get((m, n)), "fwd_ms", None)) for n in meta["tokens"]) + " |")
+        lines.append(
+            f"| {m} | " + " | ".join(_fmt(getattr(by_key.get((m, n)), "fwd_ms", None)) for n in meta["tokens"]) + " |"
+        )
     if skipped:
         lines += ["", "Skipped:", ""] + [f"- {name}: {note}" for name, note in skipped]
     md_path.write_text("\n".join(lines) + "\n")
@@ -269,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--methods", nargs="*", default=None, help="only these methods")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny shapes on CPU through the Triton interpreter (code-path check only)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny shapes on CPU through the Triton interpreter (code-path check only)"
+    )
     args = parser.parse_args(argv)
 
     if args.smoke:
@@ -285,8 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         device_name = "cpu (Triton interpreter; timings meaningless)"
     else:
         if not torch.cuda.is_available():
-            raise SystemExit("kernels/bench.py measures GPU kernels and needs CUDA, which this machine lacks; "
-                             "--smoke runs tiny shapes through the Triton interpreter to check the code path")
+            raise SystemExit(
+                "kernels/bench.py measures GPU kernels and needs CUDA, which this machine lacks; "
+                "--smoke runs tiny shapes through the Triton interpreter to check the code path"
+            )
         device, dtype = torch.device("cuda"), torch.bfloat16
         device_name = torch.cuda.get_device_name(device)
 
@@ -303,10 +362,19 @@ def main(argv: list[str] | None = None) -> int:
     for tokens in args.tokens:
         for method in methods:
             results.append(run_one(method, tokens, args.hidden, args.vocab, dtype, device, args.warmup, args.iters))
-    meta = {"device": device_name, "torch": torch.__version__, "triton": triton_version, "hidden": args.hidden,
-            "vocab": args.vocab, "dtype": str(dtype).replace("torch.", ""), "tokens": args.tokens,
-            "iters": args.iters, "warmup": args.warmup, "mode": "smoke" if args.smoke else "GPU",
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    meta = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "hidden": args.hidden,
+        "vocab": args.vocab,
+        "dtype": str(dtype).replace("torch.", ""),
+        "tokens": args.tokens,
+        "iters": args.iters,
+        "warmup": args.warmup,
+        "mode": "smoke" if args.smoke else "GPU",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     csv_path, md_path = write_outputs(args.out, results, skipped, meta)
     sys.stdout.write(md_path.read_text())
     sys.stdout.write(f"\nwrote {csv_path} and {md_path}\n")

@@ -19,6 +19,7 @@ import torch
 
 # ----- log-probs from logits (the unfused path) ------------------------------------------------
 
+
 def logits_max(logits: torch.Tensor) -> torch.Tensor:
     """Step 1: row max over the vocabulary (for a stable log-sum-exp), fp32, shape [N]."""
     return logits.float().max(dim=-1).values
@@ -49,6 +50,7 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 
 
 # ----- the loss on log-probs ------------------------------------------------------------------
+
 
 def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tensor:
     """Step 4: w = pi_theta / pi_old per token."""

@@ -122,7 +122,14 @@ def pg_loss(
     """Steps 0-7: (LossOutput, logprobs, entropy); the loss part is ``losses.clipped_pg_loss``."""
     logprobs, entropy = token_logprobs_entropy(hidden, weight, targets, temperature, tp_group)
     out = losses.clipped_pg_loss(
-        logprobs, old_logprobs, advantages, mask, global_valid_tokens,
-        clip_low=clip_low, clip_high=clip_high, kl_coef=kl_coef, ref_logprobs=ref_logprobs,
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        global_valid_tokens,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        kl_coef=kl_coef,
+        ref_logprobs=ref_logprobs,
     )
     return out, logprobs, entropy

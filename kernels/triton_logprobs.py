@@ -63,8 +63,9 @@ class KernelConfig:
 
 GPU_CONFIG = KernelConfig()
 """Untuned defaults for Hopper-class GPUs (128x128x64 tiles, 8 warps, 3 stages)."""
-INTERPRETER_CONFIG = KernelConfig(block_n=16, block_v=32, block_k=32, group_r=2, num_splits=2,
-                                  bwd_chunk_elems=1 << 12, num_warps=4, num_stages=1)
+INTERPRETER_CONFIG = KernelConfig(
+    block_n=16, block_v=32, block_k=32, group_r=2, num_splits=2, bwd_chunk_elems=1 << 12, num_warps=4, num_stages=1
+)
 """Small tiles for the CPU interpreter (several splits and backward chunks even at toy sizes)."""
 
 
@@ -84,22 +85,29 @@ def availability(device: torch.device) -> str | None:
     if mod is None:
         return reason
     if mod.KERNELS_INTERPRETED != mod.STDLIB_INTERPRETED:
-        return ("TRITON_INTERPRET changed after triton was imported (triton.language and these kernels "
-                "disagree on interpreter mode); set it before anything imports triton, e.g. megatron.core")
+        return (
+            "TRITON_INTERPRET changed after triton was imported (triton.language and these kernels "
+            "disagree on interpreter mode); set it before anything imports triton, e.g. megatron.core"
+        )
     if device.type == "cpu":
         if mod.KERNELS_INTERPRETED:
             return None
-        return ("impl='triton' got CPU tensors: the Triton kernels run on CPU only through the interpreter "
-                "(TRITON_INTERPRET=1 set before triton is imported; slow, for tests). Use impl='torch' on CPU.")
+        return (
+            "impl='triton' got CPU tensors: the Triton kernels run on CPU only through the interpreter "
+            "(TRITON_INTERPRET=1 set before triton is imported; slow, for tests). Use impl='torch' on CPU."
+        )
     if device.type == "cuda":
         if not mod.KERNELS_INTERPRETED:
             return None
-        return ("impl='triton' got CUDA tensors but TRITON_INTERPRET=1 is set (interpreter mode runs CPU "
-                "tensors only); unset it to use the compiled kernels")
+        return (
+            "impl='triton' got CUDA tensors but TRITON_INTERPRET=1 is set (interpreter mode runs CPU "
+            "tensors only); unset it to use the compiled kernels"
+        )
     return f"the Triton kernels support CUDA tensors (or CPU ones through the interpreter), not {device.type}"
 
 
 # ----- host side -----------------------------------------------------------------------------
+
 
 def _config_for(device: torch.device, config: KernelConfig | None) -> KernelConfig:
     if config is not None:
@@ -126,7 +134,9 @@ def _check_inputs(hidden, weight, targets):
     if reason is not None:
         raise RuntimeError(reason)
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"need hidden [N, H] and weight [V/TP, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+        raise ValueError(
+            f"need hidden [N, H] and weight [V/TP, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets must be [N]={hidden.shape[0]}, got {tuple(targets.shape)}")
     if weight.device != hidden.device or targets.device != hidden.device:
@@ -146,11 +156,31 @@ def lse_partials(hidden, weight, targets, temperature, vocab_offset, config=None
     splits = _cdiv(v, split_size)  # every split owns >= 1 valid column
     part = torch.empty((4, splits, n), dtype=torch.float32, device=hidden.device)
     row_blocks = _cdiv(n, cfg.block_n)
-    _launch("lse_partials_kernel", row_blocks * splits, cfg,
-            hidden, weight, targets, part, n, v, h, vocab_offset, 1.0 / temperature,
-            hidden.stride(0), weight.stride(0), splits, split_size, row_blocks, splits * n,
-            BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k, GROUP_R=cfg.group_r,
-            **_dot_args(hidden.device, hidden.dtype))
+    _launch(
+        "lse_partials_kernel",
+        row_blocks * splits,
+        cfg,
+        hidden,
+        weight,
+        targets,
+        part,
+        n,
+        v,
+        h,
+        vocab_offset,
+        1.0 / temperature,
+        hidden.stride(0),
+        weight.stride(0),
+        splits,
+        split_size,
+        row_blocks,
+        splits * n,
+        BLOCK_N=cfg.block_n,
+        BLOCK_V=cfg.block_v,
+        BLOCK_K=cfg.block_k,
+        GROUP_R=cfg.group_r,
+        **_dot_args(hidden.device, hidden.dtype),
+    )
     return part
 
 
@@ -187,8 +217,20 @@ def forward_logprobs(hidden, weight, targets, temperature=1.0, tp_group=None, co
     return combine_partials(part, tp_group)
 
 
-def backward_grads(hidden, weight, targets, lse, entropy, grad_logprobs, grad_entropy, temperature,
-                   tp_group=None, config=None, need_hidden=True, need_weight=True):
+def backward_grads(
+    hidden,
+    weight,
+    targets,
+    lse,
+    entropy,
+    grad_logprobs,
+    grad_entropy,
+    temperature,
+    tp_group=None,
+    config=None,
+    need_hidden=True,
+    need_weight=True,
+):
     """(grad_hidden, grad_weight) given dL/dlogprob and dL/dentropy per token (either may be None)."""
     cfg = _config_for(hidden.device, config)
     n, h = hidden.shape
@@ -207,21 +249,45 @@ def backward_grads(hidden, weight, targets, lse, entropy, grad_logprobs, grad_en
         for c0 in range(0, v, chunk):
             cl = min(chunk, v - c0)
             col_blocks = _cdiv(cl, cfg.block_v)
-            _launch("dlogits_kernel", row_blocks * col_blocks, cfg,
-                    hidden, weight, targets, lse, g, ge, entropy, buf,
-                    n, h, offset, c0, cl, 1.0 / temperature, hidden.stride(0), weight.stride(0),
-                    buf.stride(0), col_blocks, row_blocks,
-                    BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k, GROUP_R=cfg.group_r,
-                    HAS_LP_GRAD=grad_logprobs is not None, HAS_ENT_GRAD=grad_entropy is not None,
-                    **_dot_args(hidden.device, hidden.dtype))
+            _launch(
+                "dlogits_kernel",
+                row_blocks * col_blocks,
+                cfg,
+                hidden,
+                weight,
+                targets,
+                lse,
+                g,
+                ge,
+                entropy,
+                buf,
+                n,
+                h,
+                offset,
+                c0,
+                cl,
+                1.0 / temperature,
+                hidden.stride(0),
+                weight.stride(0),
+                buf.stride(0),
+                col_blocks,
+                row_blocks,
+                BLOCK_N=cfg.block_n,
+                BLOCK_V=cfg.block_v,
+                BLOCK_K=cfg.block_k,
+                GROUP_R=cfg.group_r,
+                HAS_LP_GRAD=grad_logprobs is not None,
+                HAS_ENT_GRAD=grad_entropy is not None,
+                **_dot_args(hidden.device, hidden.dtype),
+            )
             dl = buf[:, :cl]
             if grad_h is not None:
                 if dl.dtype == torch.float32:
-                    grad_h.addmm_(dl, weight[c0:c0 + cl])
+                    grad_h.addmm_(dl, weight[c0 : c0 + cl])
                 else:  # bf16 GEMM (fp32 accumulation inside), summed over chunks in fp32
-                    grad_h += dl @ weight[c0:c0 + cl]
+                    grad_h += dl @ weight[c0 : c0 + cl]
             if grad_w is not None:
-                torch.mm(dl.t(), hidden, out=grad_w[c0:c0 + cl])
+                torch.mm(dl.t(), hidden, out=grad_w[c0 : c0 + cl])
         del buf, dl
     elif grad_w is not None:
         grad_w.zero_()
@@ -250,11 +316,18 @@ class FusedLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logprobs, grad_entropy):
         hidden, weight, targets, lse, entropy = ctx.saved_tensors
         grad_h, grad_w = backward_grads(
-            hidden, weight, targets, lse, entropy,
+            hidden,
+            weight,
+            targets,
+            lse,
+            entropy,
             None if grad_logprobs is None else grad_logprobs.float(),
             None if grad_entropy is None else grad_entropy.float(),
-            ctx.temperature, ctx.tp_group, ctx.config,
-            need_hidden=ctx.needs_input_grad[0], need_weight=ctx.needs_input_grad[1],
+            ctx.temperature,
+            ctx.tp_group,
+            ctx.config,
+            need_hidden=ctx.needs_input_grad[0],
+            need_weight=ctx.needs_input_grad[1],
         )
         return grad_h, grad_w, None, None, None, None
 

@@ -20,8 +20,10 @@ import re
 import sys
 from importlib import metadata
 
-EXACT = re.compile(r"^(torch|torchvision|torchaudio|triton|pytorch-triton.*|transformer-engine.*|vllm|flash-attn.*|"
-                   r"flashinfer.*|apex|xformers|nvidia-.*|cupy.*|tensorrt.*|nvfuser.*|cuda-.*|deep-ep|deep-gemm)$")
+EXACT = re.compile(
+    r"^(torch|torchvision|torchaudio|triton|pytorch-triton.*|transformer-engine.*|vllm|flash-attn.*|"
+    r"flashinfer.*|apex|xformers|nvidia-.*|cupy.*|tensorrt.*|nvfuser.*|cuda-.*|deep-ep|deep-gemm)$"
+)
 
 
 def canonical(name: str) -> str:

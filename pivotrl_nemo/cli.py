@@ -1,12 +1,12 @@
 """``pivotrl <stage|command> [hydra overrides]``: one entry point, generated from the registries.
 
-    pivotrl run experiment=quickstart              # every stage of the experiment, in order
-    pivotrl profile experiment=quickstart profile.k=16
-    pivotrl validate runs/quickstart/pivots.jsonl  # check a pivot file, file:line: field: message
-    pivotrl show-config experiment=quickstart      # the resolved configuration
-    pivotrl export experiment=quickstart export.checkpoint=train export.out=hf_out  # HF safetensors
-    pivotrl import hf_dir=/path/to/hf out=runs/x/sft/checkpoint   # HF folder -> megatron checkpoint
-    pivotrl <stage> --help                         # what a stage does, reads and writes
+pivotrl run experiment=quickstart              # every stage of the experiment, in order
+pivotrl profile experiment=quickstart profile.k=16
+pivotrl validate runs/quickstart/pivots.jsonl  # check a pivot file, file:line: field: message
+pivotrl show-config experiment=quickstart      # the resolved configuration
+pivotrl export experiment=quickstart export.checkpoint=train export.out=hf_out  # HF safetensors
+pivotrl import hf_dir=/path/to/hf out=runs/x/sft/checkpoint   # HF folder -> megatron checkpoint
+pivotrl <stage> --help                         # what a stage does, reads and writes
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ USAGE = __doc__ or ""
 def _listing() -> str:
     lines = ["stages (pivotrl <stage> [overrides] [--force]):"]
     lines += [f"  {n:<12} {STAGES.get(n).help}" for n in STAGES.names()]
-    lines += ["  run          every stage of the experiment in order (config key 'stages'; default: all above)",
-              "commands:"]
+    lines += [
+        "  run          every stage of the experiment in order (config key 'stages'; default: all above)",
+        "commands:",
+    ]
     lines += [f"  {n:<12} {COMMANDS.get(n).help}" for n in COMMANDS.names()]
     return "\n".join(lines) + "\n"
 
@@ -38,10 +40,12 @@ def _stage_help(name: str) -> str:
     s = STAGES.get(name)
     up = ", ".join(s.upstream) or "nothing"
     state = ", ".join(s.state_dirs) or "none"
-    return (f"usage: pivotrl {name} [hydra overrides] [--force]\n\n{s.help}\n\n"
-            f"needs: {up}; resumable state: {state}; "
-            f"{'runs over every rank of a launch' if s.multi_rank else 'runs in one process'}\n"
-            f"{(s.fn.__doc__ or '').strip()}\n")
+    return (
+        f"usage: pivotrl {name} [hydra overrides] [--force]\n\n{s.help}\n\n"
+        f"needs: {up}; resumable state: {state}; "
+        f"{'runs over every rank of a launch' if s.multi_rank else 'runs in one process'}\n"
+        f"{(s.fn.__doc__ or '').strip()}\n"
+    )
 
 
 def _quiet_third_party() -> None:

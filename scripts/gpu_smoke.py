@@ -45,20 +45,39 @@ def _env() -> dict:
         except md.PackageNotFoundError:
             return None
 
-    return {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
-            "torch": torch.__version__, "cuda": torch.version.cuda, "megatron_core": ver("megatron-core"),
-            "transformer_engine": ver("transformer-engine") or ver("transformer_engine"),
-            "triton": ver("triton"), "transformers": ver("transformers")}
+    return {
+        "device": torch.cuda.get_device_name(),
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "megatron_core": ver("megatron-core"),
+        "transformer_engine": ver("transformer-engine") or ver("transformer_engine"),
+        "triton": ver("triton"),
+        "transformers": ver("transformers"),
+    }
 
 
 def _tiny_qwen3_moe(path: Path) -> None:
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM  # lazy: transformers takes ~1 s to import
 
     torch.manual_seed(0)
-    cfg = Qwen3MoeConfig(vocab_size=512, hidden_size=128, intermediate_size=256, moe_intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                         num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1,
-                         mlp_only_layers=[], tie_word_embeddings=False, max_position_embeddings=256)
+    cfg = Qwen3MoeConfig(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        moe_intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        num_experts=4,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        tie_word_embeddings=False,
+        max_position_embeddings=256,
+    )
     Qwen3MoeForCausalLM(cfg).to(torch.float32).save_pretrained(path)
 
 
@@ -82,8 +101,17 @@ def check_training(work: Path, steps: int, distributed_optimizer: bool) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "dist"))
     from grpo_dp_worker import fixed_groups  # here: importable only once tests/dist is on sys.path
 
-    mcfg = ModelConfig(hidden_size=128, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=32,
-                       num_experts=4, moe_ffn_hidden_size=64, params_dtype="bfloat16", transformer_impl="auto")
+    mcfg = ModelConfig(
+        hidden_size=128,
+        num_layers=2,
+        num_attention_heads=4,
+        num_query_groups=2,
+        head_dim=32,
+        num_experts=4,
+        moe_ffn_hidden_size=64,
+        params_dtype="bfloat16",
+        transformer_impl="auto",
+    )
     parallel = ParallelConfig(use_distributed_optimizer=distributed_optimizer)
 
     def policy() -> MegatronPolicy:
@@ -102,9 +130,14 @@ def check_training(work: Path, steps: int, distributed_optimizer: bool) -> dict:
         losses.append(m["loss"])
     after = {k: v.float() for k, v in sharding.iter_full_state(p)}
     moved = max(float((after[k] - before[k]).abs().max()) for k in before)
-    out = {"transformer_engine_spec": use_transformer_engine(mcfg), "distributed_optimizer": distributed_optimizer,
-           "losses": losses, "step_s": times, "max_weight_change": moved,
-           "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    out = {
+        "transformer_engine_spec": use_transformer_engine(mcfg),
+        "distributed_optimizer": distributed_optimizer,
+        "losses": losses,
+        "step_s": times,
+        "max_weight_change": moved,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
     ckpt = work / "ckpt"
     p.save(ckpt, step=steps, extra={"loop_step": steps})
@@ -113,8 +146,12 @@ def check_training(work: Path, steps: int, distributed_optimizer: bool) -> dict:
     a = grpo_step(p, fixed_groups(), acfg, 0, 1.0, "triton", current_dp())["loss"]
     b = grpo_step(q, fixed_groups(), acfg, 0, 1.0, "triton", current_dp())["loss"]
     out["checkpoint"] = {"extra": extra, "loss_saved_policy": a, "loss_loaded_policy": b}
-    out["ok"] = (all(torch.isfinite(torch.tensor(losses))) and moved > 0 and extra.get("loop_step") == steps
-                 and abs(a - b) <= 1e-3 * max(1.0, abs(a)))
+    out["ok"] = (
+        all(torch.isfinite(torch.tensor(losses)))
+        and moved > 0
+        and extra.get("loop_step") == steps
+        and abs(a - b) <= 1e-3 * max(1.0, abs(a))
+    )
     return out
 
 
@@ -132,9 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         init_distributed(ParallelConfig(), seed=0)
-        for name, fn in (("conversion", lambda: check_conversion(Path(tmp))),
-                         ("training", lambda: check_training(Path(tmp) / "a", args.steps, False)),
-                         ("training_distributed_optimizer", lambda: check_training(Path(tmp) / "b", args.steps, True))):
+        for name, fn in (
+            ("conversion", lambda: check_conversion(Path(tmp))),
+            ("training", lambda: check_training(Path(tmp) / "a", args.steps, False)),
+            ("training_distributed_optimizer", lambda: check_training(Path(tmp) / "b", args.steps, True)),
+        ):
             try:
                 report[name] = fn()
             except Exception:  # noqa: BLE001 - a smoke test reports every failure, then fails

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def paired_bootstrap_ci(a: list[float], b: list[float], n_boot: int, seed: int, alpha: float = 0.05) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    a: list[float], b: list[float], n_boot: int, seed: int, alpha: float = 0.05
+) -> tuple[float, float]:
     """95% percentile interval of mean(b) - mean(a) over paired per-candidate scores."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.size == 0:

@@ -39,8 +39,11 @@ def filter_pivots(rows: list[RowLike], cfg: FilterConfig) -> tuple[list[RowLike]
             by_type[kind]["kept"] += 1
             continue
         if p["variance"] <= cfg.min_variance:
-            reason = "zero_variance_all_fail" if p["mean"] == 0 else (
-                "zero_variance_all_pass" if p["mean"] == 1 else "zero_variance")
+            reason = (
+                "zero_variance_all_fail"
+                if p["mean"] == 0
+                else ("zero_variance_all_pass" if p["mean"] == 1 else "zero_variance")
+            )
         else:
             reason = "too_easy"
         reasons[reason] += 1

@@ -38,13 +38,22 @@ def flatten_groups(groups: list[ScoredGroup], cfg: AlgorithmConfig) -> tuple[lis
     for gi, g in enumerate(groups):
         for ci, c in enumerate(g.completions):
             drop = cfg.mask_truncated and c.finish_reason == "length"
-            samples.append(Sample(g.prompt_ids, c.token_ids, c.logprobs, float(adv[gi, ci]),
-                                  [0 if drop else 1] * len(c.token_ids)))
+            samples.append(
+                Sample(g.prompt_ids, c.token_ids, c.logprobs, float(adv[gi, ci]), [0 if drop else 1] * len(c.token_ids))
+            )
     return samples, rewards
 
 
-def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: int, temperature: float,
-              impl: str, dp: DataParallel | None = None, ref_policy=None) -> dict[str, float]:
+def grpo_step(
+    policy,
+    groups: list[ScoredGroup],
+    cfg: AlgorithmConfig,
+    pad_id: int,
+    temperature: float,
+    impl: str,
+    dp: DataParallel | None = None,
+    ref_policy=None,
+) -> dict[str, float]:
     """Compute advantages, accumulate the clipped PG gradient over micro-batches, step.
 
     Under data parallelism each rank holds its own groups; the valid-token count is summed over
@@ -58,14 +67,17 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
     global_valid = dp.sum(sum(sum(s.keep) for s in samples))
     train = [s for s in samples if sum(s.keep) > 0 and (s.advantage != 0.0 or cfg.kl_coef > 0)]
     parts = [[train[i] for i in mb] for mb in chunks(len(train), cfg.micro_batch_size)]
-    batches = [make_batch([s.prompt for s in part], [s.action for s in part], pad_id, [s.keep for s in part])
-               for part in parts]
+    batches = [
+        make_batch([s.prompt for s in part], [s.action for s in part], pad_id, [s.keep for s in part]) for part in parts
+    ]
     refs: dict[int, torch.Tensor] = {}
     if cfg.kl_coef > 0:  # every rank: under EP the forward is a collective
+
         def ref_fn(i, batch, hidden, weight):
             with torch.no_grad():
-                refs[i], _ = action_logprobs(hidden, weight, batch.targets.to(hidden.device), temperature, impl,
-                                             ref_policy.tp_group)
+                refs[i], _ = action_logprobs(
+                    hidden, weight, batch.targets.to(hidden.device), temperature, impl, ref_policy.tp_group
+                )
             return hidden.sum() * 0.0, {}
 
         ref_policy.forward_backward(batches, ref_fn, forward_only=True)
@@ -73,24 +85,32 @@ def grpo_step(policy, groups: list[ScoredGroup], cfg: AlgorithmConfig, pad_id: i
     def loss_fn(i, batch, hidden, weight):
         part, dev = parts[i], hidden.device
         lp, ent = action_logprobs(hidden, weight, batch.targets.to(dev), temperature, impl, policy.tp_group)
-        old = torch.tensor([x for s in part for x, k in zip(s.old_logprobs, s.keep) if k], dtype=torch.float32,
-                           device=dev)
+        old = torch.tensor(
+            [x for s in part for x, k in zip(s.old_logprobs, s.keep) if k], dtype=torch.float32, device=dev
+        )
         adv = torch.tensor([s.advantage for s in part], dtype=torch.float32)[batch.seq_of_token].to(dev)
-        out = clipped_pg_loss(lp, old, adv, torch.ones_like(lp), global_valid, cfg.clip_low, cfg.clip_high,
-                              cfg.kl_coef, refs.get(i))
+        out = clipped_pg_loss(
+            lp, old, adv, torch.ones_like(lp), global_valid, cfg.clip_low, cfg.clip_high, cfg.kl_coef, refs.get(i)
+        )
         n = batch.num_tokens
         return out.loss * dp.size, {
-            "n": n, "loss": float(out.loss.detach()), "kl": float(out.kl.detach()),
-            "clip": float(out.clip_fraction) * n, "ent": float(ent.detach().sum()),
+            "n": n,
+            "loss": float(out.loss.detach()),
+            "kl": float(out.kl.detach()),
+            "clip": float(out.clip_fraction) * n,
+            "ent": float(ent.detach().sum()),
             "mismatch": float((lp.detach() - old).abs().sum()),
-            "rmin": float(out.ratio_min), "rmax": float(out.ratio_max)}
+            "rmin": float(out.ratio_min),
+            "rmax": float(out.ratio_max),
+        }
 
     policy.zero_grad()
     per_mb = policy.forward_backward(batches, loss_fn)
     keys = ("n", "loss", "kl", "clip", "ent", "mismatch")
     stats = dict(zip(keys, policy.pipeline_sum([sum(m[k] for m in per_mb) for k in keys])))
-    neg_rmin, rmax = policy.pipeline_sum([-min((m["rmin"] for m in per_mb), default=1.0),
-                                          max((m["rmax"] for m in per_mb), default=1.0)])
+    neg_rmin, rmax = policy.pipeline_sum(
+        [-min((m["rmin"] for m in per_mb), default=1.0), max((m["rmax"] for m in per_mb), default=1.0)]
+    )
     rmin = -neg_rmin
     # The decision to step is global, so DDP's collectives line up on every rank; a rank with no
     # local sequences contributes a zero gradient.

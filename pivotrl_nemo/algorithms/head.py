@@ -13,8 +13,10 @@ import torch
 from pivotrl_nemo.kernels import fused_token_logprobs
 
 
-def action_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float,
-                    impl: str, tp_group=None) -> tuple[torch.Tensor, torch.Tensor]:
-    logprobs, entropy = fused_token_logprobs(hidden, weight, targets, temperature=temperature, tp_group=tp_group,
-                                             impl=impl)
+def action_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float, impl: str, tp_group=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logprobs, entropy = fused_token_logprobs(
+        hidden, weight, targets, temperature=temperature, tp_group=tp_group, impl=impl
+    )
     return logprobs, entropy.detach()

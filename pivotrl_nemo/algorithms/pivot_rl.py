@@ -49,16 +49,22 @@ def _step_metrics(m: dict, groups, t0: float, t1: float, t2: float, t3: float, l
     cats = Counter(v.category for g in groups for v in g.verdicts)
     n_cat = max(sum(cats.values()), 1)
     out = {f"train/{k}": v for k, v in m.items()}
-    out.update({
-        "train/tokens_per_s": m["trained_tokens"] / max(t2 - t1, 1e-9),  # tokens trained on, all ranks
-        "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/weight_sync_s": t3 - t2, "train/lr": lr,
-        **{f"verdict/{k}": v / n_cat for k, v in cats.items()},
-    })
+    out.update(
+        {
+            "train/tokens_per_s": m["trained_tokens"] / max(t2 - t1, 1e-9),  # tokens trained on, all ranks
+            "time/rollout_s": t1 - t0,
+            "time/train_s": t2 - t1,
+            "time/weight_sync_s": t3 - t2,
+            "train/lr": lr,
+            **{f"verdict/{k}": v / n_cat for k, v in cats.items()},
+        }
+    )
     return out
 
 
-def _rollouts(sampler: TurnSampler, rows: list[dict], cfg: PivotRLConfig, step: int, dp: DataParallel,
-              mp: ModelParallel) -> list:
+def _rollouts(
+    sampler: TurnSampler, rows: list[dict], cfg: PivotRLConfig, step: int, dp: DataParallel, mp: ModelParallel
+) -> list:
     """This DP rank's scored groups of the step. Each row's random stream is keyed by its
     position in the global batch, so the samples do not depend on the DP size; the first rank
     of each model-parallel group samples and the others receive its groups (TP/PP peers must
@@ -67,14 +73,29 @@ def _rollouts(sampler: TurnSampler, rows: list[dict], cfg: PivotRLConfig, step: 
     keys = dp.shard(list(range(len(rows))))
     groups = None
     if mp.rank == 0:
-        groups = sampler.sample_and_score(dp.shard(rows), a.group_size, cfg.rollout.sampling,
-                                          seed=(a.seed * 1_000_003 + step) * 4096, stream_keys=keys)
+        groups = sampler.sample_and_score(
+            dp.shard(rows),
+            a.group_size,
+            cfg.rollout.sampling,
+            seed=(a.seed * 1_000_003 + step) * 4096,
+            stream_keys=keys,
+        )
     return mp.broadcast(groups)
 
 
-def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict], cfg: PivotRLConfig,
-                   out_dir: Path, metrics: MetricsWriter | None, pad_id: int, dp: DataParallel | None = None,
-                   progress: bool = True, ref_policy=None) -> dict:
+def train_pivot_rl(
+    policy,
+    sampler: TurnSampler,
+    synchronizer,
+    pivots: list[dict],
+    cfg: PivotRLConfig,
+    out_dir: Path,
+    metrics: MetricsWriter | None,
+    pad_id: int,
+    dp: DataParallel | None = None,
+    progress: bool = True,
+    ref_policy=None,
+) -> dict:
     """Run (or resume) training. Every DP rank calls this; each samples its share of the step's
     pivots; rank 0 alone writes metrics; checkpoints are collective (each rank writes its shards,
     rank 0 finalizes), kept per ``algorithm.keep_last`` / ``best_metric``."""
@@ -111,8 +132,14 @@ def train_pivot_rl(policy, sampler: TurnSampler, synchronizer, pivots: list[dict
                 metrics.log(step, last)
             if step % a.save_every == 0 or step == a.steps or stop:
                 # collective: every rank writes its shards; metrics rank checkpoints for best_metric
-                policy.save(ckpt, step, extra={"loop_step": step}, metrics=last, config_yaml=to_yaml(cfg),
-                            retention=Retention.from_config(a))
+                policy.save(
+                    ckpt,
+                    step,
+                    extra={"loop_step": step},
+                    metrics=last,
+                    config_yaml=to_yaml(cfg),
+                    retention=Retention.from_config(a),
+                )
                 if dp.is_main:
                     atomic_write_json(state_file, {"step": step})
                 dp.barrier()

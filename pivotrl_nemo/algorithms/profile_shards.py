@@ -29,12 +29,14 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config.schema import ProfileConfig, SamplingConfig
 from ..distributed import env
 from ..utils.io import JsonlAppender, atomic_write_json
 from ..utils.logging import get_logger
-from .profiling import profile_candidates
+from .profiling import ScoringSampler, profile_candidates
+from .rollouts import ScoredGroup
 
 log = get_logger(__name__)
 
@@ -95,47 +97,88 @@ def shard_done_path(shard_dir: str | os.PathLike, shard: ShardSpec) -> Path:
 class _CountingSampler:
     """Wraps a TurnSampler and counts what it generated (for throughput)."""
 
-    def __init__(self, sampler) -> None:
+    def __init__(self, sampler: ScoringSampler) -> None:
         self.sampler, self.candidates, self.tokens = sampler, 0, 0
 
-    def sample_and_score(self, rows, n, sampling, seed, **kw):
+    def sample_and_score(
+        self, rows: list[dict], n: int, sampling: SamplingConfig, seed: int, **kw: Any
+    ) -> list[ScoredGroup]:
         groups = self.sampler.sample_and_score(rows, n, sampling, seed=seed, **kw)
         self.candidates += len(groups)
         self.tokens += sum(len(c.token_ids) for g in groups for c in g.completions)
         return groups
 
 
-def profile_shard(rows: list[dict], sampler, cfg: ProfileConfig, sampling: SamplingConfig,
-                  shard_dir: str | os.PathLike, shard: ShardSpec, policy_id: str, chunk_candidates: int,
-                  progress: bool = True) -> dict:
+def profile_shard(
+    rows: list[dict],
+    sampler: ScoringSampler,
+    cfg: ProfileConfig,
+    sampling: SamplingConfig,
+    shard_dir: str | os.PathLike,
+    shard: ShardSpec,
+    policy_id: str,
+    chunk_candidates: int,
+    progress: bool = True,
+) -> dict:
     """Profile the candidates of ``shard`` (of all ``rows``); resumable; returns the shard summary
     (also written to the shard's ``.done.json``), with candidates/s and generated tokens/s."""
     mine = shard_rows(rows, shard.index, shard.count)
     counting = _CountingSampler(sampler)
     t0 = time.perf_counter()
-    profs = profile_candidates(mine, counting, cfg, sampling, shard_log_path(shard_dir, shard), policy_id,
-                               chunk_candidates, progress=progress)
+    profs = profile_candidates(
+        mine,
+        counting,
+        cfg,
+        sampling,
+        shard_log_path(shard_dir, shard),
+        policy_id,
+        chunk_candidates,
+        progress=progress,
+    )
     secs = time.perf_counter() - t0
     if len(profs) != len(mine):
         raise RuntimeError(f"{shard.tag}: {len(profs)} profiles for {len(mine)} candidates")
     summary = {
-        "shard": shard.index, "num_shards": shard.count, "candidates": len(mine),
-        "profiled_now": counting.candidates, "resumed": len(mine) - counting.candidates,
-        "seconds": round(secs, 3), "candidates_per_s": counting.candidates / max(secs, 1e-9),
-        "generated_tokens": counting.tokens, "generated_tokens_per_s": counting.tokens / max(secs, 1e-9),
-        "samples_per_candidate": cfg.k, "policy_id": policy_id, "host": socket.gethostname(),
+        "shard": shard.index,
+        "num_shards": shard.count,
+        "candidates": len(mine),
+        "profiled_now": counting.candidates,
+        "resumed": len(mine) - counting.candidates,
+        "seconds": round(secs, 3),
+        "candidates_per_s": counting.candidates / max(secs, 1e-9),
+        "generated_tokens": counting.tokens,
+        "generated_tokens_per_s": counting.tokens / max(secs, 1e-9),
+        "samples_per_candidate": cfg.k,
+        "policy_id": policy_id,
+        "host": socket.gethostname(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     atomic_write_json(shard_done_path(shard_dir, shard), summary)
-    log.info("profile %s: %d candidates (%d resumed) in %.1f s: %.2f candidates/s, %.0f generated tokens/s "
-             "(per process; K=%d samples per candidate)", shard.tag, len(mine), summary["resumed"], secs,
-             summary["candidates_per_s"], summary["generated_tokens_per_s"], cfg.k)
+    log.info(
+        "profile %s: %d candidates (%d resumed) in %.1f s: %.2f candidates/s, %.0f generated tokens/s "
+        "(per process; K=%d samples per candidate)",
+        shard.tag,
+        len(mine),
+        summary["resumed"],
+        secs,
+        summary["candidates_per_s"],
+        summary["generated_tokens_per_s"],
+        cfg.k,
+    )
     return summary
 
 
-def profile_missing_shards(rows: list[dict], sampler, cfg: ProfileConfig, sampling: SamplingConfig,
-                           shard_dir: str | os.PathLike, num_shards: int, policy_id: str, chunk_candidates: int,
-                           progress: bool = True) -> list[dict]:
+def profile_missing_shards(
+    rows: list[dict],
+    sampler: ScoringSampler,
+    cfg: ProfileConfig,
+    sampling: SamplingConfig,
+    shard_dir: str | os.PathLike,
+    num_shards: int,
+    policy_id: str,
+    chunk_candidates: int,
+    progress: bool = True,
+) -> list[dict]:
     """Finish, in this process, every shard of the layout without a ``.done.json`` (an array task
     that crashed or never ran); finished shards are not touched. Returns the new summaries."""
     out = []
@@ -143,16 +186,18 @@ def profile_missing_shards(rows: list[dict], sampler, cfg: ProfileConfig, sampli
         spec = ShardSpec(i, num_shards)
         if not shard_done_path(shard_dir, spec).exists():
             log.info("profile: %s is incomplete; profiling what it lacks here", spec.tag)
-            out.append(profile_shard(rows, sampler, cfg, sampling, shard_dir, spec, policy_id, chunk_candidates,
-                                     progress))
+            out.append(
+                profile_shard(rows, sampler, cfg, sampling, shard_dir, spec, policy_id, chunk_candidates, progress)
+            )
     return out
 
 
 class ProfileMergeError(ValueError):
     """The shard logs do not hold exactly one profile per candidate; the message says which ids."""
 
-    def __init__(self, message: str, missing: list[str], duplicated: list[str], unknown: list[str],
-                 misplaced: list[str]) -> None:
+    def __init__(
+        self, message: str, missing: list[str], duplicated: list[str], unknown: list[str], misplaced: list[str]
+    ) -> None:
         super().__init__(message)
         self.missing, self.duplicated, self.unknown, self.misplaced = missing, duplicated, unknown, misplaced
 
@@ -177,8 +222,10 @@ def merge_profiles(rows: list[dict], shard_dir: str | os.PathLike, num_shards: i
     if num_shards is None:
         layouts = _layouts(shard_dir)
         if len(layouts) != 1:
-            raise ValueError(f"{shard_dir}: expected shard logs of one layout, found "
-                             f"{sorted(layouts) or 'none'}; pass num_shards or remove stale shards")
+            raise ValueError(
+                f"{shard_dir}: expected shard logs of one layout, found "
+                f"{sorted(layouts) or 'none'}; pass num_shards or remove stale shards"
+            )
         num_shards = layouts.pop()
     ids = [r["id"] for r in rows]
     known = set(ids)
@@ -199,19 +246,26 @@ def merge_profiles(rows: list[dict], shard_dir: str | os.PathLike, num_shards: i
         parts = []
         if missing:
             shards = sorted({shard_of(r, num_shards) for r in missing})
-            parts.append(f"{len(missing)} candidates have no profile ({_few(missing)}); incomplete shards "
-                         f"{shards}: rerun those array tasks or `profile_missing_shards`")
+            parts.append(
+                f"{len(missing)} candidates have no profile ({_few(missing)}); incomplete shards "
+                f"{shards}: rerun those array tasks or `profile_missing_shards`"
+            )
         if duplicated:
             where = {r: sorted(i for i, _ in found[r]) for r in duplicated[:10]}
-            parts.append(f"{len(duplicated)} candidates profiled more than once ({_few(duplicated)}; shards {where}): "
-                         "did two jobs run the same shard? delete those shard files and rerun them")
+            parts.append(
+                f"{len(duplicated)} candidates profiled more than once ({_few(duplicated)}; shards {where}): "
+                "did two jobs run the same shard? delete those shard files and rerun them"
+            )
         if unknown:
-            parts.append(f"{len(unknown)} profiles of ids that are not candidates ({_few(unknown)}): stale shards "
-                         "from another candidate set?")
+            parts.append(
+                f"{len(unknown)} profiles of ids that are not candidates ({_few(unknown)}): stale shards "
+                "from another candidate set?"
+            )
         if misplaced:
             parts.append(f"{len(misplaced)} profiles in the wrong shard ({_few(misplaced)})")
-        raise ProfileMergeError(f"{shard_dir} ({num_shards} shards): " + "; ".join(parts),
-                                missing, duplicated, unknown, misplaced)
+        raise ProfileMergeError(
+            f"{shard_dir} ({num_shards} shards): " + "; ".join(parts), missing, duplicated, unknown, misplaced
+        )
     return {r: found[r][0][1] for r in ids}
 
 
@@ -228,6 +282,11 @@ def throughput_summary(shard_dir: str | os.PathLike, num_shards: int) -> dict:
     wall = max(d["seconds"] for d in done)
     cands = sum(d["profiled_now"] for d in done)
     toks = sum(d["generated_tokens"] for d in done)
-    return {"shards_done": len(done), "candidates_profiled": cands, "generated_tokens": toks,
-            "job_candidates_per_s": cands / max(wall, 1e-9), "job_generated_tokens_per_s": toks / max(wall, 1e-9),
-            "shard_candidates_per_s_mean": sum(d["candidates_per_s"] for d in done) / len(done)}
+    return {
+        "shards_done": len(done),
+        "candidates_profiled": cands,
+        "generated_tokens": toks,
+        "job_candidates_per_s": cands / max(wall, 1e-9),
+        "job_generated_tokens_per_s": toks / max(wall, 1e-9),
+        "shard_candidates_per_s_mean": sum(d["candidates_per_s"] for d in done) / len(done),
+    }

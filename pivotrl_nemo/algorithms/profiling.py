@@ -8,15 +8,23 @@ already in the log, and finishes with exactly one profile per candidate.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from tqdm import tqdm
 
 from ..config.schema import ProfileConfig, SamplingConfig
 from ..utils.io import JsonlAppender
 from ..utils.logging import get_logger
-from .rollouts import TurnSampler
+from .rollouts import ScoredGroup
 
 log = get_logger(__name__)
+
+
+class ScoringSampler(Protocol):
+    """What profiling uses of a sampler (``rollouts.TurnSampler``, or a wrapper of one):
+    ``n`` scored samples per row."""
+
+    def sample_and_score(self, rows: list[dict], n: int, sampling: SamplingConfig, seed: int) -> list[ScoredGroup]: ...
 
 
 def summarize_rewards(rewards: list[float]) -> tuple[float, float]:
@@ -26,8 +34,16 @@ def summarize_rewards(rewards: list[float]) -> tuple[float, float]:
     return mean, sum((r - mean) ** 2 for r in rewards) / k
 
 
-def profile_candidates(rows: list[dict], sampler: TurnSampler, cfg: ProfileConfig, sampling: SamplingConfig,
-                       log_path: str | Path, policy_id: str, chunk_candidates: int, progress: bool = True) -> dict[str, dict]:
+def profile_candidates(
+    rows: list[dict],
+    sampler: ScoringSampler,
+    cfg: ProfileConfig,
+    sampling: SamplingConfig,
+    log_path: str | Path,
+    policy_id: str,
+    chunk_candidates: int,
+    progress: bool = True,
+) -> dict[str, dict]:
     """Profile every row not yet in ``log_path``; returns {row id: profile} for all rows."""
     done = {r["id"]: r for r in JsonlAppender.repair(log_path)}
     todo = [(i, r) for i, r in enumerate(rows) if r["id"] not in done]
@@ -38,13 +54,20 @@ def profile_candidates(rows: list[dict], sampler: TurnSampler, cfg: ProfileConfi
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="profile", unit="cand", dynamic_ncols=True)
     with JsonlAppender(log_path) as out:
         for start in range(0, len(todo), chunk_candidates):
-            chunk = todo[start:start + chunk_candidates]
+            chunk = todo[start : start + chunk_candidates]
             # The seed depends on the first candidate's index, not on how far a previous run got.
             groups = sampler.sample_and_score([r for _, r in chunk], cfg.k, sampling, seed=cfg.seed + chunk[0][0])
             for (_, row), g in zip(chunk, groups):
                 mean, var = summarize_rewards(g.rewards)
-                rec = {"id": row["id"], "k": cfg.k, "rewards": g.rewards, "mean": mean, "variance": var,
-                       "categories": [v.category for v in g.verdicts], "policy_id": policy_id}
+                rec = {
+                    "id": row["id"],
+                    "k": cfg.k,
+                    "rewards": g.rewards,
+                    "mean": mean,
+                    "variance": var,
+                    "categories": [v.category for v in g.verdicts],
+                    "policy_id": policy_id,
+                }
                 out.append(rec)
                 done[row["id"]] = rec
             if bar is not None:

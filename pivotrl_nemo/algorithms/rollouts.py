@@ -43,14 +43,24 @@ class TurnSampler:
             self._prompt_cache[key] = render_prompt_ids(view, self.tokenizer, self.data_cfg)
         return self._prompt_cache[key]
 
-    def sample_and_score(self, rows: list[dict], n: int, sampling: SamplingConfig, seed: int,
-                         temperature: float | None = None, stream_keys: list[int] | None = None) -> list[ScoredGroup]:
+    def sample_and_score(
+        self,
+        rows: list[dict],
+        n: int,
+        sampling: SamplingConfig,
+        seed: int,
+        temperature: float | None = None,
+        stream_keys: list[int] | None = None,
+    ) -> list[ScoredGroup]:
         """``n`` scored samples per row; ``stream_keys`` (default: row positions) key each row's
         random stream (see ``rollout.base.SamplingParams.stream_keys``)."""
         params = SamplingParams(
             temperature=sampling.temperature if temperature is None else temperature,
-            top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens, seed=seed,
-            stream_keys=None if stream_keys is None else tuple(stream_keys))
+            top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens,
+            seed=seed,
+            stream_keys=None if stream_keys is None else tuple(stream_keys),
+        )
         prompts = [self.prompt_ids(r) for r in rows]
         outs = self.engine.generate(prompts, n, params)
         groups = []

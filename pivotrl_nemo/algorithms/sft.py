@@ -21,8 +21,16 @@ from .head import action_logprobs
 log = get_logger(__name__)
 
 
-def train_sft(policy, examples: list[tuple[list[int], list[int]]], cfg: SFTConfig, pad_id: int,
-              metrics: MetricsWriter, impl: str = "torch", micro_batch_size: int = 16, progress: bool = True) -> dict:
+def train_sft(
+    policy,
+    examples: list[tuple[list[int], list[int]]],
+    cfg: SFTConfig,
+    pad_id: int,
+    metrics: MetricsWriter,
+    impl: str = "torch",
+    micro_batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
     """``examples`` are (prompt ids, action ids incl. end-of-turn). Returns final metrics."""
     if not examples:
         raise ValueError("SFT needs at least one example")
@@ -42,10 +50,12 @@ def train_sft(policy, examples: list[tuple[list[int], list[int]]], cfg: SFTConfi
         picked = [examples[i] for i in order[: cfg.batch_size]]
         del order[: cfg.batch_size]
         total_tokens = sum(len(a) for _, a in picked)
-        batches = [make_batch([picked[i][0] for i in mb], [picked[i][1] for i in mb], pad_id)
-                   for mb in chunks(len(picked), micro_batch_size)]
+        batches = [
+            make_batch([picked[i][0] for i in mb], [picked[i][1] for i in mb], pad_id)
+            for mb in chunks(len(picked), micro_batch_size)
+        ]
 
-        def loss_fn(i, batch, hidden, weight):
+        def loss_fn(i, batch, hidden, weight, total_tokens=total_tokens):  # bound now: called in this step
             lp, _ = action_logprobs(hidden, weight, batch.targets.to(hidden.device), 1.0, impl, policy.tp_group)
             loss = -lp.sum() / total_tokens
             return loss, {"loss": float(loss.detach())}
@@ -54,8 +64,12 @@ def train_sft(policy, examples: list[tuple[list[int], list[int]]], cfg: SFTConfi
         loss_sum = policy.pipeline_sum([sum(m["loss"] for m in policy.forward_backward(batches, loss_fn))])[0]
         grad_norm = policy.optimizer_step()
         dt = time.perf_counter() - t0
-        last = {"sft/loss": loss_sum, "sft/grad_norm": float(grad_norm), "sft/tokens_per_s": total_tokens / dt,
-                "sft/lr": policy.current_lr()}
+        last = {
+            "sft/loss": loss_sum,
+            "sft/grad_norm": float(grad_norm),
+            "sft/tokens_per_s": total_tokens / dt,
+            "sft/lr": policy.current_lr(),
+        }
         metrics.log(step, last)
         if bar is not None:
             bar.update(1)
@@ -69,8 +83,10 @@ def train_sft(policy, examples: list[tuple[list[int], list[int]]], cfg: SFTConfi
 def action_nll(policy, examples: list[tuple[list[int], list[int]]], pad_id: int, micro_batch_size: int = 16) -> float:
     """Mean per-token negative log-likelihood of the expert actions (a held-out SFT metric)."""
     policy.eval()
-    batches = [make_batch([examples[i][0] for i in mb], [examples[i][1] for i in mb], pad_id)
-               for mb in chunks(len(examples), micro_batch_size)]
+    batches = [
+        make_batch([examples[i][0] for i in mb], [examples[i][1] for i in mb], pad_id)
+        for mb in chunks(len(examples), micro_batch_size)
+    ]
 
     def nll_fn(i, batch, hidden, weight):
         lp, _ = action_logprobs(hidden, weight, batch.targets.to(hidden.device), 1.0, "torch", policy.tp_group)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
@@ -86,5 +86,7 @@ def to_yaml(cfg: PivotRLConfig) -> str:
 
 def fingerprint(*sections: object) -> str:
     """Stable hash of config sections (dataclasses or plain values): decides stage re-runs."""
-    payload = json.dumps([asdict(s) if hasattr(s, "__dataclass_fields__") else s for s in sections], sort_keys=True, default=str)
+    payload = json.dumps(
+        [asdict(s) if is_dataclass(s) and not isinstance(s, type) else s for s in sections], sort_keys=True, default=str
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+PARALLEL_MODES = ("binary_strict", "f1")
+"""Choices of ``verifier.parallel_mode`` (the verifiers import them from here)."""
+
 
 @dataclass
 class ModelConfig:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from pivotrl_nemo.distributed.env import world_size
 from pivotrl_nemo.registry import DOMAINS, ENGINES, VERIFIERS, Registry
 
 from .errors import ConfigError
-from .schema import PivotRLConfig
+from .schema import PARALLEL_MODES, PivotRLConfig
 
 METRIC_PREFIXES = ("train/", "verdict/", "time/", "moe/")
 """Prefixes of the per-step metrics the training loop logs (``algorithm.best_metric`` must name one)."""
@@ -27,48 +28,74 @@ def _check_choice(registry: Registry, value: str, allow_empty: bool = False) -> 
 
 def validate(cfg: PivotRLConfig) -> None:
     m, d, a = cfg.model, cfg.data, cfg.algorithm
-    _check(m.num_attention_heads % m.num_query_groups == 0, "model.num_query_groups",
-           f"must divide model.num_attention_heads ({m.num_attention_heads})")
-    _check(m.num_experts == 0 or 1 <= m.moe_router_topk <= m.num_experts, "model.moe_router_topk",
-           f"must be in [1, model.num_experts={m.num_experts}]")
+    _check(
+        m.num_attention_heads % m.num_query_groups == 0,
+        "model.num_query_groups",
+        f"must divide model.num_attention_heads ({m.num_attention_heads})",
+    )
+    _check(
+        m.num_experts == 0 or 1 <= m.moe_router_topk <= m.num_experts,
+        "model.moe_router_topk",
+        f"must be in [1, model.num_experts={m.num_experts}]",
+    )
     _check(m.attention_backend in ("sdpa", "local"), "model.attention_backend", "use 'sdpa' or 'local'")
     _check(m.params_dtype in ("float32", "bfloat16"), "model.params_dtype", "use 'float32' or 'bfloat16'")
     _check_choice(DOMAINS, d.source)
-    _check(d.source != "jsonl" or bool(d.path), "data.path", "data.source=jsonl needs data.path=/path/to/trajectories.jsonl")
+    for key, message in DOMAINS.get(d.source).config_problems(d):
+        _check(False, key, message)
     _check(abs(sum(d.split_fractions.values()) - 1.0) < 1e-6, "data.split_fractions", "fractions must sum to 1")
     _check(all(v >= 0 for v in d.split_fractions.values()), "data.split_fractions", "fractions must be >= 0")
-    _check(d.tool_schema_style in ("compact", "signature", "json"), "data.tool_schema_style",
-           "use 'compact', 'signature' or 'json'")
-    _check(d.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens <= m.max_position_embeddings,
-           "data.max_prompt_tokens", f"prompt ({d.max_prompt_tokens}) + rollout.sampling.max_new_tokens "
-           f"({cfg.rollout.sampling.max_new_tokens}) exceeds model.max_position_embeddings ({m.max_position_embeddings})")
+    _check(
+        d.tool_schema_style in ("compact", "signature", "json"),
+        "data.tool_schema_style",
+        "use 'compact', 'signature' or 'json'",
+    )
+    _check(
+        d.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens <= m.max_position_embeddings,
+        "data.max_prompt_tokens",
+        f"prompt ({d.max_prompt_tokens}) + rollout.sampling.max_new_tokens "
+        f"({cfg.rollout.sampling.max_new_tokens}) exceeds model.max_position_embeddings ({m.max_position_embeddings})",
+    )
     _check_choice(VERIFIERS, cfg.verifier.name, allow_empty=True)
-    _check(cfg.verifier.parallel_mode in ("binary_strict", "f1"), "verifier.parallel_mode", "use 'binary_strict' or 'f1'")
+    _check(cfg.verifier.parallel_mode in PARALLEL_MODES, "verifier.parallel_mode", f"use one of {list(PARALLEL_MODES)}")
     _check_choice(ENGINES, cfg.rollout.engine)
     if cfg.rollout.engine == "vllm":
-        import importlib.util
+        import torch  # lazy: about a second that only these device checks need
 
-        import torch
-
-        _check(torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None, "rollout.engine",
-               "'vllm' needs a CUDA GPU and vLLM (pip install '.[gpu]' or an NGC image); use rollout.engine=hf on CPU")
-    _check(cfg.rollout.sampling.temperature > 0, "rollout.sampling.temperature",
-           "must be > 0 (profiling and training sample; greedy evaluation is eval.temperature=0)")
+        _check(
+            torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None,
+            "rollout.engine",
+            "'vllm' needs a CUDA GPU and vLLM (pip install '.[gpu]' or an NGC image); use rollout.engine=hf on CPU",
+        )
+    _check(
+        cfg.rollout.sampling.temperature > 0,
+        "rollout.sampling.temperature",
+        "must be > 0 (profiling and training sample; greedy evaluation is eval.temperature=0)",
+    )
     _check(cfg.eval.temperature >= 0, "eval.temperature", "must be >= 0 (0 is greedy)")
-    _check(cfg.rollout.sampling.top_p == 1.0, "rollout.sampling.top_p",
-           "must be 1.0 for now: the trainer's log-probs are over the full softmax, so top-p sampling "
-           "log-probs would bias the importance ratio")
+    _check(
+        cfg.rollout.sampling.top_p == 1.0,
+        "rollout.sampling.top_p",
+        "must be 1.0 for now: the trainer's log-probs are over the full softmax, so top-p sampling "
+        "log-probs would bias the importance ratio",
+    )
     splits = cfg.data.split_fractions
     for name in ("sft", "rl"):
         _check(name in splits, "data.split_fractions", f"needs a '{name}' split (may be 0 with a jsonl source)")
-    _check(cfg.eval.split in splits and cfg.eval.split not in ("sft", "rl"), "eval.split",
-           f"must be a held-out split of data.split_fractions other than 'sft' and 'rl', got {cfg.eval.split!r}")
+    _check(
+        cfg.eval.split in splits and cfg.eval.split not in ("sft", "rl"),
+        "eval.split",
+        f"must be a held-out split of data.split_fractions other than 'sft' and 'rl', got {cfg.eval.split!r}",
+    )
     _check(a.save_every >= 1, "algorithm.save_every", "must be >= 1")
     _check(a.keep_last >= 1, "algorithm.keep_last", "must be >= 1 (the newest checkpoint is the resume point)")
     _check(a.best_mode in ("max", "min"), "algorithm.best_mode", "use 'max' or 'min'")
-    _check(not a.best_metric or a.best_metric.startswith(METRIC_PREFIXES), "algorithm.best_metric",
-           f"must be '' or a per-step training metric starting with one of {list(METRIC_PREFIXES)}, "
-           f"e.g. 'train/reward_mean'; got {a.best_metric!r}")
+    _check(
+        not a.best_metric or a.best_metric.startswith(METRIC_PREFIXES),
+        "algorithm.best_metric",
+        f"must be '' or a per-step training metric starting with one of {list(METRIC_PREFIXES)}, "
+        f"e.g. 'train/reward_mean'; got {a.best_metric!r}",
+    )
     _check(cfg.profile.k >= 2, "profile.k", "needs at least 2 samples for a variance")
     _check(0 < cfg.filter.lambda_diff <= 1, "filter.lambda_diff", "must be in (0, 1]")
     _check(a.group_size >= 2, "algorithm.group_size", "GRPO needs at least 2 samples per pivot")
@@ -79,10 +106,13 @@ def validate(cfg: PivotRLConfig) -> None:
     _check(cfg.eval.samples_per_candidate >= 1, "eval.samples_per_candidate", "must be >= 1")
     _check(cfg.loss.impl in ("torch", "triton"), "loss.impl", "use 'torch' or 'triton'")
     if cfg.loss.impl == "triton":
-        import torch
+        import torch  # lazy: about a second that only these device checks need
 
-        _check(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1", "loss.impl",
-               "'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for slow CPU debugging); use loss.impl=torch on CPU")
+        _check(
+            torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+            "loss.impl",
+            "'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for slow CPU debugging); use loss.impl=torch on CPU",
+        )
     _check_model_controls(cfg)
     _check_parallel(cfg)
 
@@ -90,55 +120,107 @@ def validate(cfg: PivotRLConfig) -> None:
 def _check_model_controls(cfg: PivotRLConfig) -> None:
     m = cfg.model
     _check(m.moe_router_dtype in ("fp32", "fp64", "none"), "model.moe_router_dtype", "use 'fp32', 'fp64' or 'none'")
-    _check(m.moe_token_dispatcher_type in ("alltoall", "allgather", "flex"), "model.moe_token_dispatcher_type",
-           "use 'alltoall', 'allgather' or 'flex'")
-    _check(m.transformer_impl in ("local", "transformer_engine", "auto"), "model.transformer_impl",
-           "use 'local', 'transformer_engine' or 'auto'")
-    _check(not m.moe_grouped_gemm or m.transformer_impl != "local", "model.moe_grouped_gemm",
-           "grouped GEMM needs the Transformer Engine spec: set model.transformer_impl=transformer_engine (GPU) "
-           "or model.moe_grouped_gemm=false")
+    _check(
+        m.moe_token_dispatcher_type in ("alltoall", "allgather", "flex"),
+        "model.moe_token_dispatcher_type",
+        "use 'alltoall', 'allgather' or 'flex'",
+    )
+    _check(
+        m.transformer_impl in ("local", "transformer_engine", "auto"),
+        "model.transformer_impl",
+        "use 'local', 'transformer_engine' or 'auto'",
+    )
+    _check(
+        not m.moe_grouped_gemm or m.transformer_impl != "local",
+        "model.moe_grouped_gemm",
+        "grouped GEMM needs the Transformer Engine spec: set model.transformer_impl=transformer_engine (GPU) "
+        "or model.moe_grouped_gemm=false",
+    )
 
 
 def _check_parallel(cfg: PivotRLConfig) -> None:
     """The layout must fit the model and the world; messages say what to change."""
-    import torch
+    import torch  # lazy: about a second that only these device checks need
 
     m, p, a = cfg.model, cfg.parallel, cfg.algorithm
     tp, pp, ep = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.expert_model_parallel_size
     etp = tp if p.expert_tensor_parallel_size is None else p.expert_tensor_parallel_size
-    for key, v in (("tensor_model_parallel_size", tp), ("pipeline_model_parallel_size", pp),
-                   ("expert_model_parallel_size", ep), ("expert_tensor_parallel_size", etp)):
+    for key, v in (
+        ("tensor_model_parallel_size", tp),
+        ("pipeline_model_parallel_size", pp),
+        ("expert_model_parallel_size", ep),
+        ("expert_tensor_parallel_size", etp),
+    ):
         _check(v >= 1, f"parallel.{key}", "must be >= 1")
-    _check(p.virtual_pipeline_model_parallel_size is None, "parallel.virtual_pipeline_model_parallel_size",
-           "interleaved (virtual) pipeline stages are not supported yet; leave it null")
-    _check(m.num_layers % pp == 0, "parallel.pipeline_model_parallel_size",
-           f"model.num_layers={m.num_layers} is not divisible by PP={pp}")
-    _check(m.num_attention_heads % tp == 0, "parallel.tensor_model_parallel_size",
-           f"model.num_attention_heads={m.num_attention_heads} is not divisible by TP={tp}")
-    _check(m.num_query_groups % tp == 0, "parallel.tensor_model_parallel_size",
-           f"model.num_query_groups={m.num_query_groups} (KV heads) is not divisible by TP={tp}; lower TP")
+    _check(
+        p.virtual_pipeline_model_parallel_size is None,
+        "parallel.virtual_pipeline_model_parallel_size",
+        "interleaved (virtual) pipeline stages are not supported yet; leave it null",
+    )
+    _check(
+        m.num_layers % pp == 0,
+        "parallel.pipeline_model_parallel_size",
+        f"model.num_layers={m.num_layers} is not divisible by PP={pp}",
+    )
+    _check(
+        m.num_attention_heads % tp == 0,
+        "parallel.tensor_model_parallel_size",
+        f"model.num_attention_heads={m.num_attention_heads} is not divisible by TP={tp}",
+    )
+    _check(
+        m.num_query_groups % tp == 0,
+        "parallel.tensor_model_parallel_size",
+        f"model.num_query_groups={m.num_query_groups} (KV heads) is not divisible by TP={tp}; lower TP",
+    )
     if m.num_experts > 0:
-        _check(m.num_experts % ep == 0, "parallel.expert_model_parallel_size",
-               f"model.num_experts={m.num_experts} is not divisible by EP={ep}")
-        _check(m.moe_ffn_hidden_size % etp == 0, "parallel.expert_tensor_parallel_size",
-               f"model.moe_ffn_hidden_size={m.moe_ffn_hidden_size} is not divisible by expert TP={etp}")
-        _check(tp == 1 or p.sequence_parallel, "parallel.sequence_parallel",
-               "MoE with TP > 1 needs parallel.sequence_parallel=true")
+        _check(
+            m.num_experts % ep == 0,
+            "parallel.expert_model_parallel_size",
+            f"model.num_experts={m.num_experts} is not divisible by EP={ep}",
+        )
+        _check(
+            m.moe_ffn_hidden_size % etp == 0,
+            "parallel.expert_tensor_parallel_size",
+            f"model.moe_ffn_hidden_size={m.moe_ffn_hidden_size} is not divisible by expert TP={etp}",
+        )
+        _check(
+            tp == 1 or p.sequence_parallel,
+            "parallel.sequence_parallel",
+            "MoE with TP > 1 needs parallel.sequence_parallel=true",
+        )
     else:
         _check(ep == 1, "parallel.expert_model_parallel_size", "EP > 1 needs an MoE model (model.num_experts > 0)")
-        _check(m.ffn_hidden_size % tp == 0, "parallel.tensor_model_parallel_size",
-               f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by TP={tp}")
-    _check(not p.sequence_parallel or tp > 1, "parallel.sequence_parallel",
-           "sequence parallelism splits activations over TP ranks: it needs TP > 1")
-    _check(not p.use_distributed_optimizer or torch.cuda.is_available(), "parallel.use_distributed_optimizer",
-           "megatron's DistributedOptimizer needs CUDA tensors; use parallel.use_distributed_optimizer=false on CPU")
+        _check(
+            m.ffn_hidden_size % tp == 0,
+            "parallel.tensor_model_parallel_size",
+            f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by TP={tp}",
+        )
+    _check(
+        not p.sequence_parallel or tp > 1,
+        "parallel.sequence_parallel",
+        "sequence parallelism splits activations over TP ranks: it needs TP > 1",
+    )
+    _check(
+        not p.use_distributed_optimizer or torch.cuda.is_available(),
+        "parallel.use_distributed_optimizer",
+        "megatron's DistributedOptimizer needs CUDA tensors; use parallel.use_distributed_optimizer=false on CPU",
+    )
     world = world_size()
     if world == 1:
         return  # one process runs the single-rank layout (runtime.Runtime.parallel)
-    _check(world % (tp * pp) == 0, "parallel.tensor_model_parallel_size",
-           f"world size {world} is not divisible by TP x PP = {tp * pp}; launch a multiple of {tp * pp} ranks")
-    _check(world % (etp * ep * pp) == 0, "parallel.expert_model_parallel_size",
-           f"world size {world} is not divisible by expert-TP x EP x PP = {etp * ep * pp}")
+    _check(
+        world % (tp * pp) == 0,
+        "parallel.tensor_model_parallel_size",
+        f"world size {world} is not divisible by TP x PP = {tp * pp}; launch a multiple of {tp * pp} ranks",
+    )
+    _check(
+        world % (etp * ep * pp) == 0,
+        "parallel.expert_model_parallel_size",
+        f"world size {world} is not divisible by expert-TP x EP x PP = {etp * ep * pp}",
+    )
     dp = max(world // (tp * pp), 1)
-    _check(a.prompts_per_step % dp == 0, "algorithm.prompts_per_step",
-           f"must be divisible by the data-parallel size {dp} (world {world} / TP {tp} / PP {pp})")
+    _check(
+        a.prompts_per_step % dp == 0,
+        "algorithm.prompts_per_step",
+        f"must be divisible by the data-parallel size {dp} (world {world} / TP {tp} / PP {pp})",
+    )

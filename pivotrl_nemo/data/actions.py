@@ -184,6 +184,8 @@ def render_action(action: Action) -> str:
     if not action.is_call:
         raise ValueError("cannot render an unparseable action")
     return "\n".join(
-        "<tool_call>" + json.dumps({"name": c.name, "arguments": c.arguments or {}}, ensure_ascii=False) + "</tool_call>"
+        "<tool_call>"
+        + json.dumps({"name": c.name, "arguments": c.arguments or {}}, ensure_ascii=False)
+        + "</tool_call>"
         for c in action.calls
     )

@@ -11,7 +11,7 @@ import json
 import random
 from typing import Any
 
-from .actions import expected_from_action, make_call, Action
+from .actions import Action, expected_from_action, make_call
 
 
 def tools_to_responses(tools: list[dict]) -> list[dict]:
@@ -19,13 +19,15 @@ def tools_to_responses(tools: list[dict]) -> list[dict]:
     out = []
     for t in tools:
         fn = t.get("function", t)
-        out.append({
-            "type": "function",
-            "name": fn["name"],
-            "description": fn.get("description", ""),
-            "parameters": fn.get("parameters", {"type": "object", "properties": {}}),
-            "strict": False,
-        })
+        out.append(
+            {
+                "type": "function",
+                "name": fn["name"],
+                "description": fn.get("description", ""),
+                "parameters": fn.get("parameters", {"type": "object", "properties": {}}),
+                "strict": False,
+            }
+        )
     return out
 
 
@@ -45,14 +47,22 @@ def message_to_items(msg: dict) -> list[dict]:
     if role == "assistant":
         for c in msg.get("tool_calls") or []:
             fn = c["function"]
-            items.append({"type": "function_call", "call_id": c.get("id", ""), "name": fn["name"],
-                          "arguments": _arguments_str(fn.get("arguments", "{}"))})
+            items.append(
+                {
+                    "type": "function_call",
+                    "call_id": c.get("id", ""),
+                    "name": fn["name"],
+                    "arguments": _arguments_str(fn.get("arguments", "{}")),
+                }
+            )
     return items
 
 
 def action_of_turn(msg: dict) -> Action:
     """The expert action of an assistant message: its calls when it has any, else its text."""
-    calls = [make_call(c["function"]["name"], c["function"].get("arguments", "{}")) for c in msg.get("tool_calls") or []]
+    calls = [
+        make_call(c["function"]["name"], c["function"].get("arguments", "{}")) for c in msg.get("tool_calls") or []
+    ]
     if calls:
         return Action("function_call" if len(calls) == 1 else "function_call_batch", tuple(calls))
     return Action("message", content=(msg.get("content") or "").strip())
@@ -74,7 +84,7 @@ def extract_candidates(traj: dict, split: str, verifier: str) -> list[dict]:
     turn = 0
     for msg in traj["messages"]:
         if msg["role"] == "assistant" and eligible(domain, msg):
-            row = {
+            row: dict[str, Any] = {
                 "id": f"{traj['id']}#{turn}",
                 "responses_create_params": {"input": [dict(i) for i in prefix], "tools": tools, "tool_choice": "auto"},
                 "expected_action": expected_from_action(action_of_turn(msg)),

@@ -31,8 +31,10 @@ def _validate_input(items: Any) -> list[tuple[str, str]]:
         if kind == "function_call":
             if not isinstance(it.get("name"), str):
                 problems.append((f"{w}.name", "missing"))
+            arguments = it.get("arguments")
             try:
-                if not isinstance(json.loads(it.get("arguments")), dict):
+                # json.loads reads str / bytes only; any other value (None: missing) is malformed too
+                if not isinstance(arguments, str | bytes | bytearray) or not isinstance(json.loads(arguments), dict):
                     raise ValueError
             except (TypeError, ValueError):
                 problems.append((f"{w}.arguments", "must be a JSON object encoded as a string"))
@@ -49,8 +51,12 @@ def _validate_input(items: Any) -> list[tuple[str, str]]:
         elif kind != "reasoning":
             problems.append((f"{w}.type", f"unknown item type {kind!r}"))
     if isinstance(items[-1], dict) and items[-1].get("type") == "function_call":
-        problems.append((f"{base}[{len(items) - 1}]", "prefix ends with a tool call that has no output "
-                         "(the target action leaked into the prefix?)"))
+        problems.append(
+            (
+                f"{base}[{len(items) - 1}]",
+                "prefix ends with a tool call that has no output (the target action leaked into the prefix?)",
+            )
+        )
     return problems
 
 
@@ -146,8 +152,12 @@ class ValidationReport:
     by_depth: Counter = field(default_factory=Counter)
 
     def summary(self) -> dict:
-        return {"rows": self.rows, "invalid": self.invalid, "by_action_type": dict(self.by_action),
-                "depth_histogram": {str(k): v for k, v in sorted(self.by_depth.items())}}
+        return {
+            "rows": self.rows,
+            "invalid": self.invalid,
+            "by_action_type": dict(self.by_action),
+            "depth_histogram": {str(k): v for k, v in sorted(self.by_depth.items())},
+        }
 
 
 def validate_file(path: str) -> ValidationReport:

@@ -125,6 +125,10 @@ def load_trajectories(path: str, skip_invalid: bool = False) -> tuple[list[dict]
         out.append(obj)
     report.loaded = len(out)
     if report.skipped:
-        log.warning("skipped %d invalid trajectories in %s (data.skip_invalid=true); first: %s",
-                    report.skipped, path, report.problems[0])
+        log.warning(
+            "skipped %d invalid trajectories in %s (data.skip_invalid=true); first: %s",
+            report.skipped,
+            path,
+            report.problems[0],
+        )
     return out, report

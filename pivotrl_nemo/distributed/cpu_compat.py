@@ -93,33 +93,64 @@ class AppliedPatch:
 _RANDOM = "megatron.core.tensor_parallel.random"
 
 PATCHES: tuple[PatchSpec, ...] = (
-    PatchSpec(_RANDOM, "CudaRNGStatesTracker",
-              "(use_cudagraphable_rng=False, is_inference_rng_tracker=False)", "0194c15fce9418b7",
-              "add()/fork() use torch.cuda RNG states; replaced by a subclass keeping CPU states"),
-    PatchSpec(_RANDOM, "_get_cuda_rng_state",
-              "(device: 'Union[int, str, torch.device]' = 'cuda', clone: 'bool' = False, "
-              "graph_safe: 'bool' = False) -> 'torch.Tensor'",
-              "aa26caaa069c5c4f", "reads the CUDA generator (activation recompute, convert)"),
-    PatchSpec(_RANDOM, "_set_cuda_rng_state",
-              "(new_state: 'torch.Tensor', device: 'int' = -1, graph_safe: 'bool' = False)",
-              "b179c9d95438b61c", "writes the CUDA generator"),
-    PatchSpec("megatron.core.transformer.moe.moe_utils", "maybe_move_tensor_to_cpu",
-              "(tensor: torch.Tensor, as_numpy: bool = False, record_stream: bool = False)"
-              " -> torch.Tensor",
-              "8fc5847a887d7319", "CPU tensors are never converted to numpy (EP>1 alltoall)"),
-    PatchSpec("megatron.core.transformer.moe.token_dispatcher", "maybe_move_tensor_to_cpu",
-              "(tensor: torch.Tensor, as_numpy: bool = False, record_stream: bool = False)"
-              " -> torch.Tensor",
-              "8fc5847a887d7319", "the alltoall dispatcher's imported reference"),
-    PatchSpec("megatron.core.optimizer.optimizer", "clip_grad_by_total_norm_fp32",
-              "(parameters: Union[List[torch.Tensor], torch.Tensor], max_norm: Union[int, float], "
-              "total_norm: float, use_decoupled_grad: bool = False)",
-              "cf07b488fb76a8ae", "asserts grads are torch.cuda.FloatTensor"),
-    PatchSpec("megatron.core.fusions.fused_softmax", "get_default_causal_mask",
-              "(sq: int) -> torch.Tensor", "4638b2c6665fc284",
-              "builds the causal mask with a literal device='cuda' (attention_mask=None)"),
-    PatchSpec("torch.cuda", "current_device", None, None,
-              "megatron allocates on torch.cuda.current_device() (router, buffers, SP)"),
+    PatchSpec(
+        _RANDOM,
+        "CudaRNGStatesTracker",
+        "(use_cudagraphable_rng=False, is_inference_rng_tracker=False)",
+        "0194c15fce9418b7",
+        "add()/fork() use torch.cuda RNG states; replaced by a subclass keeping CPU states",
+    ),
+    PatchSpec(
+        _RANDOM,
+        "_get_cuda_rng_state",
+        "(device: 'Union[int, str, torch.device]' = 'cuda', clone: 'bool' = False, "
+        "graph_safe: 'bool' = False) -> 'torch.Tensor'",
+        "aa26caaa069c5c4f",
+        "reads the CUDA generator (activation recompute, convert)",
+    ),
+    PatchSpec(
+        _RANDOM,
+        "_set_cuda_rng_state",
+        "(new_state: 'torch.Tensor', device: 'int' = -1, graph_safe: 'bool' = False)",
+        "b179c9d95438b61c",
+        "writes the CUDA generator",
+    ),
+    PatchSpec(
+        "megatron.core.transformer.moe.moe_utils",
+        "maybe_move_tensor_to_cpu",
+        "(tensor: torch.Tensor, as_numpy: bool = False, record_stream: bool = False) -> torch.Tensor",
+        "8fc5847a887d7319",
+        "CPU tensors are never converted to numpy (EP>1 alltoall)",
+    ),
+    PatchSpec(
+        "megatron.core.transformer.moe.token_dispatcher",
+        "maybe_move_tensor_to_cpu",
+        "(tensor: torch.Tensor, as_numpy: bool = False, record_stream: bool = False) -> torch.Tensor",
+        "8fc5847a887d7319",
+        "the alltoall dispatcher's imported reference",
+    ),
+    PatchSpec(
+        "megatron.core.optimizer.optimizer",
+        "clip_grad_by_total_norm_fp32",
+        "(parameters: Union[List[torch.Tensor], torch.Tensor], max_norm: Union[int, float], "
+        "total_norm: float, use_decoupled_grad: bool = False)",
+        "cf07b488fb76a8ae",
+        "asserts grads are torch.cuda.FloatTensor",
+    ),
+    PatchSpec(
+        "megatron.core.fusions.fused_softmax",
+        "get_default_causal_mask",
+        "(sq: int) -> torch.Tensor",
+        "4638b2c6665fc284",
+        "builds the causal mask with a literal device='cuda' (attention_mask=None)",
+    ),
+    PatchSpec(
+        "torch.cuda",
+        "current_device",
+        None,
+        None,
+        "megatron allocates on torch.cuda.current_device() (router, buffers, SP)",
+    ),
     PatchSpec("torch.cuda", "Stream", None, None, "alltoall dispatcher creates side streams"),
     PatchSpec("torch.cuda", "Event", None, None, "alltoall dispatcher records events"),
     PatchSpec("torch.cuda", "stream", None, None, "stream context manager"),
@@ -129,19 +160,31 @@ PATCHES: tuple[PatchSpec, ...] = (
 )
 
 WATCHED: tuple[PatchSpec, ...] = (
-    PatchSpec("megatron.core.utils:GlobalMemoryBuffer", "get_tensor",
-              "(self, tensor_shape, dtype, name, mem_alloc_context: Optional[Callable] = None)",
-              "2b843a83eb762098", "allocates on torch.cuda.current_device(): CPU through the stand-in"),
-    PatchSpec(_RANDOM, "model_parallel_cuda_manual_seed",
-              "(seed: 'int', te_rng_tracker: 'bool' = False, inference_rng_tracker: 'bool' = False, "
-              "use_cudagraphable_rng: 'bool' = False, tp_rank: 'Optional[int]' = None, "
-              "ep_rank: 'Optional[int]' = None, etp_rank: 'Optional[int]' = None, "
-              "force_reset_rng: 'bool' = False)",
-              "d3db2ff665789365", "works through the tracker class; torch.cuda.manual_seed stays lazy"),
-    PatchSpec(_RANDOM, "initialize_rng_tracker",
-              "(use_te_rng_tracker: 'bool' = False, inference_rng_tracker: 'bool' = False, "
-              "use_cudagraphable_rng: 'bool' = False, force_reset: 'bool' = False)",
-              "4bc461df7c7f7a43", "builds the tracker from the module-level class name (ours)"),
+    PatchSpec(
+        "megatron.core.utils:GlobalMemoryBuffer",
+        "get_tensor",
+        "(self, tensor_shape, dtype, name, mem_alloc_context: Optional[Callable] = None)",
+        "2b843a83eb762098",
+        "allocates on torch.cuda.current_device(): CPU through the stand-in",
+    ),
+    PatchSpec(
+        _RANDOM,
+        "model_parallel_cuda_manual_seed",
+        "(seed: 'int', te_rng_tracker: 'bool' = False, inference_rng_tracker: 'bool' = False, "
+        "use_cudagraphable_rng: 'bool' = False, tp_rank: 'Optional[int]' = None, "
+        "ep_rank: 'Optional[int]' = None, etp_rank: 'Optional[int]' = None, "
+        "force_reset_rng: 'bool' = False)",
+        "d3db2ff665789365",
+        "works through the tracker class; torch.cuda.manual_seed stays lazy",
+    ),
+    PatchSpec(
+        _RANDOM,
+        "initialize_rng_tracker",
+        "(use_te_rng_tracker: 'bool' = False, inference_rng_tracker: 'bool' = False, "
+        "use_cudagraphable_rng: 'bool' = False, force_reset: 'bool' = False)",
+        "4bc461df7c7f7a43",
+        "builds the tracker from the module-level class name (ours)",
+    ),
 )
 """Not patched, but correct on the CPU only because of the patches: checked like ``PATCHES``."""
 
@@ -221,6 +264,8 @@ def _make_cpu_tracker_class(base: type) -> type:
     class CpuRNGStatesTracker(base):  # type: ignore[misc, valid-type]
         """Named CPU generator states; ``fork(name)`` swaps the global CPU generator to ``name``."""
 
+        _current_state_name: str  # set by the base class's reset(); declared for mypy (base is dynamic)
+
         def add(self, name: str, seed: int) -> None:
             self._is_initialized = True
             if seed in self.seeds_:
@@ -273,7 +318,7 @@ class _CpuStream:
     def wait_event(self, event: Any) -> None:
         return None
 
-    def record_event(self, event: Any = None) -> "_CpuEvent":
+    def record_event(self, event: Any = None) -> _CpuEvent:
         event = event if event is not None else _CpuEvent()
         event.record(self)
         return event
@@ -284,7 +329,7 @@ class _CpuStream:
     def synchronize(self) -> None:
         return None
 
-    def __enter__(self) -> "_CpuStream":
+    def __enter__(self) -> _CpuStream:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -309,7 +354,7 @@ class _CpuEvent:
     def synchronize(self) -> None:
         return None
 
-    def elapsed_time(self, end_event: "_CpuEvent") -> float:
+    def elapsed_time(self, end_event: _CpuEvent) -> float:
         return (end_event._time - self._time) * 1000.0
 
 
@@ -426,8 +471,9 @@ def apply_cpu_compat() -> bool:
     import megatron.core  # lazy: megatron
 
     if megatron.core.__version__.split("+")[0] != MEGATRON_CORE_VERSION:
-        logger.warning("megatron-core %s: cpu_compat was reviewed against %s",
-                       megatron.core.__version__, MEGATRON_CORE_VERSION)
+        logger.warning(
+            "megatron-core %s: cpu_compat was reviewed against %s", megatron.core.__version__, MEGATRON_CORE_VERSION
+        )
     for spec in PATCHES:  # check everything before touching anything
         orig = _original(spec)
         if spec.signature is not None and str(inspect.signature(orig)) != spec.signature:
@@ -436,8 +482,12 @@ def apply_cpu_compat() -> bool:
                 f"(recorded {spec.signature}); review pivotrl_nemo/distributed/cpu_compat.py"
             )
         if spec.source_sha256 is not None and source_digest(orig) != spec.source_sha256:
-            logger.warning("%s.%s changed since megatron-core %s; review cpu_compat.py",
-                           spec.owner, spec.name, MEGATRON_CORE_VERSION)
+            logger.warning(
+                "%s.%s changed since megatron-core %s; review cpu_compat.py",
+                spec.owner,
+                spec.name,
+                MEGATRON_CORE_VERSION,
+            )
     replacements = _replacements()
     for spec in PATCHES:
         owner = _resolve_owner(spec.owner)

@@ -23,7 +23,7 @@ class DataParallel:
 
     def shard(self, items: list) -> list:
         """This rank's items of a global batch (strided, so shards differ by at most one)."""
-        return items[self.rank::self.size]
+        return items[self.rank :: self.size]
 
     def sum(self, value: float) -> float:
         if self.size == 1:
@@ -82,4 +82,3 @@ def current_mp() -> ModelParallel:
         return ModelParallel(0, 1)
     group = ps.get_model_parallel_group()
     return ModelParallel(dist.get_rank(group), dist.get_world_size(group), group)
-

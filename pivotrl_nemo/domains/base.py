@@ -83,6 +83,12 @@ class Domain(Protocol):
 
     def __init__(self, cfg: DataConfig) -> None: ...
 
+    @staticmethod
+    def config_problems(cfg: DataConfig) -> list[tuple[str, str]]:
+        """``(config key, message)`` for each ``data.*`` value this domain cannot use (checked at
+        start-up by ``config.validate``, before any stage runs)."""
+        ...
+
     def trajectories(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The expert trajectories (``docs/contracts.md``) and a summary for the build marker."""
         ...

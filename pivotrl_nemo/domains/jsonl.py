@@ -24,6 +24,13 @@ class JsonlDomain:
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
 
+    @staticmethod
+    def config_problems(cfg: DataConfig) -> list[tuple[str, str]]:
+        """A JSONL source needs a file."""
+        if not cfg.path:
+            return [("data.path", "data.source=jsonl needs data.path=/path/to/trajectories.jsonl")]
+        return []
+
     def trajectories(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The valid rows in file order (capped) and ``{"skipped_invalid": rows skipped}``."""
         if not self.cfg.path:

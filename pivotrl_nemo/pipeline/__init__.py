@@ -9,5 +9,16 @@ from pivotrl_nemo.pipeline.layout import RunLayout
 from pivotrl_nemo.pipeline.runner import Runner, StageOrderError
 from pivotrl_nemo.pipeline.stage import COMMANDS, STAGES, Command, Stage, StageContext, StagePartial, command, stage
 
-__all__ = ["COMMANDS", "STAGES", "Command", "RunLayout", "Runner", "Stage", "StageContext", "StageOrderError",
-           "StagePartial", "command", "stage"]
+__all__ = [
+    "COMMANDS",
+    "STAGES",
+    "Command",
+    "RunLayout",
+    "Runner",
+    "Stage",
+    "StageContext",
+    "StageOrderError",
+    "StagePartial",
+    "command",
+    "stage",
+]

@@ -10,8 +10,11 @@ from pivotrl_nemo.data.pivots import validate_file
 from pivotrl_nemo.pipeline.stage import command
 
 
-@command("validate", usage="pivotrl validate FILE [FILE ...]",
-         help="check pivot-row files: file:line: field: message for every problem")
+@command(
+    "validate",
+    usage="pivotrl validate FILE [FILE ...]",
+    help="check pivot-row files: file:line: field: message for every problem",
+)
 def validate_main(args: list[str]) -> int:
     """Validate pivot-row files; exit 1 when any row is invalid."""
     if not args:

@@ -102,24 +102,29 @@ def _split_args(args: list[str], own_key) -> tuple[dict[str, str], list[str]]:
 
 def split_export_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
     """``export.KEY=VALUE`` arguments (as a dict) and the remaining Hydra overrides."""
-    return _split_args(args, lambda k: k[len("export."):] if k.startswith("export.") else None)
+    return _split_args(args, lambda k: k[len("export.") :] if k.startswith("export.") else None)
 
 
-@command("export", usage="pivotrl export [overrides] export.checkpoint=train|sft export.out=DIR [export.overwrite=true]",
-         help="write a run's sft or train checkpoint as a Hugging Face folder (safetensors, config, tokenizer)")
+@command(
+    "export",
+    usage="pivotrl export [overrides] export.checkpoint=train|sft export.out=DIR [export.overwrite=true]",
+    help="write a run's sft or train checkpoint as a Hugging Face folder (safetensors, config, tokenizer)",
+)
 def export_main(args: list[str]) -> int:
     """The ``pivotrl export`` command: returns the exit code."""
     own, rest = split_export_args(args)
     unknown = sorted(set(own) - {"checkpoint", "out", "overwrite"})
     if unknown or "out" not in own:
-        sys.stderr.write("usage: pivotrl export [overrides] export.checkpoint=train|sft export.out=DIR "
-                         f"[export.overwrite=true]{'; unknown: ' + ', '.join(unknown) if unknown else ''}\n")
+        sys.stderr.write(
+            "usage: pivotrl export [overrides] export.checkpoint=train|sft export.out=DIR "
+            f"[export.overwrite=true]{'; unknown: ' + ', '.join(unknown) if unknown else ''}\n"
+        )
         return 2
     cfg = _config_or_none(rest)
     if cfg is None:
         return 2
     overwrite = _truthy(own.get("overwrite", "false"))
-    from pivotrl_nemo.models.megatron.checkpoint import CheckpointError
+    from pivotrl_nemo.models.megatron.checkpoint import CheckpointError  # lazy: megatron
 
     try:
         export_stage(cfg, cfg.run_dir, own.get("checkpoint", "train"), own["out"], overwrite=overwrite)
@@ -131,13 +136,31 @@ def export_main(args: list[str]) -> int:
 
 # --------------------------------------------------------------------------- pivotrl import
 
-IMPORT_USAGE = ("usage: pivotrl import hf_dir=HF_FOLDER out=CHECKPOINT_DIR [overwrite=true] "
-                "[overrides: parallel.*, model.params_dtype=..., ...]\n")
+IMPORT_USAGE = (
+    "usage: pivotrl import hf_dir=HF_FOLDER out=CHECKPOINT_DIR [overwrite=true] "
+    "[overrides: parallel.*, model.params_dtype=..., ...]\n"
+)
 
-ARCH_KEYS = ("name", "hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "head_dim",
-             "qk_layernorm", "ffn_hidden_size", "num_experts", "moe_ffn_hidden_size", "moe_router_topk",
-             "moe_aux_loss_coeff", "max_position_embeddings", "rotary_base", "norm_epsilon", "init_method_std",
-             "tie_word_embeddings", "params_dtype")
+ARCH_KEYS = (
+    "name",
+    "hidden_size",
+    "num_layers",
+    "num_attention_heads",
+    "num_query_groups",
+    "head_dim",
+    "qk_layernorm",
+    "ffn_hidden_size",
+    "num_experts",
+    "moe_ffn_hidden_size",
+    "moe_router_topk",
+    "moe_aux_loss_coeff",
+    "max_position_embeddings",
+    "rotary_base",
+    "norm_epsilon",
+    "init_method_std",
+    "tie_word_embeddings",
+    "params_dtype",
+)
 """The ``model.*`` fields ``model_config_from_hf`` derives from an HF config (plus the tokenizer)."""
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -186,8 +209,10 @@ def import_stage(cfg: Any, hf_dir: str | Path, out: str | Path, overwrite: bool 
     vocab = int(hf_config.vocab_size)
     parallel = Runtime(cfg).parallel
     if vocab % parallel.tensor_model_parallel_size:
-        raise HFImportError(f"vocab_size {vocab} is not divisible by "
-                            f"parallel.tensor_model_parallel_size={parallel.tensor_model_parallel_size}")
+        raise HFImportError(
+            f"vocab_size {vocab} is not divisible by "
+            f"parallel.tensor_model_parallel_size={parallel.tensor_model_parallel_size}"
+        )
     init_distributed(parallel, seed=cfg.model.seed)
     policy = MegatronPolicy(cfg.model, vocab, cfg.algorithm.optim, parallel=parallel)
     n = load_hf_checkpoint_into(policy.gpt, hf_dir, cfg.model)
@@ -196,8 +221,11 @@ def import_stage(cfg: Any, hf_dir: str | Path, out: str | Path, overwrite: bool 
     return {"vocab_size": vocab, "parallel": parallel, "tensors": n}
 
 
-@command("import", usage=IMPORT_USAGE.strip(),
-         help="convert a Hugging Face checkpoint (Llama, Qwen3, Qwen3-MoE) into a megatron checkpoint")
+@command(
+    "import",
+    usage=IMPORT_USAGE.strip(),
+    help="convert a Hugging Face checkpoint (Llama, Qwen3, Qwen3-MoE) into a megatron checkpoint",
+)
 def import_main(args: list[str]) -> int:
     """The ``pivotrl import`` command: returns the exit code. Prints the model config it derived
     from the HF config and the Hydra overrides that train on the imported checkpoint."""
@@ -239,7 +267,8 @@ def import_main(args: list[str]) -> int:
             f"EP={p.expert_model_parallel_size}]\nmodel config:\n"
             + "".join(f"  {ln}\n" for ln in OmegaConf.to_yaml(OmegaConf.structured(cfg.model)).splitlines())
             + "hydra overrides for this model (stages that start from pi_0 read <run_dir>/sft/checkpoint):\n"
-            + f"  {line}\n")
+            + f"  {line}\n"
+        )
         _warn_vocab(cfg.model.tokenizer if tokenizer_dir is not None else None, summary["vocab_size"])
     return 0
 
@@ -248,13 +277,17 @@ def _warn_vocab(tokenizer_dir: str | None, vocab: int) -> None:
     """Tell the user when the run's vocabulary (the tokenizer's, padded) will differ from the
     checkpoint's: ``MegatronPolicy.load`` refuses a vocab_size mismatch."""
     if tokenizer_dir is None:
-        sys.stdout.write("note: no tokenizer files in the HF folder; set model.tokenizer to the one it was trained "
-                         f"with (the run's padded vocabulary must be {vocab})\n")
+        sys.stdout.write(
+            "note: no tokenizer files in the HF folder; set model.tokenizer to the one it was trained "
+            f"with (the run's padded vocabulary must be {vocab})\n"
+        )
         return
     from pivotrl_nemo.data.tokenizer import load_tokenizer  # lazy: transformers
 
     run_vocab = padded_vocab_size(len(load_tokenizer(tokenizer_dir)))
     if run_vocab != vocab:
-        sys.stdout.write(f"warning: the run sizes its vocabulary from the tokenizer ({run_vocab} after padding to a "
-                         f"multiple of 128) but the checkpoint has {vocab} rows; loading it into a run will fail "
-                         "on the vocab_size check\n")
+        sys.stdout.write(
+            f"warning: the run sizes its vocabulary from the tokenizer ({run_vocab} after padding to a "
+            f"multiple of 128) but the checkpoint has {vocab} rows; loading it into a run will fail "
+            "on the vocab_size check\n"
+        )

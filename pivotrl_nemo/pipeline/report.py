@@ -51,8 +51,8 @@ def plot_reward_curve(rows: list[dict], path: Path) -> None:
     ax.plot(steps, rew, color="#4c72b0", alpha=0.4, label="batch reward")
     w = 5
     if len(rew) >= w:
-        smooth = [sum(rew[i - w + 1:i + 1]) / w for i in range(w - 1, len(rew))]
-        ax.plot(steps[w - 1:], smooth, color="#4c72b0", label=f"{w}-step mean")
+        smooth = [sum(rew[i - w + 1 : i + 1]) / w for i in range(w - 1, len(rew))]
+        ax.plot(steps[w - 1 :], smooth, color="#4c72b0", label=f"{w}-step mean")
     zv = [r["train/zero_variance_groups"] for r in rows]
     ax.plot(steps, zv, color="#dd8452", alpha=0.7, label="zero-variance groups")
     ax.set_xlabel("optimizer step")
@@ -71,7 +71,9 @@ def plot_accuracy(res: dict, path: Path) -> None:
     for i, v in enumerate(vals):
         ax.text(i, v + 0.01, f"{100 * v:.1f}%", ha="center")
     lo, hi = res["delta_ci95"]
-    ax.set_title(f"held-out turn accuracy (n={res['n_eval']})\ndelta 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] pts", fontsize=9)
+    ax.set_title(
+        f"held-out turn accuracy (n={res['n_eval']})\ndelta 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] pts", fontsize=9
+    )
     ax.set_ylim(0, min(1.0, max(vals) + 0.15))
     _save_fig(fig, path)
     plt.close(fig)

@@ -57,12 +57,16 @@ class Runner:
         for u in s.upstream:
             m_u = self.marker(u)
             if m_u is None:
-                raise StageOrderError(f"stage '{s.name}' needs stage '{u}' first: run `pivotrl {u}` "
-                                      f"(or `pivotrl run`) with the same run_dir ({self.layout.root})")
+                raise StageOrderError(
+                    f"stage '{s.name}' needs stage '{u}' first: run `pivotrl {u}` "
+                    f"(or `pivotrl run`) with the same run_dir ({self.layout.root})"
+                )
             if m_u["fingerprint"] != self.fingerprint(u):
-                raise StageOrderError(f"stage '{u}' in {self.layout.root} was produced with another "
-                                      f"configuration than this one; re-run it first (`pivotrl {u} ...` or "
-                                      "`pivotrl run ...`)")
+                raise StageOrderError(
+                    f"stage '{u}' in {self.layout.root} was produced with another "
+                    f"configuration than this one; re-run it first (`pivotrl {u} ...` or "
+                    "`pivotrl run ...`)"
+                )
 
     def run(self, stage: str, force: bool = False) -> dict[str, Any]:
         """Run ``stage`` unless it is done under this configuration (``force`` re-runs it)."""
@@ -70,8 +74,9 @@ class Runner:
         world = env.world_size()
         if world > 1 and not s.multi_rank:
             multi = [n for n in STAGES.names() if STAGES.get(n).multi_rank]
-            raise RuntimeError(f"stage '{stage}' runs in one process; launch it without torchrun "
-                               f"(multi-rank stages: {multi})")
+            raise RuntimeError(
+                f"stage '{stage}' runs in one process; launch it without torchrun (multi-rank stages: {multi})"
+            )
         self._check_upstream(s)
         fp = self.fingerprint(stage)
         m = self.marker(stage)

@@ -15,6 +15,7 @@ from pivotrl_nemo.distributed import env
 from pivotrl_nemo.pipeline.layout import RunLayout
 from pivotrl_nemo.registry import ENGINES
 from pivotrl_nemo.utils.logging import get_logger
+from pivotrl_nemo.verifiers.registry import build_verifier
 
 log = get_logger(__name__)
 
@@ -50,7 +51,9 @@ class Runtime:
         if self.cfg.model.tokenizer_vocab_size > 0:
             path = self.layout.tokenizer
             if not path.exists():
-                raise FileNotFoundError(f"{path} is missing: model.tokenizer_vocab_size > 0 needs the build stage first")
+                raise FileNotFoundError(
+                    f"{path} is missing: model.tokenizer_vocab_size > 0 needs the build stage first"
+                )
             return load_tokenizer(str(path))
         return load_tokenizer(self.cfg.model.tokenizer)
 
@@ -65,8 +68,10 @@ class Runtime:
 
         vocab = int(read_meta(init)["vocab_size"])
         if vocab < len(self.tokenizer):
-            raise ValueError(f"model.init_checkpoint={init} has a {vocab}-token vocabulary, smaller than the "
-                             f"tokenizer's {len(self.tokenizer)} (model.tokenizer={self.cfg.model.tokenizer})")
+            raise ValueError(
+                f"model.init_checkpoint={init} has a {vocab}-token vocabulary, smaller than the "
+                f"tokenizer's {len(self.tokenizer)} (model.tokenizer={self.cfg.model.tokenizer})"
+            )
         return vocab
 
     @property
@@ -81,8 +86,6 @@ class Runtime:
 
     @cached_property
     def verifier(self) -> Any:
-        from pivotrl_nemo.verifiers.registry import build_verifier
-
         return build_verifier(self.cfg.verifier.name, self.cfg.verifier)
 
     @cached_property
@@ -107,8 +110,14 @@ class Runtime:
         self.init_distributed()
         from pivotrl_nemo.models.megatron.policy import MegatronPolicy  # lazy: megatron
 
-        return MegatronPolicy(self.cfg.model, self.vocab_size, optim, total_steps=total_steps,
-                              parallel=self.parallel, freeze_router=freeze_router)
+        return MegatronPolicy(
+            self.cfg.model,
+            self.vocab_size,
+            optim,
+            total_steps=total_steps,
+            parallel=self.parallel,
+            freeze_router=freeze_router,
+        )
 
     def pi0(self, optim: OptimConfig | None = None, total_steps: int = 1) -> Any:
         """pi_0: a policy loaded from the sft stage's checkpoint (weights only)."""
@@ -123,6 +132,6 @@ class Runtime:
         return cls.from_config(self.cfg, policy.model, self.tokenizer, self.vocab_size, self.stop_ids)
 
     def sampler_for(self, engine: Any) -> Any:
-        from pivotrl_nemo.algorithms.rollouts import TurnSampler
+        from pivotrl_nemo.algorithms.rollouts import TurnSampler  # lazy: torch
 
         return TurnSampler(engine, self.tokenizer, self.cfg.data, self.verifier)

@@ -101,8 +101,11 @@ def stage(
         if missing:
             raise ValueError(f"stage {name!r}: upstream stage(s) {missing} are not registered")
         doc = help or (fn.__doc__ or "").strip().split("\n")[0]
-        STAGES.add(name, Stage(name, fn, tuple(upstream), sections, tuple(state_dirs), multi_rank, in_run, doc),
-                   replace=replace)
+        STAGES.add(
+            name,
+            Stage(name, fn, tuple(upstream), sections, tuple(state_dirs), multi_rank, in_run, doc),
+            replace=replace,
+        )
         return fn
 
     return deco
@@ -112,8 +115,9 @@ def command(name: str, *, help: str = "", usage: str = "", replace: bool = False
     """Decorator declaring ``main(args) -> int`` as the CLI command ``name``."""
 
     def deco(main: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
-        COMMANDS.add(name, Command(name, main, help or (main.__doc__ or "").strip().split("\n")[0], usage),
-                     replace=replace)
+        COMMANDS.add(
+            name, Command(name, main, help or (main.__doc__ or "").strip().split("\n")[0], usage), replace=replace
+        )
         return main
 
     return deco

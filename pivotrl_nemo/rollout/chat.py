@@ -327,7 +327,9 @@ def _fit_to_budget(
         if len(cand[1]) <= max_tokens:
             logger.warning(
                 "row %r: the last user message does not fit in max_prompt_tokens=%d next to the system "
-                "message; it was dropped", row_id, max_tokens,
+                "message; it was dropped",
+                row_id,
+                max_tokens,
             )
             return cand
     n_system = len(_prompt_ids(tokenizer, _as_dicts(system, [])))

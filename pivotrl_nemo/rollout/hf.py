@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from tqdm import tqdm
@@ -120,8 +121,14 @@ class HFRolloutEngine:
         self._generator = torch.Generator().manual_seed(seed)
 
     @classmethod
-    def from_config(cls, cfg: PivotRLConfig, policy_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-                    vocab_size: int, stop_ids: list[int]) -> tuple[HFRolloutEngine, InProcessWeightSynchronizer]:
+    def from_config(
+        cls,
+        cfg: PivotRLConfig,
+        policy_model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        vocab_size: int,
+        stop_ids: list[int],
+    ) -> tuple[HFRolloutEngine, InProcessWeightSynchronizer]:
         """The engine of ``rollout.engine=hf`` over an HF twin of ``cfg.model`` (``build_hf_model``:
         on the GPU when there is one), and the ``InProcessWeightSynchronizer`` that refreshes it from
         ``policy_model`` (the trained megatron model, any layout), already synced once: the engine
@@ -200,7 +207,11 @@ class HFRolloutEngine:
         positions = (mask.cumsum(dim=-1) - 1).clamp_(min=0)
         cache = DynamicCache(config=model.config)
         out = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
             logits_to_keep=1,
         )
         logits = out.logits[:, -1, :]
@@ -236,7 +247,10 @@ class HFRolloutEngine:
                 active = [active[k] for k in keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             out = model(
-                input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache,
+                input_ids=tok[:, None],
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                past_key_values=cache,
                 use_cache=True,
             )
             logits = out.logits[:, -1, :]
@@ -247,7 +261,8 @@ class HFRolloutEngine:
             body = tokens[r][:-1] if finish[r] == "stop" else tokens[r]
             comps.append(
                 Completion(
-                    text=self.tokenizer.decode(body, skip_special_tokens=False),
+                    # one sequence of ids decodes to one str (the stubs also allow list[str], for batches)
+                    text=cast(str, self.tokenizer.decode(body, skip_special_tokens=False)),
                     token_ids=tokens[r],
                     logprobs=logprobs[r],
                     finish_reason=finish[r],

@@ -75,9 +75,15 @@ def to_completions(request_outputs: Sequence[Any], prompts: Sequence[Sequence[in
         comps = []
         for o in outs:
             ids = [int(t) for t in o.token_ids]
-            comps.append(Completion(text=o.text, token_ids=ids, logprobs=sampled_logprobs(ids, o.logprobs),
-                                    finish_reason="length" if o.finish_reason == "length" else "stop",
-                                    prompt_token_ids=list(prompt)))
+            comps.append(
+                Completion(
+                    text=o.text,
+                    token_ids=ids,
+                    logprobs=sampled_logprobs(ids, o.logprobs),
+                    finish_reason="length" if o.finish_reason == "length" else "stop",
+                    prompt_token_ids=list(prompt),
+                )
+            )
         result.append(comps)
     return result
 
@@ -99,15 +105,29 @@ def write_model_dir(hf_config: Any, tokenizer: Any, path: str | os.PathLike) -> 
 class VLLMRolloutEngine:
     """RolloutEngine over ``vllm.LLM`` (see the module docstring for the lifecycle)."""
 
-    def __init__(self, model_path: str, stop_token_ids: list[int], *, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.5, dtype: str = "bfloat16", max_model_len: int | None = None,
-                 seed: int = 0, sleep_level: int = 1, load_format: str = "auto", executor: str | None = "auto",
-                 enforce_eager: bool = False, llm_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        stop_token_ids: list[int],
+        *,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        dtype: str = "bfloat16",
+        max_model_len: int | None = None,
+        seed: int = 0,
+        sleep_level: int = 1,
+        load_format: str = "auto",
+        executor: str | None = "auto",
+        enforce_eager: bool = False,
+        llm_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         try:
             import vllm  # lazy: optional GPU-only extra, seconds to import
         except ImportError as e:
-            raise ImportError("rollout.engine=vllm needs vLLM and a CUDA GPU: pip install 'pivotrl_nemo[gpu]' or "
-                              "use the NGC image (see Dockerfile); on CPU use rollout=hf") from e
+            raise ImportError(
+                "rollout.engine=vllm needs vLLM and a CUDA GPU: pip install 'pivotrl_nemo[gpu]' or "
+                "use the NGC image (see Dockerfile); on CPU use rollout=hf"
+            ) from e
         if sleep_level not in (1, 2):
             raise ValueError(f"sleep_level must be 1 or 2, got {sleep_level}")
         if not stop_token_ids:
@@ -115,26 +135,44 @@ class VLLMRolloutEngine:
         self.executor = default_executor() if executor == "auto" else executor
         if self.executor == "external_launcher":
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        self.in_process = self.executor == "external_launcher" or os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        self.in_process = (
+            self.executor == "external_launcher" or os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        )
         self.stop_token_ids = [int(t) for t in stop_token_ids]
         self.sleep_level = sleep_level
         kwargs: dict[str, Any] = dict(
-            model=model_path, tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-            dtype=dtype, seed=seed, enable_sleep_mode=True, worker_extension_cls=WORKER_EXTENSION_CLS,
-            load_format=load_format, enforce_eager=enforce_eager, logprobs_mode="processed_logprobs")
+            model=model_path,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            seed=seed,
+            enable_sleep_mode=True,
+            worker_extension_cls=WORKER_EXTENSION_CLS,
+            load_format=load_format,
+            enforce_eager=enforce_eager,
+            logprobs_mode="processed_logprobs",
+        )
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         if self.executor is not None:
             kwargs["distributed_executor_backend"] = self.executor
         kwargs.update(llm_kwargs or {})
-        log.info("vLLM %s engine: %s (tp=%d, executor=%s, sleep level %d, load_format=%s)", vllm.__version__,
-                 model_path, tensor_parallel_size, self.executor or "default", sleep_level, load_format)
+        log.info(
+            "vLLM %s engine: %s (tp=%d, executor=%s, sleep level %d, load_format=%s)",
+            vllm.__version__,
+            model_path,
+            tensor_parallel_size,
+            self.executor or "default",
+            sleep_level,
+            load_format,
+        )
         self.llm = vllm.LLM(**kwargs)
         self._asleep: set[str] = set()
 
     @classmethod
-    def from_config(cls, cfg: PivotRLConfig, policy_model: torch.nn.Module, tokenizer: Any, vocab_size: int,
-                    stop_ids: list[int]) -> tuple[VLLMRolloutEngine, VLLMIPCWeightSynchronizer]:
+    def from_config(
+        cls, cfg: PivotRLConfig, policy_model: torch.nn.Module, tokenizer: Any, vocab_size: int, stop_ids: list[int]
+    ) -> tuple[VLLMRolloutEngine, VLLMIPCWeightSynchronizer]:
         """The engine of ``rollout.engine=vllm``, colocated on this rank's GPU, and the
         ``VLLMIPCWeightSynchronizer`` that refits it from ``policy_model`` (the trained megatron
         model, any layout), already synced once: the engine holds the policy's current weights on
@@ -142,14 +180,26 @@ class VLLMRolloutEngine:
         ``load_format="dummy"``: no weights on disk). Reads ``rollout.vllm.*``, ``model.params_dtype``,
         the longest prompt + action and ``seed``. A collective under model parallelism (the sync)."""
         v = cfg.rollout.vllm
-        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
-        model_dir = write_model_dir(hf_config_for(cfg.model, vocab_size, **ids), tokenizer,
-                                    Path(cfg.run_dir) / "vllm_model")
-        engine = cls(model_dir, stop_ids, tensor_parallel_size=v.tensor_parallel_size,
-                     gpu_memory_utilization=v.gpu_memory_utilization, dtype=cfg.model.params_dtype,
-                     max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens,
-                     seed=cfg.seed, sleep_level=v.sleep_level, load_format="dummy", enforce_eager=v.enforce_eager)
+        ids = dict(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model_dir = write_model_dir(
+            hf_config_for(cfg.model, vocab_size, **ids), tokenizer, Path(cfg.run_dir) / "vllm_model"
+        )
+        engine = cls(
+            model_dir,
+            stop_ids,
+            tensor_parallel_size=v.tensor_parallel_size,
+            gpu_memory_utilization=v.gpu_memory_utilization,
+            dtype=cfg.model.params_dtype,
+            max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens,
+            seed=cfg.seed,
+            sleep_level=v.sleep_level,
+            load_format="dummy",
+            enforce_eager=v.enforce_eager,
+        )
         sync = VLLMIPCWeightSynchronizer(policy_model, cfg.model, engine)
         sync.sync_weights()
         return engine, sync
@@ -163,10 +213,19 @@ class VLLMRolloutEngine:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
         self.wake()
-        params = [VLLMSamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                     max_tokens=sampling.max_new_tokens, seed=request_seed(sampling.seed, sampling.stream_key(i)),
-                                     logprobs=0, stop_token_ids=self.stop_token_ids, skip_special_tokens=True)
-                  for i in range(len(prompts))]
+        params = [
+            VLLMSamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=request_seed(sampling.seed, sampling.stream_key(i)),
+                logprobs=0,
+                stop_token_ids=self.stop_token_ids,
+                skip_special_tokens=True,
+            )
+            for i in range(len(prompts))
+        ]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         return to_completions(outs, prompts, n)
 

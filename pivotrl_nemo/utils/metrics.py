@@ -43,7 +43,7 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import signal
 import types
+from collections.abc import Callable
+from typing import Any
 
 from .logging import get_logger
 
@@ -23,14 +25,15 @@ class Preempted(RuntimeError):
 class PreemptionGuard:
     def __init__(self) -> None:
         self.requested = False
-        self._old = None
+        self._old: Callable[[int, types.FrameType | None], Any] | int | None = None
+        """The SIGTERM handler to restore (what ``signal.signal`` returned); None: not installed."""
 
     def _handler(self, signum: int, frame: types.FrameType | None) -> None:
         if not self.requested:
             log.warning("received signal %d: will checkpoint at the end of this step and exit", signum)
         self.requested = True
 
-    def __enter__(self) -> "PreemptionGuard":
+    def __enter__(self) -> PreemptionGuard:
         try:
             self._old = signal.signal(signal.SIGTERM, self._handler)
         except ValueError:  # not the main thread: leave the default behaviour

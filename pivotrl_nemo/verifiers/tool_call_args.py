@@ -30,13 +30,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from pivotrl_nemo.config.schema import VerifierConfig
+from pivotrl_nemo.config.schema import PARALLEL_MODES, VerifierConfig
 from pivotrl_nemo.data.actions import Action, ToolCall
 from pivotrl_nemo.data.pivot_row import PivotRow
 from pivotrl_nemo.verifiers.base import Category, Verdict, VerifierBase, clip, fail, json_normalised, ok
 
 _MAX_DEPTH = 64  # argument nesting deeper than this fails (bounded time, no RecursionError)
-PARALLEL_MODES = ("binary_strict", "f1")
 
 
 # ---------------------------------------------------------------------------------- values
@@ -108,7 +107,9 @@ def _clip(v: Any, n: int = 60) -> str:
 # ---------------------------------------------------------------------------------- calls
 
 
-def compare_call(pred: ToolCall, exp: ToolCall, float_tolerance: float = 1e-6, word_overlap_threshold: float = 0.1) -> Verdict:
+def compare_call(
+    pred: ToolCall, exp: ToolCall, float_tolerance: float = 1e-6, word_overlap_threshold: float = 0.1
+) -> Verdict:
     """The single-call comparison: name, JSON decode, then the recursive argument comparison."""
     if pred.name != exp.name:
         return fail(Category.WRONG_TOOL, f"called {pred.name!r}, expected {exp.name!r}")
@@ -118,7 +119,11 @@ def compare_call(pred: ToolCall, exp: ToolCall, float_tolerance: float = 1e-6, w
         raise ValueError(f"expected arguments of {exp.name} are not a JSON object: {exp.raw_arguments[:80]!r}")
     try:
         bad = compare_values(
-            json_normalised(pred.arguments), json_normalised(exp.arguments), "args", float_tolerance, word_overlap_threshold
+            json_normalised(pred.arguments),
+            json_normalised(exp.arguments),
+            "args",
+            float_tolerance,
+            word_overlap_threshold,
         )
     except (RecursionError, ValueError, TypeError) as e:
         return fail(Category.WRONG_ARGS, f"{pred.name}: arguments not comparable ({type(e).__name__})")
@@ -189,7 +194,9 @@ def compare_calls(
         return Verdict(reward, Category.WRONG_CALL_COUNT, detail)
     near = first_failure[unmatched[0]]
     category = near.category if near is not None else Category.WRONG_TOOL
-    return Verdict(reward, category, f"{detail}; expected call {unmatched[0]}: {near.detail if near else 'no candidate'}")
+    return Verdict(
+        reward, category, f"{detail}; expected call {unmatched[0]}: {near.detail if near else 'no candidate'}"
+    )
 
 
 class ToolCallArgsVerifier(VerifierBase):
@@ -218,4 +225,6 @@ class ToolCallArgsVerifier(VerifierBase):
 
     def compare_calls(self, row: PivotRow, expected: Action, action: Action) -> Verdict:
         # the module-level compare_calls (the multiset matching), not this method
-        return compare_calls(action.calls, expected.calls, self.float_tolerance, self.word_overlap_threshold, self.parallel_mode)
+        return compare_calls(
+            action.calls, expected.calls, self.float_tolerance, self.word_overlap_threshold, self.parallel_mode
+        )

@@ -24,9 +24,23 @@ import torch
 ALIGN = 256
 """Byte alignment of every tensor inside a bucket (CUDA allocations are 256-byte aligned)."""
 
-_DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8, torch.int16,
-    torch.int32, torch.int64, torch.bool, torch.float8_e4m3fn, torch.float8_e5m2)}
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int8,
+        torch.uint8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+        torch.float8_e4m3fn,
+        torch.float8_e5m2,
+    )
+}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -79,17 +93,19 @@ class BucketManifest:
         return [s.name for s in self.specs]
 
     def to_wire(self) -> dict:
-        return {"nbytes": self.nbytes,
-                "specs": [[s.name, s.dtype, list(s.shape), s.offset] for s in self.specs]}
+        return {"nbytes": self.nbytes, "specs": [[s.name, s.dtype, list(s.shape), s.offset] for s in self.specs]}
 
     @classmethod
-    def from_wire(cls, wire: dict) -> "BucketManifest":
-        return cls([TensorSpec(n, d, tuple(int(x) for x in shp), int(o)) for n, d, shp, o in wire["specs"]],
-                   int(wire["nbytes"]))
+    def from_wire(cls, wire: dict) -> BucketManifest:
+        return cls(
+            [TensorSpec(n, d, tuple(int(x) for x in shp), int(o)) for n, d, shp, o in wire["specs"]],
+            int(wire["nbytes"]),
+        )
 
 
-def plan_buckets(tensors: Iterable[tuple[str, torch.Size | tuple[int, ...], torch.dtype]], bucket_bytes: int,
-                 align: int = ALIGN) -> list[BucketManifest]:
+def plan_buckets(
+    tensors: Iterable[tuple[str, torch.Size | tuple[int, ...], torch.dtype]], bucket_bytes: int, align: int = ALIGN
+) -> list[BucketManifest]:
     """Assign ``(name, shape, dtype)`` in order to buckets of at most ``bucket_bytes`` (see module doc)."""
     if bucket_bytes < align:
         raise ValueError(f"bucket_bytes ({bucket_bytes}) must be at least the alignment ({align})")
@@ -116,24 +132,27 @@ def pack_into(buffer: torch.Tensor, manifest: BucketManifest, tensors: Iterable[
     """Copy ``tensors`` (in manifest order) into ``buffer`` (uint8, >= manifest.nbytes); returns
     ``buffer[:manifest.nbytes]``. Copies are asynchronous on CUDA; synchronise before sharing."""
     if buffer.dtype != torch.uint8 or buffer.dim() != 1 or buffer.numel() < manifest.nbytes:
-        raise ValueError(f"buffer must be 1-D uint8 with at least {manifest.nbytes} bytes, "
-                         f"got {buffer.dtype} {tuple(buffer.shape)}")
+        raise ValueError(
+            f"buffer must be 1-D uint8 with at least {manifest.nbytes} bytes, got {buffer.dtype} {tuple(buffer.shape)}"
+        )
     for spec, t in zip(manifest.specs, tensors, strict=True):
         if tuple(t.shape) != spec.shape or dtype_name(t.dtype) != spec.dtype:
             raise ValueError(f"{spec.name}: expected {spec.dtype}{list(spec.shape)}, got {t.dtype}{list(t.shape)}")
-        view = buffer[spec.offset:spec.offset + spec.nbytes]
+        view = buffer[spec.offset : spec.offset + spec.nbytes]
         view.copy_(t.detach().contiguous().reshape(-1).view(torch.uint8), non_blocking=True)
-    return buffer[:manifest.nbytes]
+    return buffer[: manifest.nbytes]
 
 
 def unpack(buffer: torch.Tensor, manifest: BucketManifest) -> list[tuple[str, torch.Tensor]]:
     """Views (no copies) of every tensor of ``manifest`` inside ``buffer``."""
     if buffer.dtype != torch.uint8 or buffer.numel() < manifest.nbytes:
-        raise ValueError(f"bucket buffer too small or not uint8: {buffer.dtype} {buffer.numel()} bytes, "
-                         f"manifest needs {manifest.nbytes}")
+        raise ValueError(
+            f"bucket buffer too small or not uint8: {buffer.dtype} {buffer.numel()} bytes, "
+            f"manifest needs {manifest.nbytes}"
+        )
     out = []
     for s in manifest.specs:
-        out.append((s.name, buffer[s.offset:s.offset + s.nbytes].view(dtype_from_name(s.dtype)).view(s.shape)))
+        out.append((s.name, buffer[s.offset : s.offset + s.nbytes].view(dtype_from_name(s.dtype)).view(s.shape)))
     return out
 
 
@@ -145,9 +164,13 @@ class PackedBucket:
     manifest: BucketManifest
 
 
-def iter_packed_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
-                        device: torch.device | str | None = None, reuse_buffer: bool = True,
-                        align: int = ALIGN) -> Iterator[PackedBucket]:
+def iter_packed_buckets(
+    named_tensors: Iterable[tuple[str, torch.Tensor]],
+    bucket_bytes: int,
+    device: torch.device | str | None = None,
+    reuse_buffer: bool = True,
+    align: int = ALIGN,
+) -> Iterator[PackedBucket]:
     """Stream ``(name, tensor)`` into packed buckets on ``device`` (default: each tensor's own).
 
     Tensors are consumed lazily (a megatron -> HF conversion can yield them one at a time, so

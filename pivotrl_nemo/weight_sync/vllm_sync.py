@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
@@ -70,9 +70,23 @@ def to_checkpoint_names(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> It
 
 # --------------------------------------------------------------------------- CUDA IPC on the wire
 
-_REBUILD_ARGS = ("tensor_cls", "size", "stride", "tensor_offset", "storage_cls", "dtype", "device",
-                 "storage_handle", "storage_size_bytes", "storage_offset_bytes", "requires_grad",
-                 "ref_counter_handle", "ref_counter_offset", "event_handle", "event_sync_required")
+_REBUILD_ARGS = (
+    "tensor_cls",
+    "size",
+    "stride",
+    "tensor_offset",
+    "storage_cls",
+    "dtype",
+    "device",
+    "storage_handle",
+    "storage_size_bytes",
+    "storage_offset_bytes",
+    "requires_grad",
+    "ref_counter_handle",
+    "ref_counter_offset",
+    "event_handle",
+    "event_sync_required",
+)
 """The argument order of ``torch.multiprocessing.reductions.rebuild_cuda_tensor``."""
 
 
@@ -80,25 +94,46 @@ def ipc_args_to_wire(args: tuple) -> dict[str, Any]:
     """The ``reduce_tensor`` arguments of a 1-D uint8 CUDA buffer as plain data (ints, bytes,
     bools), so any serializer can carry them (no pickled functions or torch classes)."""
     if len(args) != len(_REBUILD_ARGS):
-        raise RuntimeError(f"torch's CUDA IPC reduction changed ({len(args)} arguments, expected "
-                           f"{len(_REBUILD_ARGS)}): update pivotrl_nemo.weight_sync.vllm_sync")
+        raise RuntimeError(
+            f"torch's CUDA IPC reduction changed ({len(args)} arguments, expected "
+            f"{len(_REBUILD_ARGS)}): update pivotrl_nemo.weight_sync.vllm_sync"
+        )
     a = dict(zip(_REBUILD_ARGS, args))
     if a["dtype"] != torch.uint8 or len(a["size"]) != 1:
         raise ValueError(f"only 1-D uint8 buffers travel by IPC, got {a['dtype']} {tuple(a['size'])}")
-    return {"numel": int(a["size"][0]), "tensor_offset": int(a["tensor_offset"]), "device": int(a["device"]),
-            "storage_handle": bytes(a["storage_handle"]), "storage_size_bytes": int(a["storage_size_bytes"]),
-            "storage_offset_bytes": int(a["storage_offset_bytes"]),
-            "ref_counter_handle": bytes(a["ref_counter_handle"]), "ref_counter_offset": int(a["ref_counter_offset"]),
-            "event_handle": None if a["event_handle"] is None else bytes(a["event_handle"]),
-            "event_sync_required": bool(a["event_sync_required"])}
+    return {
+        "numel": int(a["size"][0]),
+        "tensor_offset": int(a["tensor_offset"]),
+        "device": int(a["device"]),
+        "storage_handle": bytes(a["storage_handle"]),
+        "storage_size_bytes": int(a["storage_size_bytes"]),
+        "storage_offset_bytes": int(a["storage_offset_bytes"]),
+        "ref_counter_handle": bytes(a["ref_counter_handle"]),
+        "ref_counter_offset": int(a["ref_counter_offset"]),
+        "event_handle": None if a["event_handle"] is None else bytes(a["event_handle"]),
+        "event_sync_required": bool(a["event_sync_required"]),
+    }
 
 
 def ipc_args_from_wire(wire: dict[str, Any], device_index: int) -> tuple:
     """Inverse of ``ipc_args_to_wire`` for a receiver that sees the GPU as ``device_index``."""
-    return (torch.Tensor, torch.Size([wire["numel"]]), (1,), wire["tensor_offset"], torch.storage.TypedStorage,
-            torch.uint8, device_index, wire["storage_handle"], wire["storage_size_bytes"],
-            wire["storage_offset_bytes"], False, wire["ref_counter_handle"], wire["ref_counter_offset"],
-            wire["event_handle"], wire["event_sync_required"])
+    return (
+        torch.Tensor,
+        torch.Size([wire["numel"]]),
+        (1,),
+        wire["tensor_offset"],
+        torch.storage.TypedStorage,
+        torch.uint8,
+        device_index,
+        wire["storage_handle"],
+        wire["storage_size_bytes"],
+        wire["storage_offset_bytes"],
+        False,
+        wire["ref_counter_handle"],
+        wire["ref_counter_offset"],
+        wire["event_handle"],
+        wire["event_sync_required"],
+    )
 
 
 def share_cuda_buffer(buffer: torch.Tensor) -> dict[str, Any]:
@@ -114,8 +149,10 @@ def open_cuda_buffer(handles: dict[str, dict[str, Any]]) -> torch.Tensor:
         uuid = device_uuid(idx)
         if uuid in handles:
             return rebuild_cuda_tensor(*ipc_args_from_wire(handles[uuid], idx))
-    raise RuntimeError(f"none of the shared buffers is on a GPU this process sees ({sorted(handles)}); "
-                       "colocation needs the trainer rank and its vLLM worker on the same GPU")
+    raise RuntimeError(
+        f"none of the shared buffers is on a GPU this process sees ({sorted(handles)}); "
+        "colocation needs the trainer rank and its vLLM worker on the same GPU"
+    )
 
 
 def device_uuid(index: int) -> str:
@@ -123,6 +160,15 @@ def device_uuid(index: int) -> str:
 
 
 # --------------------------------------------------------------------------- receiver
+
+
+class _VLLMModel(Protocol):
+    """What the receiver uses of vLLM's model (an ``nn.Module``): its ``load_weights`` returns the
+    names of the parameters it set (None for models that do not track them)."""
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[str] | None: ...
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]: ...
 
 
 class VLLMWeightSyncExtension:
@@ -133,7 +179,15 @@ class VLLMWeightSyncExtension:
     ``pivotrl_load_bucket(payload)``, ``pivotrl_finish_update(names)``.
     """
 
-    def _pivotrl_model(self) -> torch.nn.Module:
+    # Declarations only (no class attributes: vLLM refuses an extension that shadows worker names).
+    model_runner: Any
+    """vLLM's GPU model runner, an attribute of the worker this class is mixed into."""
+    device: torch.device
+    """The worker's device."""
+    _pivotrl_update: dict[str, Any] | None
+    """The update in progress (``pivotrl_begin_update``); unset or None between updates."""
+
+    def _pivotrl_model(self) -> _VLLMModel:
         get_model = getattr(self.model_runner, "get_model", None)  # unwraps CUDA-graph wrappers
         return get_model() if callable(get_model) else self.model_runner.model
 
@@ -171,14 +225,18 @@ class VLLMWeightSyncExtension:
         expected = set(names)
         missing, extra = expected - st["received"], st["received"] - expected
         if missing or extra:
-            raise RuntimeError(f"weight update {st['version']}: {len(missing)} tensors missing "
-                               f"{sorted(missing)[:5]}, {len(extra)} unexpected {sorted(extra)[:5]}")
+            raise RuntimeError(
+                f"weight update {st['version']}: {len(missing)} tensors missing "
+                f"{sorted(missing)[:5]}, {len(extra)} unexpected {sorted(extra)[:5]}"
+            )
         model = self._pivotrl_model()
         if st["tracks_loaded"]:
             not_loaded = {n for n, _ in model.named_parameters()} - st["loaded"]
             if not_loaded:
-                raise RuntimeError(f"weight update {st['version']}: {len(not_loaded)} engine parameters were "
-                                   f"not loaded: {sorted(not_loaded)[:5]} (a name mapping gap?)")
+                raise RuntimeError(
+                    f"weight update {st['version']}: {len(not_loaded)} engine parameters were "
+                    f"not loaded: {sorted(not_loaded)[:5]} (a name mapping gap?)"
+                )
         try:
             # lazy and optional: vLLM is a GPU-only extra; this runs inside its worker
             from vllm.model_executor.model_loader.utils import process_weights_after_loading
@@ -201,10 +259,18 @@ class VLLMIPCWeightSynchronizer:
     ``model``, a collective stream that under TP/PP/EP hands every rank every full tensor).
     """
 
-    def __init__(self, model: torch.nn.Module | None, model_cfg: Any, engine: Any, *,
-                 named_tensors: Callable[[], Iterable[tuple[str, torch.Tensor]]] | None = None,
-                 bucket_bytes: int | None = None, bucket_memory_fraction: float = 0.3) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module | None,
+        model_cfg: Any,
+        engine: Any,
+        *,
+        named_tensors: Callable[[], Iterable[tuple[str, torch.Tensor]]] | None = None,
+        bucket_bytes: int | None = None,
+        bucket_memory_fraction: float = 0.3,
+    ) -> None:
         if named_tensors is None:
+
             def named_tensors() -> Iterable[tuple[str, torch.Tensor]]:
                 return megatron_to_hf(model, model_cfg)
 
@@ -267,13 +333,22 @@ class VLLMIPCWeightSynchronizer:
         self.engine.finish_weight_update()
         self.version, self._stale = version, False
         secs = time.perf_counter() - t0
-        log.info("weight sync v%d: %d tensors, %.1f MiB in %d buckets, %.2f s (%.2f GiB/s)", version, len(names),
-                 nbytes / 2**20, buckets, secs, nbytes / 2**30 / max(secs, 1e-9))
-        self.last_stats = {"weight_sync/seconds": secs, "weight_sync/bytes": float(nbytes),
-                           "weight_sync/buckets": float(buckets)}
+        log.info(
+            "weight sync v%d: %d tensors, %.1f MiB in %d buckets, %.2f s (%.2f GiB/s)",
+            version,
+            len(names),
+            nbytes / 2**20,
+            buckets,
+            secs,
+            nbytes / 2**30 / max(secs, 1e-9),
+        )
+        self.last_stats = {
+            "weight_sync/seconds": secs,
+            "weight_sync/bytes": float(nbytes),
+            "weight_sync/buckets": float(buckets),
+        }
 
     def shutdown(self) -> None:
         """Release cached staging memory (the engine is shut down by its owner)."""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-

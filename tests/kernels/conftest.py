@@ -18,7 +18,6 @@ if "triton" not in sys.modules and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-
 def import_kernels():
     """``pivotrl_nemo.kernels`` (setup.py installs ./kernels under that name)."""
     return importlib.import_module("pivotrl_nemo.kernels")

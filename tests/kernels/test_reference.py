@@ -61,8 +61,9 @@ def test_reference_pg_loss_is_clipped_pg_loss_on_its_logprobs(kern, kl_coef):
     adv = torch.randn(n, generator=g)
     mask = (torch.rand(n, generator=g) > 0.3).float()
     out, lp, _ = kern.reference.pg_loss(hidden, weight, targets, adv, old, mask, 50.0, 0.2, 0.28, kl_coef, ref)
-    expect = losses.clipped_pg_loss(losses.token_logprobs(hidden @ weight.T, targets), old, adv, mask, 50.0,
-                                    0.2, 0.28, kl_coef, ref)
+    expect = losses.clipped_pg_loss(
+        losses.token_logprobs(hidden @ weight.T, targets), old, adv, mask, 50.0, 0.2, 0.28, kl_coef, ref
+    )
     for name in ("loss", "pg_loss", "kl", "clip_fraction", "ratio_min", "ratio_max"):
         torch.testing.assert_close(getattr(out, name), getattr(expect, name), rtol=1e-6, atol=1e-7, msg=name)
     assert (kl_coef == 0.0) == (out.kl.item() == 0.0)
@@ -79,8 +80,9 @@ def test_reference_logprobs_never_positive_when_target_dominates(kern):
 
 def test_reference_uniform_large_vocab_is_minus_log_v(kern):
     v = 262_144
-    logprobs, entropy = kern.reference.token_logprobs_entropy(torch.zeros(2, 4), torch.zeros(v, 4),
-                                                              torch.tensor([0, v - 1]))
+    logprobs, entropy = kern.reference.token_logprobs_entropy(
+        torch.zeros(2, 4), torch.zeros(v, 4), torch.tensor([0, v - 1])
+    )
     torch.testing.assert_close(logprobs, torch.full((2,), -math.log(v)), rtol=1e-6, atol=0)
     torch.testing.assert_close(entropy, torch.full((2,), math.log(v)), rtol=1e-6, atol=0)
 

@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-spec = importlib.util.spec_from_file_location("grpo_dp_worker", Path(__file__).parents[1] / "dist" / "grpo_dp_worker.py")
+spec = importlib.util.spec_from_file_location(
+    "grpo_dp_worker", Path(__file__).parents[1] / "dist" / "grpo_dp_worker.py"
+)
 worker = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(worker)
 
 needs_triton = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
-    reason="the Triton path needs CUDA or TRITON_INTERPRET=1 set before triton is imported")
+    reason="the Triton path needs CUDA or TRITON_INTERPRET=1 set before triton is imported",
+)
 
 
 @needs_triton

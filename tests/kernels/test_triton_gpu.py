@@ -13,9 +13,11 @@ import pytest
 import torch
 
 HIDDEN = 4096
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA GPU (compiled Triton kernels); CPU coverage: "
-                                       "test_triton_interpreter.py and tests/dist/test_kernel_tp.py")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU (compiled Triton kernels); CPU coverage: "
+    "test_triton_interpreter.py and tests/dist/test_kernel_tp.py",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def gpu_kern(kern):
 def _inputs(n, v, h, device, seed=0, dtype=torch.bfloat16, logit_std=3.0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     hidden = torch.randn(n, h, generator=g).to(device=device, dtype=dtype)
-    weight = (torch.randn(v, h, generator=g) * (logit_std / h ** 0.5)).to(device=device, dtype=dtype)
+    weight = (torch.randn(v, h, generator=g) * (logit_std / h**0.5)).to(device=device, dtype=dtype)
     targets = torch.randint(0, v, (n,), generator=g).to(device)
     targets[0], targets[-1] = 0, v - 1
     return hidden, weight, targets
@@ -39,7 +41,10 @@ def _fp64_oracle(hidden, weight, targets, temperature, g_lp=None, row_chunk=1024
     """fp64 log-probs, entropies and (if ``g_lp``) the gradients of sum(g_lp * logprobs)."""
     n = hidden.shape[0]
     w64 = weight.double()
-    lp, ent = torch.empty(n, dtype=torch.float64, device=hidden.device), torch.empty(n, dtype=torch.float64, device=hidden.device)
+    lp, ent = (
+        torch.empty(n, dtype=torch.float64, device=hidden.device),
+        torch.empty(n, dtype=torch.float64, device=hidden.device),
+    )
     gh = torch.zeros(hidden.shape, dtype=torch.float64, device=hidden.device) if g_lp is not None else None
     gw = torch.zeros(weight.shape, dtype=torch.float64, device=hidden.device) if g_lp is not None else None
     for r0 in range(0, n, row_chunk):
@@ -82,7 +87,9 @@ def check_backward(kern, n, v, h, temperature, device, config=None):
     for name, got, ref in (("hidden", hh.grad, gh64), ("weight", ww.grad, gw64)):
         assert got.dtype == torch.bfloat16
         scale = ref.abs().max().item()
-        torch.testing.assert_close(got.double(), ref, rtol=2e-2, atol=1e-2 * scale, msg=lambda m, x=name: f"grad {x}: {m}")
+        torch.testing.assert_close(
+            got.double(), ref, rtol=2e-2, atol=1e-2 * scale, msg=lambda m, x=name: f"grad {x}: {m}"
+        )
         rel = (got.double() - ref).norm() / ref.norm()
         assert rel < 1e-2, f"grad {name}: relative L2 error {rel:.3e}"
 
@@ -98,8 +105,22 @@ def check_pg_loss(kern, n, v, h, device, config=None):
     got = {}
     for impl in ("triton", "torch"):
         hh, ww = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        out, lp, _ = kern.fused_pg_loss(hh, ww, targets, adv, old, mask, float(mask.sum()), 0.2, 0.28,
-                                        kl_coef=0.05, ref_logprobs=ref, temperature=0.9, impl=impl, config=config)
+        out, lp, _ = kern.fused_pg_loss(
+            hh,
+            ww,
+            targets,
+            adv,
+            old,
+            mask,
+            float(mask.sum()),
+            0.2,
+            0.28,
+            kl_coef=0.05,
+            ref_logprobs=ref,
+            temperature=0.9,
+            impl=impl,
+            config=config,
+        )
         out.loss.backward()
         got[impl] = (out, hh.grad, ww.grad)
     (out, gh, gw), (rout, rgh, rgw) = got["triton"], got["torch"]
@@ -149,8 +170,10 @@ def test_forward_backward_never_materialises_logits(gpu_kern):
     # the weight gradient itself plus a quarter of one bf16 logits tensor (the unfused path
     # needs the logits, their fp32 copy and its gradient: several times logits_bytes)
     budget = weight.numel() * 2 + logits_bytes // 4
-    assert extra < budget, (f"peak extra {extra / 2**30:.2f} GiB > budget {budget / 2**30:.2f} GiB; "
-                            f"one bf16 logits tensor is {logits_bytes / 2**30:.2f} GiB")
+    assert extra < budget, (
+        f"peak extra {extra / 2**30:.2f} GiB > budget {budget / 2**30:.2f} GiB; "
+        f"one bf16 logits tensor is {logits_bytes / 2**30:.2f} GiB"
+    )
 
 
 @pytest.mark.gpu

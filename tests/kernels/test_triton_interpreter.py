@@ -69,11 +69,14 @@ def test_backward_fp32_matches_reference(interp, with_entropy_grad):
     assert gh.dtype == hidden.dtype and gw.dtype == weight.dtype
 
 
-@pytest.mark.parametrize("cfg", [
-    dict(num_splits=1, bwd_chunk_elems=1 << 20),  # one split, one backward chunk
-    dict(num_splits=3, bwd_chunk_elems=37 * 64),  # ragged splits, several backward chunks
-    dict(block_n=32, block_v=64, block_k=16, group_r=1, num_splits=4, bwd_chunk_elems=1),  # chunk = one tile
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(num_splits=1, bwd_chunk_elems=1 << 20),  # one split, one backward chunk
+        dict(num_splits=3, bwd_chunk_elems=37 * 64),  # ragged splits, several backward chunks
+        dict(block_n=32, block_v=64, block_k=16, group_r=1, num_splits=4, bwd_chunk_elems=1),  # chunk = one tile
+    ],
+)
 def test_tilings_agree(interp, cfg):
     config = interp.KernelConfig(**{**interp.INTERPRETER_CONFIG.__dict__, **cfg})
     hidden, weight, targets = _case(seed=3, v=173)
@@ -113,8 +116,21 @@ def test_pg_loss_with_masks_matches_reference(interp, kl_coef):
     results = {}
     for impl in ("triton", "torch"):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        out, lp, ent = interp.fused_pg_loss(h, w, targets, adv, old, mask, 71.0, 0.2, 0.28, kl_coef=kl_coef,
-                                            ref_logprobs=ref if kl_coef else None, temperature=0.9, impl=impl)
+        out, lp, ent = interp.fused_pg_loss(
+            h,
+            w,
+            targets,
+            adv,
+            old,
+            mask,
+            71.0,
+            0.2,
+            0.28,
+            kl_coef=kl_coef,
+            ref_logprobs=ref if kl_coef else None,
+            temperature=0.9,
+            impl=impl,
+        )
         out.loss.backward()
         results[impl] = (out, lp.detach(), ent.detach(), h.grad, w.grad)
     (out, lp, ent, gh, gw), (rout, rlp, rent, rgh, rgw) = results["triton"], results["torch"]
@@ -124,6 +140,7 @@ def test_pg_loss_with_masks_matches_reference(interp, kl_coef):
     assert (out.kl.item() > 0) == (kl_coef > 0)
     valid = mask > 0
     torch.testing.assert_close(lp[valid], rlp[valid], **TOL)
+    torch.testing.assert_close(ent[valid], rent[valid], **TOL)
     _close_rel(gh, rgh)
     _close_rel(gw, rgw)
     assert gh[~valid].abs().max() == 0, "masked rows must get no gradient"
@@ -149,8 +166,7 @@ def test_no_grad_entry_builds_no_graph(interp):
 
 def test_more_than_65536_rows(interp):
     n = 70_001
-    config = interp.KernelConfig(block_n=2048, block_v=32, block_k=16, group_r=4, num_splits=2,
-                                 bwd_chunk_elems=n * 32)
+    config = interp.KernelConfig(block_n=2048, block_v=32, block_k=16, group_r=4, num_splits=2, bwd_chunk_elems=n * 32)
     hidden, weight, targets = _case(n=n, h=16, v=64, seed=8)
     g_lp = torch.randn(n, generator=torch.Generator().manual_seed(2))
     lp, ent, gh, gw = _grads(interp, "triton", hidden, weight, targets, 1.3, g_lp, None, config)
@@ -163,8 +179,9 @@ def test_more_than_65536_rows(interp):
 
 def test_vocab_262144_fp32_accumulators(interp):
     v = 262_144
-    config = interp.KernelConfig(block_n=16, block_v=8192, block_k=16, group_r=1, num_splits=4,
-                                 bwd_chunk_elems=16 * 65536)
+    config = interp.KernelConfig(
+        block_n=16, block_v=8192, block_k=16, group_r=1, num_splits=4, bwd_chunk_elems=16 * 65536
+    )
     hidden, weight, targets = _case(n=6, h=16, v=v, seed=9, scale=0.5)
     g_lp = torch.randn(6, generator=torch.Generator().manual_seed(3))
     lp, ent, gh, gw = _grads(interp, "triton", hidden, weight, targets, 0.7, g_lp, None, config)
@@ -174,8 +191,9 @@ def test_vocab_262144_fp32_accumulators(interp):
     _close_rel(gh, rgh)
     _close_rel(gw, rgw)
     # all-equal logits: log p = -log V and H = log V exactly
-    ulp, uent = interp.fused_logprobs_no_grad(torch.zeros(3, 16), torch.zeros(v, 16), torch.tensor([0, 5, v - 1]),
-                                              config=config)
+    ulp, uent = interp.fused_logprobs_no_grad(
+        torch.zeros(3, 16), torch.zeros(v, 16), torch.tensor([0, 5, v - 1]), config=config
+    )
     torch.testing.assert_close(ulp, torch.full((3,), -math.log(v)), rtol=1e-6, atol=0)
     torch.testing.assert_close(uent, torch.full((3,), math.log(v)), rtol=1e-6, atol=0)
 

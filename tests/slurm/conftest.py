@@ -27,8 +27,12 @@ def slurm():
         t0 = time.perf_counter()
         install_s = ensure_installed()
         cluster = LocalSlurm().start()
-        log.warning("local Slurm ready: install %.1f s, start %.1f s (%s)", install_s,
-                    time.perf_counter() - t0 - install_s, cluster.root)
+        log.warning(
+            "local Slurm ready: install %.1f s, start %.1f s (%s)",
+            install_s,
+            time.perf_counter() - t0 - install_s,
+            cluster.root,
+        )
     except SlurmUnavailable as e:
         pytest.skip(f"no local Slurm on this machine: {e}")
 

@@ -38,8 +38,10 @@ def _free_port() -> int:
 
 
 def missing_binaries() -> list[str]:
-    found = {b: shutil.which(b) or next((p for p in (f"/usr/sbin/{b}", f"/usr/bin/{b}") if os.path.exists(p)), None)
-             for b in BINARIES}
+    found = {
+        b: shutil.which(b) or next((p for p in (f"/usr/sbin/{b}", f"/usr/bin/{b}") if os.path.exists(p)), None)
+        for b in BINARIES
+    }
     return [b for b, p in found.items() if p is None]
 
 
@@ -49,20 +51,28 @@ def ensure_installed(timeout: float = 900.0) -> float:
     if not missing_binaries():
         return 0.0
     if os.geteuid() != 0:
-        raise SlurmUnavailable(f"Slurm is not installed ({', '.join(missing_binaries())} missing) and installing it "
-                               "needs root (apt-get install -y slurmctld slurmd slurm-client munge)")
+        raise SlurmUnavailable(
+            f"Slurm is not installed ({', '.join(missing_binaries())} missing) and installing it "
+            "needs root (apt-get install -y slurmctld slurmd slurm-client munge)"
+        )
     if shutil.which("apt-get") is None:
-        raise SlurmUnavailable("Slurm is not installed and this machine has no apt-get (the test uses Debian's packages)")
+        raise SlurmUnavailable(
+            "Slurm is not installed and this machine has no apt-get (the test uses Debian's packages)"
+        )
     t0 = time.perf_counter()
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
         try:
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise SlurmUnavailable(f"`{' '.join(cmd)}` did not finish in {timeout:.0f} s (Debian mirrors unreachable?)")
+            raise SlurmUnavailable(
+                f"`{' '.join(cmd)}` did not finish in {timeout:.0f} s (Debian mirrors unreachable?)"
+            ) from None
         if r.returncode != 0:
-            raise SlurmUnavailable(f"`{' '.join(cmd)}` failed (exit {r.returncode}); Debian packages unreachable? "
-                                   f"{r.stderr.strip()[-400:]}")
+            raise SlurmUnavailable(
+                f"`{' '.join(cmd)}` failed (exit {r.returncode}); Debian packages unreachable? "
+                f"{r.stderr.strip()[-400:]}"
+            )
     if missing_binaries():
         raise SlurmUnavailable(f"installed {PACKAGES} but still missing {missing_binaries()}")
     return time.perf_counter() - t0
@@ -149,10 +159,11 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
             pw = pwd.getpwnam(user)
             ids = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
         with open(self.root / "log" / f"{name}.stdout", "wb") as log:
-            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
-                                                start_new_session=True, **ids)
+            self.procs[name] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True, **ids
+            )
 
-    def start(self, timeout: float = 60.0) -> "LocalSlurm":
+    def start(self, timeout: float = 60.0) -> LocalSlurm:
         ensure_installed()
         if os.geteuid() != 0:
             raise SlurmUnavailable("starting slurmd with SlurmdUser=root needs root")
@@ -167,16 +178,32 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
         self._write_conf()
         self._write_munge()
         m = self.munge_dir
-        self._spawn("munged", [_sbin("munged"), "--foreground", f"--socket={self.munge_socket}",
-                               f"--key-file={m}/munge.key", f"--pid-file={m}/munged.pid",
-                               f"--log-file={m}/munged.log", f"--seed-file={m}/munged.seed"], user="munge")
+        self._spawn(
+            "munged",
+            [
+                _sbin("munged"),
+                "--foreground",
+                f"--socket={self.munge_socket}",
+                f"--key-file={m}/munge.key",
+                f"--pid-file={m}/munged.pid",
+                f"--log-file={m}/munged.log",
+                f"--seed-file={m}/munged.seed",
+            ],
+            user="munge",
+        )
         self._wait(lambda: self.munge_socket.exists(), timeout, "munged did not create its socket")
         self._spawn("slurmctld", [_sbin("slurmctld"), "-D", "-i", "-f", str(self.conf)])
-        self._wait(lambda: self._run("scontrol", "ping").returncode == 0 and "UP" in self._run("scontrol", "ping").stdout,
-                   timeout, "slurmctld did not answer `scontrol ping`")
+        self._wait(
+            lambda: self._run("scontrol", "ping").returncode == 0 and "UP" in self._run("scontrol", "ping").stdout,
+            timeout,
+            "slurmctld did not answer `scontrol ping`",
+        )
         self._spawn("slurmd", [_sbin("slurmd"), "-D", "-f", str(self.conf)])
-        self._wait(lambda: re.search(r"State=(IDLE|MIXED|ALLOCATED)", self._run("scontrol", "show", "node", self.node).stdout),
-                   timeout, "the node did not become IDLE")
+        self._wait(
+            lambda: re.search(r"State=(IDLE|MIXED|ALLOCATED)", self._run("scontrol", "show", "node", self.node).stdout),
+            timeout,
+            "the node did not become IDLE",
+        )
 
     def _run(self, *cmd: str, check: bool = False, timeout: float = 30.0) -> subprocess.CompletedProcess:
         return subprocess.run(list(cmd), env=self.env(), capture_output=True, text=True, check=check, timeout=timeout)
@@ -233,8 +260,14 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
 
     # ----------------------------------------------------------------------------- jobs
     def sbatch(self, *args: str, env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None) -> int:
-        r = subprocess.run(["sbatch", "--parsable", *args], env={**self.env(), **(env or {})}, cwd=cwd,
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["sbatch", "--parsable", *args],
+            env={**self.env(), **(env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"sbatch failed ({r.returncode}): {r.stderr}\n{self.logs()}")
         return int(r.stdout.strip().split(";")[0])

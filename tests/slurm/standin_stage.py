@@ -50,8 +50,19 @@ def train(ov: dict[str, str]) -> int:
     rank, world = dist.get_rank(), dist.get_world_size()
     (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    env = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                                          "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_PROCID")}
+    env = {
+        k: os.environ.get(k)
+        for k in (
+            "RANK",
+            "LOCAL_RANK",
+            "WORLD_SIZE",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "SLURM_JOB_ID",
+            "SLURM_RESTART_COUNT",
+            "SLURM_PROCID",
+        )
+    }
     attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
     _atomic_json(run_dir / "ranks" / f"rank{rank}-attempt{attempt}.json", env)
 

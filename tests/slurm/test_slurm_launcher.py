@@ -33,9 +33,18 @@ JOB_COMMAND = "pivotrl"  # "pivotrl" | "standin"  <- the one-line switch
 if JOB_COMMAND == "pivotrl":
     STEPS = 24
     PIVOTRL_CMD = str(Path(sys.executable).with_name("pivotrl"))
-    OVERRIDES = ["experiment=quickstart", "data.max_trajectories=6", "sft.steps=4", "profile.k=2",
-                 "filter.lambda_diff=1.0", "filter.min_variance=-1.0", f"algorithm.steps={STEPS}",
-                 "algorithm.save_every=4", "algorithm.prompts_per_step=2", "algorithm.group_size=2"]
+    OVERRIDES = [
+        "experiment=quickstart",
+        "data.max_trajectories=6",
+        "sft.steps=4",
+        "profile.k=2",
+        "filter.lambda_diff=1.0",
+        "filter.min_variance=-1.0",
+        f"algorithm.steps={STEPS}",
+        "algorithm.save_every=4",
+        "algorithm.prompts_per_step=2",
+        "algorithm.group_size=2",
+    ]
     JOB_TIMEOUT = 420.0
 else:
     STEPS = 8
@@ -53,8 +62,13 @@ def prepared_run(tmp_path_factory):
         return None
     run_dir = tmp_path_factory.mktemp("prepared") / "run"
     stages = "stages=[build,sft,extract,profile,filter]"
-    r = subprocess.run([PIVOTRL_CMD, "run", *OVERRIDES, stages, f"run_dir={run_dir}"], capture_output=True, text=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    r = subprocess.run(
+        [PIVOTRL_CMD, "run", *OVERRIDES, stages, f"run_dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     return run_dir
 
@@ -67,11 +81,26 @@ def _new_run_dir(tmp_path: Path, prepared: Path | None) -> Path:
 
 
 def _submit(slurm, job_root: Path, run_dir: Path, name: str, launch: str, *sbatch_args: str) -> int:
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-           "PIVOTRL_JOB_ROOT": str(job_root), "PIVOTRL_CMD": PIVOTRL_CMD, "PIVOTRL_LAUNCH": launch,
-           "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1", "PIVOTRL_SHUTDOWN_TIMEOUT": "120"}
-    return slurm.sbatch(f"--job-name={name}", f"--output={job_root}/{name}-%j.out", *sbatch_args,
-                        str(LAUNCHER), "train", *OVERRIDES, f"run_dir={run_dir}", env=env, cwd=job_root)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PIVOTRL_JOB_ROOT": str(job_root),
+        "PIVOTRL_CMD": PIVOTRL_CMD,
+        "PIVOTRL_LAUNCH": launch,
+        "NPROC_PER_NODE": "2",
+        "OMP_NUM_THREADS": "1",
+        "PIVOTRL_SHUTDOWN_TIMEOUT": "120",
+    }
+    return slurm.sbatch(
+        f"--job-name={name}",
+        f"--output={job_root}/{name}-%j.out",
+        *sbatch_args,
+        str(LAUNCHER),
+        "train",
+        *OVERRIDES,
+        f"run_dir={run_dir}",
+        env=env,
+        cwd=job_root,
+    )
 
 
 def _steps(run_dir: Path) -> list[int]:
@@ -108,7 +137,9 @@ def test_job_runs_to_completion(slurm, prepared_run, tmp_path, launch, sbatch_ar
     run_dir = _new_run_dir(tmp_path, prepared_run)
     job_id = _submit(slurm, tmp_path, run_dir, f"ok-{launch}", launch, *sbatch_args)
     info = slurm.wait_job(job_id, JOB_TIMEOUT)
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "0"), _explain(slurm, tmp_path)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "0"), _explain(
+        slurm, tmp_path
+    )
     attempt = tmp_path / f"ok-{launch}-{job_id}" / "logs" / "attempt0"
     for f in ("launch.sh", "command.txt", "env.txt", "config.yaml"):
         assert (attempt / f).is_file(), f
@@ -128,12 +159,15 @@ def test_sigterm_checkpoints_requeues_and_resumes(slurm, prepared_run, tmp_path,
     job_id = _submit(slurm, tmp_path, run_dir, "preempt", launch, *sbatch_args)
     end = time.monotonic() + JOB_TIMEOUT
     while len(_steps(run_dir)) < 2:  # mid-training: a couple of steps done
-        assert time.monotonic() < end and slurm.job(job_id).get("JobState") in ("PENDING", "RUNNING"), \
-            _explain(slurm, tmp_path)
+        assert time.monotonic() < end and slurm.job(job_id).get("JobState") in ("PENDING", "RUNNING"), _explain(
+            slurm, tmp_path
+        )
         time.sleep(0.2)
     slurm.scancel("--batch", "--signal=TERM", str(job_id))  # = what --signal=B:TERM@N sends
     info = slurm.wait_job(job_id, max(end - time.monotonic(), 1.0), hurry_requeued=True)
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), _explain(slurm, tmp_path)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), _explain(
+        slurm, tmp_path
+    )
 
     events = (tmp_path / f"preempt-{job_id}" / "events.log").read_text()
     assert "attempt=0] SIGTERM" in events and "attempt=0] requeue" in events, events

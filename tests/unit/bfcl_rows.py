@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from pivotrl_nemo.domains.bfcl.build import build_entry, load_category
 
 
-@lru_cache(maxsize=None)
+@cache
 def _category(category: str):
     return load_category(category)
 
@@ -25,7 +25,12 @@ def trajectory(entry_id: str, category: str = "multi_turn_base") -> dict[str, An
 def _items(msg: dict[str, Any]) -> list[dict[str, Any]]:
     if msg["role"] == "assistant" and msg.get("tool_calls"):
         return [
-            {"type": "function_call", "call_id": tc["id"], "name": tc["function"]["name"], "arguments": tc["function"]["arguments"]}
+            {
+                "type": "function_call",
+                "call_id": tc["id"],
+                "name": tc["function"]["name"],
+                "arguments": tc["function"]["arguments"],
+            }
             for tc in msg["tool_calls"]
         ]
     if msg["role"] == "tool":
@@ -36,8 +41,13 @@ def _items(msg: dict[str, Any]) -> list[dict[str, Any]]:
 def pivot_rows(traj: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per assistant step: prefix items before it, the step as the expected action."""
     tools = [
-        {"type": "function", "name": t["function"]["name"], "description": t["function"]["description"],
-         "parameters": t["function"]["parameters"], "strict": False}
+        {
+            "type": "function",
+            "name": t["function"]["name"],
+            "description": t["function"]["description"],
+            "parameters": t["function"]["parameters"],
+            "strict": False,
+        }
         for t in traj["tools"]
     ]
     rows, prefix = [], []
@@ -45,14 +55,27 @@ def pivot_rows(traj: dict[str, Any]) -> list[dict[str, Any]]:
         if msg["role"] == "assistant":
             fn = msg["tool_calls"][0]["function"]
             k = len(rows)
-            rows.append({
-                "id": f"{traj['id']}#{k}",
-                "responses_create_params": {"input": [dict(i) for i in prefix], "tools": tools, "tool_choice": "auto"},
-                "expected_action": {"type": "function_call", "name": fn["name"], "arguments": fn["arguments"]},
-                "agent_ref": {"name": "bfcl_state"},
-                "metadata": {"trajectory_id": traj["id"], "turn_index": k, "depth": k, "domain": "bfcl",
-                             "split": "rl", "source": traj["source"], "env": traj["metadata"]["env"]},
-            })
+            rows.append(
+                {
+                    "id": f"{traj['id']}#{k}",
+                    "responses_create_params": {
+                        "input": [dict(i) for i in prefix],
+                        "tools": tools,
+                        "tool_choice": "auto",
+                    },
+                    "expected_action": {"type": "function_call", "name": fn["name"], "arguments": fn["arguments"]},
+                    "agent_ref": {"name": "bfcl_state"},
+                    "metadata": {
+                        "trajectory_id": traj["id"],
+                        "turn_index": k,
+                        "depth": k,
+                        "domain": "bfcl",
+                        "split": "rl",
+                        "source": traj["source"],
+                        "env": traj["metadata"]["env"],
+                    },
+                }
+            )
         prefix.extend(_items(msg))
     return rows
 

@@ -5,12 +5,11 @@ It resumes from ``train/checkpoint`` when there is one, and exits 143 after a SI
 as the CLI does."""
 
 import sys
-from pathlib import Path
 
 
 def main(run_dir: str, overrides: list[str]) -> int:
-    from pivotrl_nemo.pipeline import STAGES, Runner
     from pivotrl_nemo.config import load_config
+    from pivotrl_nemo.pipeline import STAGES, Runner
     from pivotrl_nemo.utils.logging import configure_logging
     from pivotrl_nemo.utils.preemption import PREEMPTED_EXIT_CODE, Preempted
 

@@ -8,9 +8,9 @@ import uuid
 import pytest
 from bfcl_rows import trajectory
 
+from pivotrl_nemo.data.actions import make_call
 from pivotrl_nemo.domains.bfcl import backends
 from pivotrl_nemo.domains.bfcl.build import build_bfcl_trajectories, load_category, parse_ground_truth_call
-from pivotrl_nemo.data.actions import make_call
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,9 @@ def test_tool_outputs_and_state_equal_bfcl_own_executor(base):
 
 
 def test_positional_ground_truth_is_named_from_the_signature():
-    owners = backends.make_env({"initial_config": {}, "involved_classes": ["GorillaFileSystem", "MathAPI"]}).method_owner
+    owners = backends.make_env(
+        {"initial_config": {}, "involved_classes": ["GorillaFileSystem", "MathAPI"]}
+    ).method_owner
     call = parse_ground_truth_call("sort('final_report.pdf')", owners)
     assert (call.name, call.arguments) == ("sort", {"file_name": "final_report.pdf"})
     call = parse_ground_truth_call("mean([37])", owners)
@@ -134,12 +136,16 @@ def test_all_tool_schemas_are_json_schema():
 
 
 def test_schema_conversion_rules():
-    src = {"type": "dict", "properties": {
-        "type": {"type": "string", "default": "dict"},  # a property named "type" stays a property
-        "pair": {"type": "tuple", "items": {"type": "float"}},
-        "blob": {"type": "any", "description": "anything"},
-        "nested": {"type": "dict", "properties": {"x": {"type": "integer"}}},
-    }, "required": ["pair"]}
+    src = {
+        "type": "dict",
+        "properties": {
+            "type": {"type": "string", "default": "dict"},  # a property named "type" stays a property
+            "pair": {"type": "tuple", "items": {"type": "float"}},
+            "blob": {"type": "any", "description": "anything"},
+            "nested": {"type": "dict", "properties": {"x": {"type": "integer"}}},
+        },
+        "required": ["pair"],
+    }
     out = backends.convert_schema(src)
     assert out["type"] == "object" and out["required"] == ["pair"]
     assert out["properties"]["type"] == {"type": "string", "default": "dict"}
@@ -182,7 +188,9 @@ def test_copy_is_independent():
     assert twin.fingerprint() == before
     out = twin.execute(make_call("touch", {"file_name": "new.txt"}))
     assert not out.raised and twin.fingerprint() != before and env.fingerprint() == before
-    assert twin.execute(make_call("ls", {})).output == json.dumps({"current_directory_content": ["final_report.pdf", "previous_report.pdf", "new.txt"]})
+    assert twin.execute(make_call("ls", {})).output == json.dumps(
+        {"current_directory_content": ["final_report.pdf", "previous_report.pdf", "new.txt"]}
+    )
 
 
 def test_canonical_state_numbers_sets_and_cycles():

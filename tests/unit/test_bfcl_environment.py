@@ -77,7 +77,9 @@ def play(episode, policy: Policy, bfcl_checker, **env_kw) -> tuple[BfclEnvironme
         r = env.step(Action("message", content="Done."))
         assert r.info["turn_ended"] and r.done == (k == len(policy) - 1)
         expected = env.user_turns[k].expected_calls
-        truth_outputs = [h.output for h in env.truth_backends.history[len(env.truth_backends.history) - len(expected):]]
+        truth_outputs = [
+            h.output for h in env.truth_backends.history[len(env.truth_backends.history) - len(expected) :]
+        ]
         state_ok = state_checker(env.model_backends.instances, env.truth_backends.instances)["valid"]
         response_ok = response_checker(model_outputs, truth_outputs, k)["valid"]
         bfcl_state.append(state_ok)
@@ -116,7 +118,9 @@ def state_changing(episode, k: int) -> list[int]:
 def read_only(episode, k: int) -> list[int]:
     _, turns = split_user_turns(episode)
     changing = set(state_changing(episode, k))
-    return [j for j in range(len(turns[k].expected_calls)) if j not in changing and turns[k].expected_calls[j].name != "cd"]
+    return [
+        j for j in range(len(turns[k].expected_calls)) if j not in changing and turns[k].expected_calls[j].name != "cd"
+    ]
 
 
 def corrupt_args(c: ToolCall) -> ToolCall:
@@ -142,7 +146,10 @@ def test_expert_replay_passes_every_turn_and_agrees_with_bfcl(base, bfcl_checker
 
 def test_expert_replay_miss_param_turns_and_long_context(bfcl_checker):
     miss = build_bfcl_trajectories(["multi_turn_miss_param"], 2)
-    entries = {json.loads(line)["id"]: json.loads(line) for line in open(backends.data_dir() / "BFCL_v4_multi_turn_miss_param.json")}
+    entries = {
+        json.loads(line)["id"]: json.loads(line)
+        for line in open(backends.data_dir() / "BFCL_v4_multi_turn_miss_param.json")
+    }
     for episode in miss:
         _, turns = split_user_turns(episode)
         # a turn without expected calls is two user messages in a row: never merged
@@ -368,15 +375,27 @@ def test_domains_resolve_and_bfcl_domain_matches_build():
 
 
 def _jsonl_traj(tid: str) -> dict[str, Any]:
-    tools = [{"type": "function", "function": {"name": "ls", "description": "List.",
-                                               "parameters": {"type": "object", "properties": {}}}}]
-    return {"id": tid, "domain": "generic", "tools": tools, "messages": [
-        {"role": "user", "content": "List the files."},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c0", "type": "function", "function": {"name": "ls", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c0", "content": "a.txt"},
-        {"role": "assistant", "content": "There is a.txt."},
-    ]}
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "ls", "description": "List.", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
+    return {
+        "id": tid,
+        "domain": "generic",
+        "tools": tools,
+        "messages": [
+            {"role": "user", "content": "List the files."},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c0", "type": "function", "function": {"name": "ls", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "c0", "content": "a.txt"},
+            {"role": "assistant", "content": "There is a.txt."},
+        ],
+    }
 
 
 def test_jsonl_domain_matches_load_trajectories(tmp_path):

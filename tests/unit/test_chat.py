@@ -23,18 +23,41 @@ PREAMBLE = (
     "basic file operations. Tool description: "
 )
 TOOLS = [
-    {"type": "function", "name": "mv", "strict": False,
-     "description": PREAMBLE + "Move a file or directory from one location to another. Long tail text.",
-     "parameters": {"type": "dict", "properties": {
-         "source": {"type": "string"}, "destination": {"type": "string"}, "overwrite": {"type": "boolean"}},
-         "required": ["source", "destination"]}},
-    {"type": "function", "function": {  # chat-completions form is accepted too
-        "name": "mkdir", "description": PREAMBLE + "Create a new directory in the current directory.",
-        "parameters": {"type": "object", "properties": {"dir_name": {"type": "string"}}, "required": ["dir_name"]}}},
-    {"type": "function", "name": "cd", "description": "Change directory.",
-     "parameters": {"type": "object", "properties": {"folder": {"type": "string"}}, "required": ["folder"]}},
-    {"type": "function", "name": "ls", "description": "",
-     "parameters": {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}}},
+    {
+        "type": "function",
+        "name": "mv",
+        "strict": False,
+        "description": PREAMBLE + "Move a file or directory from one location to another. Long tail text.",
+        "parameters": {
+            "type": "dict",
+            "properties": {
+                "source": {"type": "string"},
+                "destination": {"type": "string"},
+                "overwrite": {"type": "boolean"},
+            },
+            "required": ["source", "destination"],
+        },
+    },
+    {
+        "type": "function",
+        "function": {  # chat-completions form is accepted too
+            "name": "mkdir",
+            "description": PREAMBLE + "Create a new directory in the current directory.",
+            "parameters": {"type": "object", "properties": {"dir_name": {"type": "string"}}, "required": ["dir_name"]},
+        },
+    },
+    {
+        "type": "function",
+        "name": "cd",
+        "description": "Change directory.",
+        "parameters": {"type": "object", "properties": {"folder": {"type": "string"}}, "required": ["folder"]},
+    },
+    {
+        "type": "function",
+        "name": "ls",
+        "description": "",
+        "parameters": {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}},
+    },
 ]
 LONG_OUTPUT = json.dumps({"current_directory_content": ["report.pdf"] + [f"file_{i}.txt" for i in range(200)]})
 ROW = {
@@ -46,20 +69,23 @@ ROW = {
             {"type": "function_call", "call_id": "c0", "name": "ls", "arguments": "{}"},
             {"type": "function_call_output", "call_id": "c0", "output": LONG_OUTPUT},
             {"type": "reasoning", "summary": []},
-            {"type": "function_call", "call_id": "c1", "name": "mkdir", "arguments": "{\"dir_name\": \"temp\"}"},
-            {"type": "function_call", "call_id": "c2", "name": "cd", "arguments": "{\"folder\": \"temp\"}"},
+            {"type": "function_call", "call_id": "c1", "name": "mkdir", "arguments": '{"dir_name": "temp"}'},
+            {"type": "function_call", "call_id": "c2", "name": "cd", "arguments": '{"folder": "temp"}'},
             {"type": "function_call_output", "call_id": "c1", "output": "None"},
-            {"type": "function_call_output", "call_id": "c2", "output": "{\"current_working_directory\": \"temp\"}"},
+            {"type": "function_call_output", "call_id": "c2", "output": '{"current_working_directory": "temp"}'},
             {"role": "assistant", "content": [{"type": "output_text", "text": "I am in temp now."}]},
             {"role": "user", "content": "Go back and move the report."},
-            {"type": "function_call", "call_id": "c3", "name": "cd", "arguments": "{\"folder\": \"..\"}"},
-            {"type": "function_call_output", "call_id": "c3", "output": "{\"current_working_directory\": \"/\"}"},
+            {"type": "function_call", "call_id": "c3", "name": "cd", "arguments": '{"folder": ".."}'},
+            {"type": "function_call_output", "call_id": "c3", "output": '{"current_working_directory": "/"}'},
         ],
         "tools": TOOLS,
         "tool_choice": "auto",
     },
-    "expected_action": {"type": "function_call", "name": "mv",
-                        "arguments": "{\"source\": \"report.pdf\", \"destination\": \"temp\"}"},
+    "expected_action": {
+        "type": "function_call",
+        "name": "mv",
+        "arguments": '{"source": "report.pdf", "destination": "temp"}',
+    },
 }
 CFG = DataConfig(max_prompt_tokens=4096, max_history_items=0, max_tool_output_chars=120)
 
@@ -119,7 +145,7 @@ def test_items_become_chat_messages():
     assert msgs[6] == {"role": "assistant", "content": "I am in temp now."}
     assert msgs[7] == {"role": "user", "content": "Go back and move the report."}
     # the expected action never leaks into the prompt
-    assert all("report.pdf\", \"destination" not in m["content"] for m in msgs)
+    assert all('report.pdf", "destination' not in m["content"] for m in msgs)
 
 
 def test_unknown_item_type_is_an_error():
@@ -134,13 +160,18 @@ def test_history_limit_keeps_system_and_last_user():
     assert msgs[1]["content"] == "Go back and move the report."
     assert msgs[2]["content"].startswith("<tool_response>")
     msgs = render_messages(ROW, replace(CFG, max_history_items=3))
-    assert [m["content"][:14] for m in msgs[1:]] == ["Go back and mo", "<tool_call>{\"n", "<tool_response"]
+    assert [m["content"][:14] for m in msgs[1:]] == ["Go back and mo", '<tool_call>{"n', "<tool_response"]
 
 
 def test_token_budget_drops_oldest_but_keeps_system_and_last_user(tok):
     full = render_prompt_ids(ROW, tok, CFG)
-    system_and_user = {**ROW, "responses_create_params": {**ROW["responses_create_params"], "input": [
-        ROW["responses_create_params"]["input"][0], ROW["responses_create_params"]["input"][-3]]}}
+    system_and_user = {
+        **ROW,
+        "responses_create_params": {
+            **ROW["responses_create_params"],
+            "input": [ROW["responses_create_params"]["input"][0], ROW["responses_create_params"]["input"][-3]],
+        },
+    }
     floor = len(render_prompt_ids(system_and_user, tok, CFG))
     for budget in (floor, floor + 40, (floor + len(full)) // 2, len(full) - 1):
         cfg = replace(CFG, max_prompt_tokens=budget)

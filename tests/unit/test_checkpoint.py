@@ -15,12 +15,27 @@ import torch.nn.functional as F
 from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from pivotrl_nemo.distributed.setup import destroy, init_distributed
 from pivotrl_nemo.models.megatron.checkpoint import (
-    CheckpointError, Retention, find_latest, list_checkpoints, load_model_weights, read_meta)
+    CheckpointError,
+    Retention,
+    find_latest,
+    list_checkpoints,
+    load_model_weights,
+    read_meta,
+)
 from pivotrl_nemo.models.megatron.policy import MegatronPolicy
 
 VOCAB = 256
-TINY = ModelConfig(hidden_size=64, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=16,
-                   num_experts=4, moe_ffn_hidden_size=32, moe_router_topk=2, max_position_embeddings=64)
+TINY = ModelConfig(
+    hidden_size=64,
+    num_layers=2,
+    num_attention_heads=4,
+    num_query_groups=2,
+    head_dim=16,
+    num_experts=4,
+    moe_ffn_hidden_size=32,
+    moe_router_topk=2,
+    max_position_embeddings=64,
+)
 OPTIM = OptimConfig(lr=3e-3, warmup_steps=3)
 
 
@@ -88,7 +103,12 @@ def test_round_trip_is_bit_exact(tmp_path):
     meta = read_meta(tmp_path)
     assert meta["step"] == 2 and meta["metrics"] == {"train/loss": 1.5} and meta["extra"] == extra
     assert meta["layout"]["world_size"] == 1 and meta["vocab_size"] == VOCAB
-    weights, optim, sched, lr = _weights(policy), _optimizer_tensors(policy), policy.scheduler.state_dict(), policy.current_lr()
+    weights, optim, sched, lr = (
+        _weights(policy),
+        _optimizer_tensors(policy),
+        policy.scheduler.state_dict(),
+        policy.current_lr(),
+    )
     assert any(k[1] == "exp_avg" for k in optim) and sched["num_steps"] == 2
     loss_a = _train_step(policy, _batch(5))
     after_a = _weights(policy)
@@ -149,7 +169,11 @@ def test_retention_keeps_the_last_k_and_the_best(tmp_path, mode, best, kept):
         assert not (tmp_path / "best").exists()
         return
     assert json.loads((tmp_path / "best").read_text()) == {
-        "step_dir": f"step_{best:08d}", "metric": "train/reward_mean", "mode": mode, "value": values[best]}
+        "step_dir": f"step_{best:08d}",
+        "metric": "train/reward_mean",
+        "mode": mode,
+        "value": values[best],
+    }
     # saving the same step again replaces it; a new best retires the old one
     policy.save(tmp_path, 5, metrics={"train/reward_mean": 2.0 if mode == "max" else -1.0}, retention=retention)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 5]
@@ -219,13 +243,20 @@ def test_checkpoint_before_any_optimizer_step(tmp_path):
     _assert_equal_tensors(_weights(stepped), _weights(fresh))
 
 
-@pytest.mark.parametrize("override, key", [("algorithm.keep_last=0", "algorithm.keep_last"),
-                                           ("algorithm.best_mode=mean", "algorithm.best_mode"),
-                                           ("algorithm.best_metric=reward_mean", "algorithm.best_metric")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("algorithm.keep_last=0", "algorithm.keep_last"),
+        ("algorithm.best_mode=mean", "algorithm.best_mode"),
+        ("algorithm.best_metric=reward_mean", "algorithm.best_metric"),
+    ],
+)
 def test_retention_config_is_validated(override, key):
     from pivotrl_nemo.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=re.escape(f"config key '{key}'")):
         load_config([override])
-    a = load_config(["algorithm.keep_last=3", "algorithm.best_metric=train/reward_mean", "algorithm.best_mode=min"]).algorithm
+    a = load_config(
+        ["algorithm.keep_last=3", "algorithm.best_metric=train/reward_mean", "algorithm.best_mode=min"]
+    ).algorithm
     assert Retention.from_config(a) == Retention(3, "train/reward_mean", "min")

@@ -18,11 +18,22 @@ from pivotrl_nemo.utils.metrics import read_metrics
 
 WORKER = [sys.executable, str(Path(__file__).with_name("checkpoint_resume_worker.py"))]
 STEPS = 8
-COMMON = ["experiment=smoke", "data.max_trajectories=2", "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}",
-          "sft.steps=120", "sft.batch_size=8", "sft.optim.lr=1e-2", f"algorithm.steps={STEPS}",
-          "algorithm.prompts_per_step=4", "algorithm.group_size=8", "algorithm.optim.lr=1e-3",
-          "algorithm.save_every=2", "algorithm.keep_last=2", "algorithm.best_metric=train/reward_mean",
-          "rollout.batch_size=32"]
+COMMON = [
+    "experiment=smoke",
+    "data.max_trajectories=2",
+    "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}",
+    "sft.steps=120",
+    "sft.batch_size=8",
+    "sft.optim.lr=1e-2",
+    f"algorithm.steps={STEPS}",
+    "algorithm.prompts_per_step=4",
+    "algorithm.group_size=8",
+    "algorithm.optim.lr=1e-3",
+    "algorithm.save_every=2",
+    "algorithm.keep_last=2",
+    "algorithm.best_metric=train/reward_mean",
+    "rollout.batch_size=32",
+]
 COMPARED = ("train/loss", "train/reward_mean", "train/grad_norm", "train/lr")
 
 
@@ -60,8 +71,13 @@ def _wait(proc: subprocess.Popen, ready, what: str) -> None:
 @pytest.mark.timeout(1200)
 def test_resume_after_sigkill_and_sigterm_reproduces_the_losses(tmp_path):
     prepared = tmp_path / "prepared"
-    r = subprocess.run([sys.executable, "-m", "pivotrl_nemo.cli", "run", *COMMON, f"run_dir={prepared}",
-                        "stages=[build,extract,sft]"], capture_output=True, text=True, env=_env(), timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "pivotrl_nemo.cli", "run", *COMMON, f"run_dir={prepared}", "stages=[build,extract,sft]"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (prepared / "sft" / "checkpoint" / "latest").is_file()
     atomic_write_jsonl(prepared / "pivots.jsonl", read_jsonl(prepared / "candidates" / "sft.jsonl")[:4])
@@ -75,8 +91,9 @@ def test_resume_after_sigkill_and_sigterm_reproduces_the_losses(tmp_path):
     assert sorted(ref) == list(range(1, STEPS + 1))
 
     # 1. SIGKILL as soon as the first checkpoint is complete
-    proc = subprocess.Popen(WORKER + [str(run_dir), *COMMON], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=_env())
+    proc = subprocess.Popen(
+        WORKER + [str(run_dir), *COMMON], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env()
+    )
     _wait(proc, lambda: _latest_step(run_dir) is not None, "the first checkpoint")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -85,8 +102,9 @@ def test_resume_after_sigkill_and_sigterm_reproduces_the_losses(tmp_path):
 
     # 2. restart; SIGTERM once it has logged a step of its own: it checkpoints that step and exits 143
     logged = len(_rows(run_dir))
-    proc = subprocess.Popen(WORKER + [str(run_dir), *COMMON], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=_env())
+    proc = subprocess.Popen(
+        WORKER + [str(run_dir), *COMMON], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env()
+    )
     _wait(proc, lambda: len(_rows(run_dir)) > logged, "a step after the resume")
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=300)

@@ -20,15 +20,18 @@ def test_override_is_typed():
     assert load_config(["algorithm.steps=7"]).algorithm.steps == 7
 
 
-@pytest.mark.parametrize("override,key", [
-    ("model.no_such_key=1", "model.no_such_key"),
-    ("algorithm.steps=abc", "algorithm.steps"),
-    ("filter.lambda_diff=1.5", "filter.lambda_diff"),
-    ("algorithm.group_size=1", "algorithm.group_size"),
-    ("verifier.name=fuzzy", "verifier.name"),
-    ("model.num_query_groups=3", "model.num_query_groups"),
-    ("data.source=jsonl", "data.path"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.no_such_key=1", "model.no_such_key"),
+        ("algorithm.steps=abc", "algorithm.steps"),
+        ("filter.lambda_diff=1.5", "filter.lambda_diff"),
+        ("algorithm.group_size=1", "algorithm.group_size"),
+        ("verifier.name=fuzzy", "verifier.name"),
+        ("model.num_query_groups=3", "model.num_query_groups"),
+        ("data.source=jsonl", "data.path"),
+    ],
+)
 def test_bad_keys_fail_at_startup_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
         load_config([override])

@@ -14,8 +14,13 @@ from pivotrl_nemo.pipeline import STAGES
 from pivotrl_nemo.registry import DOMAINS, VERIFIERS
 
 PLUGINS = Path(__file__).with_name("plugins")
-RUN = ["stages=[build,extract,toy_score]", "data.source=toy", "model.tokenizer_vocab_size=0",
-       "data.split_fractions={sft: 0.5, rl: 0.5, val: 0.0, test: 0.0}", "eval.split=val"]
+RUN = [
+    "stages=[build,extract,toy_score]",
+    "data.source=toy",
+    "model.tokenizer_vocab_size=0",
+    "data.split_fractions={sft: 0.5, rl: 0.5, val: 0.0, test: 0.0}",
+    "eval.split=val",
+]
 
 
 @pytest.fixture
@@ -58,7 +63,12 @@ def test_unknown_names_suggest_the_closest_registered_one(toy):
 
 def test_plugins_key_loads_extensions_in_a_fresh_process(tmp_path):
     env = dict(os.environ, PYTHONPATH=f"{PLUGINS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    r = subprocess.run([sys.executable, "-m", "pivotrl_nemo.cli", "run", f"run_dir={tmp_path}", "plugins=[toy_plugin]",
-                        *RUN], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pivotrl_nemo.cli", "run", f"run_dir={tmp_path}", "plugins=[toy_plugin]", *RUN],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(json.loads((tmp_path / "toy_scores.json").read_text())) == 20

@@ -9,25 +9,58 @@ from pivotrl_nemo.data.pivots import load_pivot_rows, validate_file, validate_pi
 from pivotrl_nemo.data.trajectory import load_trajectories
 from pivotrl_nemo.utils.io import DataError, atomic_write_jsonl
 
-TOOLS = [{"type": "function", "function": {"name": "mv", "description": "Move a file.",
-          "parameters": {"type": "object", "properties": {"source": {"type": "string"}, "destination": {"type": "string"}}}}},
-         {"type": "function", "function": {"name": "ls", "description": "List.", "parameters": {"type": "object", "properties": {}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "mv",
+            "description": "Move a file.",
+            "parameters": {
+                "type": "object",
+                "properties": {"source": {"type": "string"}, "destination": {"type": "string"}},
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {"name": "ls", "description": "List.", "parameters": {"type": "object", "properties": {}}},
+    },
+]
 
 
 def _traj(tid="t1"):
-    return {"id": tid, "domain": "generic", "tools": TOOLS, "messages": [
-        {"role": "system", "content": "You are a file agent."},
-        {"role": "user", "content": "Move a.txt to b, then list."},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c0", "type": "function", "function": {"name": "mv", "arguments": '{"source": "a.txt", "destination": "b"}'}}]},
-        {"role": "tool", "tool_call_id": "c0", "content": "moved"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}},
-            {"id": "c2", "type": "function", "function": {"name": "ls", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "b"},
-        {"role": "tool", "tool_call_id": "c2", "content": "b"},
-        {"role": "assistant", "content": "Done: a.txt is in b."},
-    ]}
+    return {
+        "id": tid,
+        "domain": "generic",
+        "tools": TOOLS,
+        "messages": [
+            {"role": "system", "content": "You are a file agent."},
+            {"role": "user", "content": "Move a.txt to b, then list."},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c0",
+                        "type": "function",
+                        "function": {"name": "mv", "arguments": '{"source": "a.txt", "destination": "b"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c0", "content": "moved"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "ls", "arguments": "{}"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "b"},
+            {"role": "tool", "tool_call_id": "c2", "content": "b"},
+            {"role": "assistant", "content": "Done: a.txt is in b."},
+        ],
+    }
 
 
 def test_one_candidate_per_assistant_turn_and_no_leak():
@@ -40,8 +73,10 @@ def test_one_candidate_per_assistant_turn_and_no_leak():
         # the target never appears at the end of (or anywhere after the last output in) the prefix
         assert inp[-1].get("type") != "function_call"
         if exp["type"] == "function_call":
-            assert not any(i.get("type") == "function_call" and i["arguments"] == exp["arguments"] and i["name"] == exp["name"]
-                           for i in inp)
+            assert not any(
+                i.get("type") == "function_call" and i["arguments"] == exp["arguments"] and i["name"] == exp["name"]
+                for i in inp
+            )
         if exp["type"] == "message":
             assert all(i.get("content") != exp["content"] for i in inp)
     # the prefix of turn k is exactly the conversation before turn k
@@ -67,7 +102,9 @@ def test_validate_reports_file_line_field(tmp_path):
     bad2 = json.loads(json.dumps(rows[0]))
     bad2["expected_action"]["arguments"] = "{not json"
     bad3 = json.loads(json.dumps(rows[1]))
-    bad3["responses_create_params"]["input"].append({"type": "function_call", "call_id": "x", "name": "ls", "arguments": "{}"})
+    bad3["responses_create_params"]["input"].append(
+        {"type": "function_call", "call_id": "x", "name": "ls", "arguments": "{}"}
+    )
     p = tmp_path / "pivots.jsonl"
     atomic_write_jsonl(p, [rows[0], bad1, bad2, bad3])
     with open(p, "a") as f:
@@ -93,7 +130,9 @@ def test_trajectory_errors_name_line_and_field(tmp_path):
     atomic_write_jsonl(p, [good, bad])
     with pytest.raises(DataError) as e:
         load_trajectories(str(p))
-    assert str(e.value) == f"{p}:2: messages[2].tool_calls[0].function.arguments: must be a JSON object (string-encoded)"
+    assert (
+        str(e.value) == f"{p}:2: messages[2].tool_calls[0].function.arguments: must be a JSON object (string-encoded)"
+    )
     trajs, rep = load_trajectories(str(p), skip_invalid=True)
     assert [t["id"] for t in trajs] == ["a"] and rep.skipped == 1
 

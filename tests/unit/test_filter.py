@@ -5,7 +5,11 @@ from pivotrl_nemo.config.schema import FilterConfig
 
 def _row(rewards, kind="function_call"):
     mean, var = summarize_rewards(rewards)
-    return {"id": str(rewards), "expected_action": {"type": kind}, "profile": {"mean": mean, "variance": var, "k": len(rewards)}}
+    return {
+        "id": str(rewards),
+        "expected_action": {"type": kind},
+        "profile": {"mean": mean, "variance": var, "k": len(rewards)},
+    }
 
 
 def test_rule_keeps_mixed_and_hard():

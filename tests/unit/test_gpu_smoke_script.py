@@ -18,10 +18,18 @@ def test_gpu_smoke_scripts_parse():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
 def test_gpu_smoke_refuses_without_cuda(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_smoke.py"), "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_smoke.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "no CUDA device" in r.stderr
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_smoke.sh"), str(tmp_path)], capture_output=True,
-                       text=True, timeout=120, env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-                                                     "PYTHON": sys.executable})
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_smoke.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "PYTHON": sys.executable},
+    )
     assert r.returncode != 0 and "no CUDA GPU visible" in r.stderr

@@ -17,8 +17,15 @@ from pivotrl_nemo.models.megatron.policy import MegatronPolicy
 from pivotrl_nemo.pipeline.runtime import padded_vocab_size
 
 TINY = ModelConfig(
-    hidden_size=64, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=16,
-    num_experts=4, moe_ffn_hidden_size=32, moe_router_topk=2, max_position_embeddings=64,
+    hidden_size=64,
+    num_layers=2,
+    num_attention_heads=4,
+    num_query_groups=2,
+    head_dim=16,
+    num_experts=4,
+    moe_ffn_hidden_size=32,
+    moe_router_topk=2,
+    max_position_embeddings=64,
     init_method_std=0.06,
 )
 
@@ -48,16 +55,24 @@ def _policy(cfg: ModelConfig, vocab: int) -> MegatronPolicy:
 
 
 def _ids(tokenizer) -> torch.Tensor:
-    rows = tokenizer(["Call get_weather(city='Paris') now.", "The capital of France is"],
-                     return_tensors="pt", padding=True, padding_side="right")
+    rows = tokenizer(
+        ["Call get_weather(city='Paris') now.", "The capital of France is"],
+        return_tensors="pt",
+        padding=True,
+        padding_side="right",
+    )
     return rows.input_ids
 
 
-@pytest.mark.parametrize("cfg", [TINY, dataclasses.replace(TINY, num_experts=0, ffn_hidden_size=96,
-                                                           tie_word_embeddings=True),
-                                 dataclasses.replace(TINY, num_experts=0, ffn_hidden_size=96, qk_layernorm=False,
-                                                     tie_word_embeddings=True)],
-                         ids=["moe", "dense-tied", "llama-tied"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TINY,
+        dataclasses.replace(TINY, num_experts=0, ffn_hidden_size=96, tie_word_embeddings=True),
+        dataclasses.replace(TINY, num_experts=0, ffn_hidden_size=96, qk_layernorm=False, tie_word_embeddings=True),
+    ],
+    ids=["moe", "dense-tied", "llama-tied"],
+)
 def test_export_loads_back_with_same_logits_and_tensors(cfg, tokenizer, tmp_path):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -96,7 +111,10 @@ def test_export_loads_back_with_same_logits_and_tensors(cfg, tokenizer, tmp_path
     # round trip through the importer: the same megatron function
     cfg2, gpt2 = import_hf_checkpoint(out)
     assert (cfg2.num_experts, cfg2.tie_word_embeddings, cfg2.qk_layernorm) == (
-        cfg.num_experts, cfg.tie_word_embeddings, cfg.qk_layernorm)
+        cfg.num_experts,
+        cfg.tie_word_embeddings,
+        cfg.qk_layernorm,
+    )
     gpt2.eval()
     with torch.no_grad():
         again = gpt2(ids, torch.arange(ids.shape[1]).expand_as(ids), None).float()

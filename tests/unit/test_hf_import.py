@@ -29,9 +29,18 @@ def dist_ctx():
 
 
 def _common():
-    return dict(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-6,
-                initializer_range=0.08, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-6,
+        initializer_range=0.08,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
 
 
 def _llama():
@@ -51,8 +60,15 @@ def _qwen3():
 def _qwen3_moe():
     from transformers import Qwen3MoeConfig
 
-    return Qwen3MoeConfig(intermediate_size=80, moe_intermediate_size=24, num_experts=4,
-                          num_experts_per_tok=2, norm_topk_prob=True, tie_word_embeddings=False, **_common())
+    return Qwen3MoeConfig(
+        intermediate_size=80,
+        moe_intermediate_size=24,
+        num_experts=4,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+        **_common(),
+    )
 
 
 def _hf_model(config):
@@ -163,13 +179,17 @@ def test_lazy_reader_takes_one_expert_slice(tmp_path):
     name = "decoder.layers.1.mlp.experts.local_experts.2.linear_fc1.weight"
     assert torch.equal(lazy(name), state["model.layers.1.mlp.experts.gate_up_proj"][2])
     assert lazy.used == {"model.layers.1.mlp.experts.gate_up_proj"}
-    assert torch.equal(lazy("decoder.layers.0.self_attention.linear_qkv.weight"),
-                       eager("decoder.layers.0.self_attention.linear_qkv.weight"))
+    assert torch.equal(
+        lazy("decoder.layers.0.self_attention.linear_qkv.weight"),
+        eager("decoder.layers.0.self_attention.linear_qkv.weight"),
+    )
     # the Transformer Engine spec's fused-norm names read the same HF norms
     assert lazy.keys_for("decoder.layers.1.self_attention.linear_qkv.layer_norm_weight") == [
-        "model.layers.1.input_layernorm.weight"]
+        "model.layers.1.input_layernorm.weight"
+    ]
     assert lazy.keys_for("decoder.layers.1.mlp.linear_fc1.layer_norm_weight") == [
-        "model.layers.1.post_attention_layernorm.weight"]
+        "model.layers.1.post_attention_layernorm.weight"
+    ]
 
 
 def test_import_cli_writes_a_checkpoint_that_trains_with_the_printed_overrides(tmp_path, capsys):
@@ -177,8 +197,8 @@ def test_import_cli_writes_a_checkpoint_that_trains_with_the_printed_overrides(t
 
     from pivotrl_nemo.config import load_config
     from pivotrl_nemo.config.schema import OptimConfig
-    from pivotrl_nemo.pipeline.hf_commands import import_main
     from pivotrl_nemo.models.megatron.policy import MegatronPolicy
+    from pivotrl_nemo.pipeline.hf_commands import import_main
 
     config = _qwen3_moe()
     config.max_position_embeddings = 1024  # the run config checks prompt + completion fit

@@ -3,9 +3,9 @@ sft.steps=0 that checkpoint is pi_0 unchanged."""
 
 import torch
 
-from pivotrl_nemo.pipeline import Runner
 from pivotrl_nemo.config import load_config
 from pivotrl_nemo.models.megatron import sharding
+from pivotrl_nemo.pipeline import Runner
 
 
 def _weights(cfg, path):
@@ -16,15 +16,19 @@ def _weights(cfg, path):
 
 
 def test_sft_starts_from_init_checkpoint(tmp_path):
-    common = ["experiment=smoke", "data.max_trajectories=2",
-              "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}"]
+    common = [
+        "experiment=smoke",
+        "data.max_trajectories=2",
+        "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}",
+    ]
     a = load_config([*common, f"run_dir={tmp_path / 'a'}", "sft.steps=3"])
     runner = Runner(a)
     for name in ("build", "extract", "sft"):
         runner.run(name)
     src = tmp_path / "a" / "sft" / "checkpoint"
-    b = load_config([*common, f"run_dir={tmp_path / 'b'}", "sft.steps=0", f"model.init_checkpoint={src}",
-                     "model.seed=99"])  # a different random init: the checkpoint must replace it
+    b = load_config(
+        [*common, f"run_dir={tmp_path / 'b'}", "sft.steps=0", f"model.init_checkpoint={src}", "model.seed=99"]
+    )  # a different random init: the checkpoint must replace it
     runner = Runner(b)
     for name in ("build", "extract", "sft"):
         runner.run(name)

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from pivotrl_nemo.algorithms.advantages import (
-    compute_advantages, group_mean_std_advantages, leave_one_out_advantages, zero_variance_fraction)
+    compute_advantages,
+    group_mean_std_advantages,
+    leave_one_out_advantages,
+    zero_variance_fraction,
+)
 from pivotrl_nemo.kernels.losses import clipped_pg_loss, k3_kl, token_logprobs
 
 
@@ -69,10 +73,12 @@ def test_microbatching_equals_full_batch():
     old = token_logprobs(logits, tgt).detach() + 0.05 * torch.randn(6)
     adv = torch.randn(6)
     full = clipped_pg_loss(token_logprobs(logits, tgt), old, adv, torch.ones(6), 6).loss
-    g_full, = torch.autograd.grad(full, logits)
-    parts = [clipped_pg_loss(token_logprobs(logits[s], tgt[s]), old[s], adv[s], torch.ones(3), 6).loss
-             for s in (slice(0, 3), slice(3, 6))]
-    g_mb, = torch.autograd.grad(parts[0] + parts[1], logits)
+    (g_full,) = torch.autograd.grad(full, logits)
+    parts = [
+        clipped_pg_loss(token_logprobs(logits[s], tgt[s]), old[s], adv[s], torch.ones(3), 6).loss
+        for s in (slice(0, 3), slice(3, 6))
+    ]
+    (g_mb,) = torch.autograd.grad(parts[0] + parts[1], logits)
     assert torch.allclose(g_full, g_mb, atol=1e-7)
 
 

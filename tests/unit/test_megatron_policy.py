@@ -15,8 +15,15 @@ from pivotrl_nemo.models.megatron.policy import MegatronPolicy
 
 VOCAB = 300
 TINY = ModelConfig(
-    hidden_size=64, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=16,
-    num_experts=4, moe_ffn_hidden_size=32, moe_router_topk=2, max_position_embeddings=64,
+    hidden_size=64,
+    num_layers=2,
+    num_attention_heads=4,
+    num_query_groups=2,
+    head_dim=16,
+    num_experts=4,
+    moe_ffn_hidden_size=32,
+    moe_router_topk=2,
+    max_position_embeddings=64,
 )
 
 
@@ -51,7 +58,10 @@ def test_gptmodel_returns_batch_first_logits():
     out = model(ids, pos, None)
     assert out.shape == (3, 7, VOCAB) and out.dtype == torch.float32
     assert all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in model.parameters())
-    assert model.output_layer.weight is not None and model.embedding.word_embeddings.weight is not model.output_layer.weight
+    assert (
+        model.output_layer.weight is not None
+        and model.embedding.word_embeddings.weight is not model.output_layer.weight
+    )
 
 
 def test_build_is_deterministic_given_the_seed():
@@ -173,13 +183,22 @@ def test_sdpa_core_attention_equals_megatron_local_attention():
 
     import torch
 
-    from pivotrl_nemo.distributed.setup import init_distributed
     from pivotrl_nemo.config.schema import ModelConfig, ParallelConfig
+    from pivotrl_nemo.distributed.setup import init_distributed
     from pivotrl_nemo.models.megatron.build import build_gpt_model
 
     init_distributed(ParallelConfig(), seed=0)
-    base = ModelConfig(hidden_size=64, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=16,
-                       num_experts=4, moe_ffn_hidden_size=32, moe_router_topk=2, seed=7)
+    base = ModelConfig(
+        hidden_size=64,
+        num_layers=2,
+        num_attention_heads=4,
+        num_query_groups=2,
+        head_dim=16,
+        num_experts=4,
+        moe_ffn_hidden_size=32,
+        moe_router_topk=2,
+        seed=7,
+    )
     sdpa = build_gpt_model(dataclasses.replace(base, attention_backend="sdpa"), 256)
     local = build_gpt_model(dataclasses.replace(base, attention_backend="local"), 256)
     local.load_state_dict(sdpa.state_dict())

@@ -28,15 +28,18 @@ def test_grouped_gemm_on_local_spec_is_refused_clearly():
         load_config(["model.moe_grouped_gemm=true"])
 
 
-@pytest.mark.parametrize("override,key", [
-    ("model.moe_token_dispatcher_type=ring", "model.moe_token_dispatcher_type"),
-    ("model.moe_router_dtype=fp16", "model.moe_router_dtype"),
-    ("parallel.expert_model_parallel_size=3", "parallel.expert_model_parallel_size"),
-    ("parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel"),
-    ("parallel.virtual_pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size"),
-    ("parallel.pipeline_model_parallel_size=3", "parallel.pipeline_model_parallel_size"),
-    ("parallel.use_distributed_optimizer=true", "parallel.use_distributed_optimizer"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.moe_token_dispatcher_type=ring", "model.moe_token_dispatcher_type"),
+        ("model.moe_router_dtype=fp16", "model.moe_router_dtype"),
+        ("parallel.expert_model_parallel_size=3", "parallel.expert_model_parallel_size"),
+        ("parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel"),
+        ("parallel.virtual_pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size"),
+        ("parallel.pipeline_model_parallel_size=3", "parallel.pipeline_model_parallel_size"),
+        ("parallel.use_distributed_optimizer=true", "parallel.use_distributed_optimizer"),
+    ],
+)
 def test_bad_layouts_name_the_key(override, key):
     if key == "parallel.use_distributed_optimizer" and torch.cuda.is_available():
         pytest.skip("the distributed optimizer is allowed with CUDA")
@@ -51,13 +54,21 @@ def test_world_size_must_fit_the_layout(monkeypatch):
 
 
 def test_expert_load_counts_every_routed_token():
-    from pivotrl_nemo.models.megatron.batching import make_batch
     from pivotrl_nemo.distributed.setup import init_distributed
+    from pivotrl_nemo.models.megatron.batching import make_batch
     from pivotrl_nemo.models.megatron.policy import MegatronPolicy
 
     init_distributed(ParallelConfig(), seed=0)
-    mcfg = ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=8,
-                       num_experts=4, moe_ffn_hidden_size=32, moe_router_topk=2)
+    mcfg = ModelConfig(
+        hidden_size=32,
+        num_layers=2,
+        num_attention_heads=4,
+        num_query_groups=2,
+        head_dim=8,
+        num_experts=4,
+        moe_ffn_hidden_size=32,
+        moe_router_topk=2,
+    )
     policy = MegatronPolicy(mcfg, 64, OptimConfig())
     batch = make_batch([[1, 2, 3], [4, 5, 6, 7, 8]], [[9, 10], [11]], pad_id=0)  # lengths 5 and 6, width 6
 

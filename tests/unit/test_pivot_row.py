@@ -83,7 +83,9 @@ def test_expected_action_and_malformed_rows():
     row = PivotRow(_row())
     assert row.expected.kind == "function_call" and _calls(row.expected.calls) == [("cd", {"folder": "temp"})]
     assert row.expected_type == "function_call"
-    one_batch = PivotRow(_row(expected_action={"type": "function_call_batch", "calls": [{"name": "ls", "arguments": "{}"}]}))
+    one_batch = PivotRow(
+        _row(expected_action={"type": "function_call_batch", "calls": [{"name": "ls", "arguments": "{}"}]})
+    )
     assert one_batch.expected.kind == "function_call" and one_batch.expected_type == "function_call_batch"
     for bad in ({"type": "function_call", "arguments": "{}"}, None, "mkdir"):
         with pytest.raises(ValueError, match="'hand/1#2' has a malformed expected_action"):
@@ -98,9 +100,14 @@ def test_expected_action_and_malformed_rows():
 
 def test_prefix_calls_responses_and_chat_forms():
     assert _calls(PivotRow(_row()).prefix_calls()) == [("mkdir", {"dir_name": "temp"})]
-    chat_item = {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "a", "type": "function", "function": {"name": "cd", "arguments": '{"folder": "temp"}'}},
-        {"id": "b", "type": "function", "function": {"name": "ls", "arguments": {"a": True}}}]}
+    chat_item = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "cd", "arguments": '{"folder": "temp"}'}},
+            {"id": "b", "type": "function", "function": {"name": "ls", "arguments": {"a": True}}},
+        ],
+    }
     assert _calls(item_calls(chat_item)) == [("cd", {"folder": "temp"}), ("ls", {"a": True})]
     assert item_calls({"role": "user", "content": "hi", "tool_calls": chat_item["tool_calls"]}) == []
     assert item_calls({"role": "assistant", "content": "hi"}) == [] and item_calls("text") == []
@@ -114,7 +121,11 @@ def _as_chat_style(row: dict) -> dict:
     out, items = json.loads(json.dumps(row)), []
     for item in row["responses_create_params"]["input"]:
         if item.get("type") == "function_call":
-            tc = {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
+            tc = {
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]},
+            }
             if items and items[-1].get("tool_calls"):
                 items[-1]["tool_calls"].append(tc)
             else:
@@ -132,14 +143,20 @@ def _rendered_calls(row) -> list:
 
 
 def test_chat_style_row_renders_as_its_responses_form():
-    text_then_calls = {"role": "assistant", "content": "On it.", "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "cd", "arguments": '{"folder": "temp"}'}}]}
+    text_then_calls = {
+        "role": "assistant",
+        "content": "On it.",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "cd", "arguments": '{"folder": "temp"}'}}],
+    }
     chat = _row()
     chat["responses_create_params"]["input"].append(text_then_calls)
     responses = _row()
     responses["responses_create_params"]["input"] += message_to_items(text_then_calls)
     assert render_messages(chat, CFG) == render_messages(responses, CFG)
-    assert render_messages(chat, CFG)[-1] == {"role": "assistant", "content": "On it.\n" + tool_call("cd", folder="temp")}
+    assert render_messages(chat, CFG)[-1] == {
+        "role": "assistant",
+        "content": "On it.\n" + tool_call("cd", folder="temp"),
+    }
 
 
 @pytest.mark.parametrize("eid,name", [("multi_turn_base_0", "mv"), ("multi_turn_base_56", "fillFuelTank")])

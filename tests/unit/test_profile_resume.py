@@ -27,16 +27,22 @@ def _log_ids(path: Path) -> list[str]:
 @pytest.mark.timeout(900)
 def test_profile_resumes_after_sigkill(tmp_path):
     run_dir = tmp_path / "run"
-    common = ["experiment=smoke", f"run_dir={run_dir}", "data.max_trajectories=20",
-              "data.split_fractions={sft: 0.3, rl: 0.5, val: 0.0, test: 0.2}", "rollout.batch_size=8"]
+    common = [
+        "experiment=smoke",
+        f"run_dir={run_dir}",
+        "data.max_trajectories=20",
+        "data.split_fractions={sft: 0.3, rl: 0.5, val: 0.0, test: 0.2}",
+        "rollout.batch_size=8",
+    ]
     r = _run(["run", *common, "stages=[build,sft,extract]"])
     assert r.returncode == 0, r.stderr[-3000:]
     n = sum(1 for _ in open(run_dir / "candidates" / "rl.jsonl"))
     assert n >= 8, "the test needs enough candidates to kill the stage part-way"
     log = run_dir / "profile" / "profile_log.jsonl"
 
-    proc = subprocess.Popen(PIVOTRL + ["profile", *common], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        PIVOTRL + ["profile", *common], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while len(_log_ids(log)) < 4 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -14,9 +14,19 @@ from types import SimpleNamespace
 
 import pytest
 
-from pivotrl_nemo.algorithms.profile_shards import (ProfileMergeError, ShardSpec, merge_profiles, profile_missing_shards,
-                                                    profile_shard, shard_done_path, shard_from_env, shard_log_path,
-                                                    shard_of, shard_rows, throughput_summary)
+from pivotrl_nemo.algorithms.profile_shards import (
+    ProfileMergeError,
+    ShardSpec,
+    merge_profiles,
+    profile_missing_shards,
+    profile_shard,
+    shard_done_path,
+    shard_from_env,
+    shard_log_path,
+    shard_of,
+    shard_rows,
+    throughput_summary,
+)
 from pivotrl_nemo.config.schema import ProfileConfig, SamplingConfig
 
 CFG, SAMPLING = ProfileConfig(k=4, seed=0), SamplingConfig()
@@ -46,8 +56,10 @@ class FakeSampler:
 
 def _profile_all(shard_dir, n, sampler=None):
     sampler = sampler or FakeSampler()
-    return [profile_shard(ROWS, sampler, CFG, SAMPLING, shard_dir, ShardSpec(i, n), "pi0", 5, progress=False)
-            for i in range(n)], sampler
+    return [
+        profile_shard(ROWS, sampler, CFG, SAMPLING, shard_dir, ShardSpec(i, n), "pi0", 5, progress=False)
+        for i in range(n)
+    ], sampler
 
 
 def test_shards_partition_by_id_not_position():
@@ -68,13 +80,21 @@ def test_shard_from_slurm_array_and_ranks():
     assert shard_from_env({}) == ShardSpec(0, 1)
     assert shard_from_env({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "8"}) == ShardSpec(7, 8)
     # --array=1-8 (min 1), and --array=0-14:2 (step 2)
-    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "8",
-                           "SLURM_ARRAY_TASK_MIN": "1"}) == ShardSpec(0, 8)
-    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "0",
-                           "SLURM_ARRAY_TASK_STEP": "2"}) == ShardSpec(3, 8)
+    assert shard_from_env(
+        {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "1"}
+    ) == ShardSpec(0, 8)
+    assert shard_from_env(
+        {
+            "SLURM_ARRAY_TASK_ID": "6",
+            "SLURM_ARRAY_TASK_COUNT": "8",
+            "SLURM_ARRAY_TASK_MIN": "0",
+            "SLURM_ARRAY_TASK_STEP": "2",
+        }
+    ) == ShardSpec(3, 8)
     assert shard_from_env({"RANK": "3", "WORLD_SIZE": "4"}) == ShardSpec(3, 4)
-    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3",
-                           "RANK": "1", "WORLD_SIZE": "2"}) == ShardSpec(5, 6)
+    assert shard_from_env(
+        {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "RANK": "1", "WORLD_SIZE": "2"}
+    ) == ShardSpec(5, 6)
 
 
 def test_every_candidate_profiled_once_with_throughput(tmp_path, caplog):

@@ -23,8 +23,13 @@ def _run(args, env=None):
 @pytest.mark.timeout(900)
 def test_array_tasks_then_merge(tmp_path):
     run_dir = tmp_path / "run"
-    common = ["experiment=smoke", f"run_dir={run_dir}", "data.max_trajectories=8", "sft.steps=4",
-              "data.split_fractions={sft: 0.25, rl: 0.5, val: 0.0, test: 0.25}"]
+    common = [
+        "experiment=smoke",
+        f"run_dir={run_dir}",
+        "data.max_trajectories=8",
+        "sft.steps=4",
+        "data.split_fractions={sft: 0.25, rl: 0.5, val: 0.0, test: 0.25}",
+    ]
     r = _run(["run", *common, "stages=[build,sft,extract]"])
     assert r.returncode == 0, r.stderr[-3000:]
     ids = [json.loads(line)["id"] for line in open(run_dir / "candidates" / "rl.jsonl")]

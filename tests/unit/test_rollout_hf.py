@@ -30,9 +30,18 @@ class ToyTokenizer:
 def tiny_model(seed: int = 0) -> Qwen3MoeForCausalLM:
     torch.manual_seed(seed)
     cfg = Qwen3MoeConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, moe_intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
-        max_position_embeddings=256, initializer_range=0.5,  # a wide init: peaked, non-uniform distributions
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=256,
+        initializer_range=0.5,  # a wide init: peaked, non-uniform distributions
     )
     return Qwen3MoeForCausalLM(cfg).eval()
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pivotrl_nemo.pipeline import Runner
 from pivotrl_nemo.config import load_config
+from pivotrl_nemo.pipeline import Runner
 
 
 def _runner(tmp_path, *extra):

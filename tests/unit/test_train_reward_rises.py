@@ -13,10 +13,23 @@ from pivotrl_nemo.utils.metrics import read_metrics
 
 @pytest.mark.timeout(900)
 def test_reward_rises_on_fixed_pivots(tmp_path):
-    cfg = load_config(["experiment=smoke", f"run_dir={tmp_path}", "data.max_trajectories=2",
-                       "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}", "sft.steps=120", "sft.batch_size=8", "sft.optim.lr=1e-2",
-                       "algorithm.steps=16", "algorithm.prompts_per_step=4", "algorithm.group_size=8",
-                       "algorithm.optim.lr=1e-3", "algorithm.save_every=8", "rollout.batch_size=32"])
+    cfg = load_config(
+        [
+            "experiment=smoke",
+            f"run_dir={tmp_path}",
+            "data.max_trajectories=2",
+            "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}",
+            "sft.steps=120",
+            "sft.batch_size=8",
+            "sft.optim.lr=1e-2",
+            "algorithm.steps=16",
+            "algorithm.prompts_per_step=4",
+            "algorithm.group_size=8",
+            "algorithm.optim.lr=1e-3",
+            "algorithm.save_every=8",
+            "rollout.batch_size=32",
+        ]
+    )
     runner = Runner(cfg)
     for name in ("build", "extract", "sft"):
         runner.run(name)

@@ -23,9 +23,18 @@ def _reference_completion(row):
 
 
 def test_every_reference_step_of_real_trajectories_passes(v):
-    rows = [r for eid in ("multi_turn_base_0", "multi_turn_base_56", "multi_turn_base_102", "multi_turn_base_157",
-                          "multi_turn_base_15", "multi_turn_base_170")
-            for r in pivot_rows(trajectory(eid))]
+    rows = [
+        r
+        for eid in (
+            "multi_turn_base_0",
+            "multi_turn_base_56",
+            "multi_turn_base_102",
+            "multi_turn_base_157",
+            "multi_turn_base_15",
+            "multi_turn_base_170",
+        )
+        for r in pivot_rows(trajectory(eid))
+    ]
     assert len(rows) > 30
     for row in rows:
         verdict = v.verify(row, _reference_completion(row))
@@ -46,7 +55,10 @@ def test_argument_order_and_python_call_syntax_pass(v):
     assert v.verify(row, tool_call("mv", destination="temp", source="final_report.pdf")).passed
     assert v.verify(row, "mv(destination='temp', source='final_report.pdf')").passed
     assert v.verify(row, '{"name": "mv", "arguments": {"destination": "temp", "source": "final_report.pdf"}}').passed
-    assert v.verify(row, '<tool_call>{"name": "mv", "arguments": "{\\"source\\": \\"final_report.pdf\\", \\"destination\\": \\"temp\\"}"}</tool_call>').passed
+    assert v.verify(
+        row,
+        '<tool_call>{"name": "mv", "arguments": "{\\"source\\": \\"final_report.pdf\\", \\"destination\\": \\"temp\\"}"}</tool_call>',
+    ).passed
 
 
 def test_int_vs_float_where_the_backend_treats_them_the_same(v):
@@ -105,7 +117,9 @@ def test_missing_key_raises_in_backend_and_is_an_execution_error(v):
 
 def test_excluded_or_unknown_tool_fails(v):
     row = row_for("multi_turn_base_0", "mv")  # this entry excludes cp from its tools
-    assert v.verify(row, tool_call("cp", source="final_report.pdf", destination="temp")).category == Category.UNKNOWN_TOOL
+    assert (
+        v.verify(row, tool_call("cp", source="final_report.pdf", destination="temp")).category == Category.UNKNOWN_TOOL
+    )
     assert v.verify(row, tool_call("_load_scenario", scenario={})).category == Category.UNKNOWN_TOOL
 
 
@@ -127,10 +141,13 @@ def test_expected_message(v):
 
 def _batch_row():
     row = row_for("multi_turn_base_0", "mkdir")  # after cd(document)
-    batch = {"type": "function_call_batch", "calls": [
-        {"name": "mkdir", "arguments": json.dumps({"dir_name": "temp"})},
-        {"name": "touch", "arguments": json.dumps({"file_name": "notes.txt"})},
-    ]}
+    batch = {
+        "type": "function_call_batch",
+        "calls": [
+            {"name": "mkdir", "arguments": json.dumps({"dir_name": "temp"})},
+            {"name": "touch", "arguments": json.dumps({"file_name": "notes.txt"})},
+        ],
+    }
     return with_expected(row, batch, "batch")
 
 
@@ -148,29 +165,38 @@ def test_batch_in_any_order_passes_and_extra_or_missing_call_fails(v):
 # ------------------------------------------------------------------ hostile and unparseable
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "   ",
-    "<tool_call>not json</tool_call>",
-    "<tool_call>" + "[" * 5000 + "]" * 5000 + "</tool_call>",
-    '<tool_call>{"name": "mv", "arguments": ' + "[" * 9000 + "]" * 9000 + "}</tool_call>",
-    "x" * 30000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "<tool_call>not json</tool_call>",
+        "<tool_call>" + "[" * 5000 + "]" * 5000 + "</tool_call>",
+        '<tool_call>{"name": "mv", "arguments": ' + "[" * 9000 + "]" * 9000 + "}</tool_call>",
+        "x" * 30000,
+    ],
+)
 def test_unparseable_scores_zero(v, text):
     verdict = v.verify(row_for("multi_turn_base_0", "mv"), text)
     assert verdict.reward == 0.0 and verdict.category == Category.UNPARSEABLE
 
 
-@pytest.mark.parametrize("text", [
-    "__import__('os').system('x')",
-    "os.system(command='touch /tmp/pwned')",
-    "mv(source=__import__('os').getcwd(), destination='temp')",
-    "mv(source='a' * 10**9, destination='temp')",
-    "[mv(source='final_report.pdf', destination='temp'), exec(code='1')]",
-    '<tool_call>{"name": "__class__", "arguments": {}}</tool_call>',
-    '<tool_call>{"name": "mv", "arguments": {"source": ' + "[" * 400 + "]" * 400 + ', "destination": "temp"}}</tool_call>',
-    '<tool_call>{"name": "mv", "arguments": {"source": "final_report.pdf", "destination": "temp", "self": 1}}</tool_call>',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "__import__('os').system('x')",
+        "os.system(command='touch /tmp/pwned')",
+        "mv(source=__import__('os').getcwd(), destination='temp')",
+        "mv(source='a' * 10**9, destination='temp')",
+        "[mv(source='final_report.pdf', destination='temp'), exec(code='1')]",
+        '<tool_call>{"name": "__class__", "arguments": {}}</tool_call>',
+        '<tool_call>{"name": "mv", "arguments": {"source": '
+        + "[" * 400
+        + "]" * 400
+        + ', "destination": "temp"}}</tool_call>',
+        '<tool_call>{"name": "mv", "arguments": {"source": "final_report.pdf", "destination": "temp", "self": 1}}</tool_call>',
+    ],
+)
 def test_hostile_text_scores_zero_without_raising(v, text):
     t0 = time.perf_counter()
     verdict = v.verify(row_for("multi_turn_base_0", "mv"), text)

@@ -22,7 +22,9 @@ def test_argument_order_and_call_syntax_do_not_matter():
     assert v.verify(row, tool_call("mv", source="final_report.pdf", destination="temp")).passed
     assert v.verify(row, tool_call("mv", destination="temp", source="final_report.pdf")).passed
     assert v.verify(row, "mv(destination='temp', source='final_report.pdf')").passed
-    assert v.verify(row, '  {"name": "mv", "arguments": {"destination": "temp", "source": "final_report.pdf"}}\n').passed
+    assert v.verify(
+        row, '  {"name": "mv", "arguments": {"destination": "temp", "source": "final_report.pdf"}}\n'
+    ).passed
 
 
 def test_functionally_equivalent_but_different_actions_are_not_exact():
@@ -30,7 +32,9 @@ def test_functionally_equivalent_but_different_actions_are_not_exact():
     assert v.verify(row, tool_call("fillFuelTank", fuelAmount=40)).passed
     verdict = v.verify(row, tool_call("fillFuelTank", fuelAmount=40.0))  # bfcl_state accepts this one
     assert verdict.reward == 0.0 and verdict.category == Category.NOT_EXACT
-    assert v.verify(row_for("multi_turn_base_0", "cd"), tool_call("cd", folder="document/")).category == Category.NOT_EXACT
+    assert (
+        v.verify(row_for("multi_turn_base_0", "cd"), tool_call("cd", folder="document/")).category == Category.NOT_EXACT
+    )
     row = row_for("multi_turn_base_102", "create_ticket")
     args = json.loads(row["expected_action"]["arguments"])
     args["description"] = args["description"].replace("User-reported", "Customer-reported")
@@ -43,7 +47,10 @@ def test_near_misses():
     assert v.verify(row, tool_call("mv", source="final_report.pdf")).category == Category.NOT_EXACT
     assert v.verify(row, tool_call("cp", source="final_report.pdf", destination="temp")).category == Category.NOT_EXACT
     assert v.verify(row, "Moved.").category == Category.CALL_EXPECTED
-    assert v.verify(row, '<tool_call>{"name": "mv", "arguments": "{oops"}</tool_call>').category == Category.BAD_ARGUMENTS_JSON
+    assert (
+        v.verify(row, '<tool_call>{"name": "mv", "arguments": "{oops"}</tool_call>').category
+        == Category.BAD_ARGUMENTS_JSON
+    )
 
 
 def test_messages_match_after_strip_only():
@@ -54,23 +61,41 @@ def test_messages_match_after_strip_only():
 
 
 def test_batches_match_as_multisets():
-    row = with_expected(row_for("multi_turn_base_0", "mkdir"), {"type": "function_call_batch", "calls": [
-        {"name": "mkdir", "arguments": '{"dir_name": "temp"}'}, {"name": "touch", "arguments": '{"file_name": "a.txt"}'}]}, "b")
+    row = with_expected(
+        row_for("multi_turn_base_0", "mkdir"),
+        {
+            "type": "function_call_batch",
+            "calls": [
+                {"name": "mkdir", "arguments": '{"dir_name": "temp"}'},
+                {"name": "touch", "arguments": '{"file_name": "a.txt"}'},
+            ],
+        },
+        "b",
+    )
     mk, tc = tool_call("mkdir", dir_name="temp"), tool_call("touch", file_name="a.txt")
     assert v.verify(row, tc + mk).passed
     assert v.verify(row, mk + tc + tool_call("ls")).category == Category.NOT_EXACT
     assert v.verify(row, mk + mk).category == Category.NOT_EXACT
 
 
-@pytest.mark.parametrize("text", ["", "<tool_call>[[[</tool_call>", "z" * 25000,
-                                  '<tool_call>{"name": "mv", "arguments": ' + "[" * 9000 + "]" * 9000 + "}</tool_call>"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "<tool_call>[[[</tool_call>",
+        "z" * 25000,
+        '<tool_call>{"name": "mv", "arguments": ' + "[" * 9000 + "]" * 9000 + "}</tool_call>",
+    ],
+)
 def test_unparseable(text):
     verdict = v.verify(row_for("multi_turn_base_0", "mv"), text)
     assert verdict.reward == 0.0 and verdict.category == Category.UNPARSEABLE
 
 
-@pytest.mark.parametrize("text", ["__import__('os').system('x')", "exec(code='import os')",
-                                  "mv(source=__import__('os').sep, destination='temp')"])
+@pytest.mark.parametrize(
+    "text",
+    ["__import__('os').system('x')", "exec(code='import os')", "mv(source=__import__('os').sep, destination='temp')"],
+)
 def test_hostile_text_scores_zero(text):
     assert v.verify(row_for("multi_turn_base_0", "mv"), text).reward == 0.0
 

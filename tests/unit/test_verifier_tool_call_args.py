@@ -23,17 +23,26 @@ def v():
 
 def _call_row(name, arguments, tools=None):
     tools = tools or [name, "ls", "cat"]
-    return {"id": f"hand/{name}", "responses_create_params": {
-        "input": [{"role": "user", "content": "do it"}],
-        "tools": [{"type": "function", "name": t, "description": "", "parameters": {"type": "object"}, "strict": False} for t in tools],
-        "tool_choice": "auto"},
-        "expected_action": {"type": "function_call", "name": name, "arguments": json.dumps(arguments)}}
+    return {
+        "id": f"hand/{name}",
+        "responses_create_params": {
+            "input": [{"role": "user", "content": "do it"}],
+            "tools": [
+                {"type": "function", "name": t, "description": "", "parameters": {"type": "object"}, "strict": False}
+                for t in tools
+            ],
+            "tool_choice": "auto",
+        },
+        "expected_action": {"type": "function_call", "name": name, "arguments": json.dumps(arguments)},
+    }
 
 
 def _batch_row(calls):
     row = _call_row(calls[0][0], calls[0][1], tools=sorted({c[0] for c in calls} | {"ls"}))
-    row["expected_action"] = {"type": "function_call_batch",
-                              "calls": [{"name": n, "arguments": json.dumps(a)} for n, a in calls]}
+    row["expected_action"] = {
+        "type": "function_call_batch",
+        "calls": [{"name": n, "arguments": json.dumps(a)} for n, a in calls],
+    }
     return row
 
 
@@ -51,11 +60,15 @@ def test_reference_and_argument_order_and_syntax_pass(v):
 def test_reworded_long_string_above_threshold_passes(v):
     row = row_for("multi_turn_base_102", "create_ticket")
     args = expected_args(row)
-    reworded = args["description"].replace("User-reported issue where", "Customer says").replace("despite", "even after")
+    reworded = (
+        args["description"].replace("User-reported issue where", "Customer says").replace("despite", "even after")
+    )
     assert word_overlap(reworded, args["description"]) >= 0.1
     assert v.verify(row, tool_call("create_ticket", title=args["title"], description=reworded)).passed
     # long strings are compared lower-cased
-    assert v.verify(row, tool_call("create_ticket", title=args["title"], description=args["description"].upper())).passed
+    assert v.verify(
+        row, tool_call("create_ticket", title=args["title"], description=args["description"].upper())
+    ).passed
 
 
 def test_overlap_threshold_semantics():
@@ -132,7 +145,9 @@ def test_missing_or_extra_key(v):
 def test_message_call_decision_unknown_tool_and_bad_json(v):
     row = row_for("multi_turn_base_0", "mv")
     assert v.verify(row, "Sure, moving it now.").category == Category.CALL_EXPECTED
-    assert v.verify(row, tool_call("cp", source="final_report.pdf", destination="temp")).category == Category.UNKNOWN_TOOL
+    assert (
+        v.verify(row, tool_call("cp", source="final_report.pdf", destination="temp")).category == Category.UNKNOWN_TOOL
+    )
     verdict = v.verify(row, '<tool_call>{"name": "mv", "arguments": "source=final_report.pdf"}</tool_call>')
     assert verdict.category == Category.BAD_ARGUMENTS_JSON
     msg_row = with_expected(row, {"type": "message", "content": "Which folder?"}, "msg")
@@ -177,7 +192,9 @@ def test_maximum_matching_needs_augmenting_paths():
     # through the verifier: p0 fits both expected strings, p1 only the first one
     row = _batch_row([("note", {"text": "alpha beta gamma"}), ("note", {"text": "alpha beta delta"})])
     v = tca(word_overlap_threshold=0.4)
-    assert v.verify(row, tool_call("note", text="alpha beta gamma delta") + tool_call("note", text="alpha beta gamma")).passed
+    assert v.verify(
+        row, tool_call("note", text="alpha beta gamma delta") + tool_call("note", text="alpha beta gamma")
+    ).passed
 
 
 def test_bad_parallel_mode():
@@ -188,25 +205,34 @@ def test_bad_parallel_mode():
 # ------------------------------------------------------------------ hostile and unparseable
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "<tool_call>not json</tool_call>",
-    '<tool_call>{"name": "mv", "arguments": ' + "[" * 9000 + "]" * 9000 + "}</tool_call>",
-    "y" * 25000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "<tool_call>not json</tool_call>",
+        '<tool_call>{"name": "mv", "arguments": ' + "[" * 9000 + "]" * 9000 + "}</tool_call>",
+        "y" * 25000,
+    ],
+)
 def test_unparseable(v, text):
     verdict = v.verify(row_for("multi_turn_base_0", "mv"), text)
     assert verdict.reward == 0.0 and verdict.category == Category.UNPARSEABLE
 
 
-@pytest.mark.parametrize("text", [
-    "__import__('os').system('x')",
-    "os.system(command='rm -rf /')",
-    "mv(source=open('/etc/passwd').read(), destination='temp')",
-    '<tool_call>{"name": "mv", "arguments": {"source": ' + "[" * 3000 + "]" * 3000 + ', "destination": "temp"}}</tool_call>',
-    "mv(source=" + "[" * 3000 + "]" * 3000 + ", destination='temp')",
-    "mv(source={1, 2}, destination='temp')",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "__import__('os').system('x')",
+        "os.system(command='rm -rf /')",
+        "mv(source=open('/etc/passwd').read(), destination='temp')",
+        '<tool_call>{"name": "mv", "arguments": {"source": '
+        + "[" * 3000
+        + "]" * 3000
+        + ', "destination": "temp"}}</tool_call>',
+        "mv(source=" + "[" * 3000 + "]" * 3000 + ", destination='temp')",
+        "mv(source={1, 2}, destination='temp')",
+    ],
+)
 def test_hostile_text_scores_zero_without_raising(v, text):
     t0 = time.perf_counter()
     assert v.verify(row_for("multi_turn_base_0", "mv"), text).reward == 0.0

@@ -18,15 +18,29 @@ import pytest
 import torch
 
 from pivotrl_nemo.config.schema import ModelConfig
-from pivotrl_nemo.rollout.vllm import request_seed, sampled_logprobs, to_completions
 from pivotrl_nemo.models.megatron.hf.mapping import hf_config_for
-from pivotrl_nemo.weight_sync.vllm_sync import (VLLMIPCWeightSynchronizer, VLLMWeightSyncExtension,
-                                                ipc_args_from_wire, ipc_args_to_wire, to_checkpoint_names)
+from pivotrl_nemo.rollout.vllm import request_seed, sampled_logprobs, to_completions
+from pivotrl_nemo.weight_sync.vllm_sync import (
+    VLLMIPCWeightSynchronizer,
+    VLLMWeightSyncExtension,
+    ipc_args_from_wire,
+    ipc_args_to_wire,
+    to_checkpoint_names,
+)
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 GPU_ONLY = "needs vLLM and a CUDA GPU (GPU-only path)"
-CFG = ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=8,
-                  ffn_hidden_size=64, num_experts=4, moe_ffn_hidden_size=16, moe_router_topk=2)
+CFG = ModelConfig(
+    hidden_size=32,
+    num_layers=2,
+    num_attention_heads=4,
+    num_query_groups=2,
+    head_dim=8,
+    ffn_hidden_size=64,
+    num_experts=4,
+    moe_ffn_hidden_size=16,
+    moe_router_topk=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +131,9 @@ def _receiver_for(hf_moe):
 def test_sync_streams_every_tensor_through_buckets(hf_moe):
     worker = _receiver_for(hf_moe)
     engine = _InProcessEngine(worker)
-    sync = VLLMIPCWeightSynchronizer(None, None, engine, named_tensors=lambda: hf_moe.named_parameters(),
-                                     bucket_bytes=16 << 10)
+    sync = VLLMIPCWeightSynchronizer(
+        None, None, engine, named_tensors=lambda: hf_moe.named_parameters(), bucket_bytes=16 << 10
+    )
     assert sync.is_stale()
     sync.sync_weights()
     stats = sync.last_stats
@@ -147,18 +162,40 @@ def test_receiver_rejects_duplicates_gaps_and_unloaded_parameters(hf_moe):
     with pytest.raises(RuntimeError, match="1 tensors missing"):
         worker.pivotrl_finish_update(["model.norm.weight"])
     # an engine parameter nobody sent (e.g. a name-mapping gap): lm_head left out
-    partial = VLLMIPCWeightSynchronizer(None, None, engine, bucket_bytes=1 << 20,
-                                        named_tensors=lambda: [(n, t) for n, t in named if n != "lm_head.weight"])
+    partial = VLLMIPCWeightSynchronizer(
+        None,
+        None,
+        engine,
+        bucket_bytes=1 << 20,
+        named_tensors=lambda: [(n, t) for n, t in named if n != "lm_head.weight"],
+    )
     with pytest.raises(RuntimeError, match="not loaded: \\['lm_head.weight'\\]"):
         partial.sync_weights()
     with pytest.raises(RuntimeError, match="before pivotrl_begin_update"):
-        worker.pivotrl_load_bucket({"manifest": {"nbytes": 0, "specs": []}, "buffer": torch.empty(0, dtype=torch.uint8)})
+        worker.pivotrl_load_bucket(
+            {"manifest": {"nbytes": 0, "specs": []}, "buffer": torch.empty(0, dtype=torch.uint8)}
+        )
 
 
 def test_ipc_handle_wire_format_roundtrip():
     """The CUDA IPC reduction's arguments travel as plain data and come back with the local device."""
-    args = (torch.Tensor, torch.Size([4096]), (1,), 0, torch.storage.TypedStorage, torch.uint8, 3,
-            b"\x01handle", 8192, 512, False, b"refcount", 16, b"event", True)
+    args = (
+        torch.Tensor,
+        torch.Size([4096]),
+        (1,),
+        0,
+        torch.storage.TypedStorage,
+        torch.uint8,
+        3,
+        b"\x01handle",
+        8192,
+        512,
+        False,
+        b"refcount",
+        16,
+        b"event",
+        True,
+    )
     wire = ipc_args_to_wire(args)
     assert all(isinstance(v, (int, bytes, bool, type(None))) for v in wire.values())
     back = ipc_args_from_wire(wire, device_index=0)
@@ -173,9 +210,13 @@ def test_ipc_handle_wire_format_roundtrip():
 
 
 def _out(index, ids, lps, reason):
-    return SimpleNamespace(index=index, text=f"t{index}", token_ids=ids, finish_reason=reason,
-                           logprobs=[{t: SimpleNamespace(logprob=lp), 99: SimpleNamespace(logprob=-9.0)}
-                                     for t, lp in zip(ids, lps)])
+    return SimpleNamespace(
+        index=index,
+        text=f"t{index}",
+        token_ids=ids,
+        finish_reason=reason,
+        logprobs=[{t: SimpleNamespace(logprob=lp), 99: SimpleNamespace(logprob=-9.0)} for t, lp in zip(ids, lps)],
+    )
 
 
 def test_outputs_become_completions_in_sample_order():
@@ -235,14 +276,20 @@ def test_cuda_ipc_buffer_opens_in_another_process():
 @pytest.mark.skipif(not (HAS_VLLM and torch.cuda.is_available()), reason=GPU_ONLY)
 def test_vllm_engine_generates_sleeps_and_refits(hf_moe, tmp_path):
     """Refit correctness: after a sync, vLLM's greedy log-probs equal the trainer-side model's."""
-    from pivotrl_nemo.rollout.base import SamplingParams
     from pivotrl_nemo.data.tokenizer import load_tokenizer
+    from pivotrl_nemo.rollout.base import SamplingParams
     from pivotrl_nemo.rollout.vllm import VLLMRolloutEngine, write_model_dir
 
     model = copy.deepcopy(hf_moe).to("cuda", torch.bfloat16)
     model_dir = write_model_dir(model.config, load_tokenizer("smollm2"), tmp_path / "model")
-    engine = VLLMRolloutEngine(model_dir, stop_token_ids=[0], load_format="dummy", gpu_memory_utilization=0.3,
-                               max_model_len=256, enforce_eager=True)
+    engine = VLLMRolloutEngine(
+        model_dir,
+        stop_token_ids=[0],
+        load_format="dummy",
+        gpu_memory_utilization=0.3,
+        max_model_len=256,
+        enforce_eager=True,
+    )
     sync = VLLMIPCWeightSynchronizer(None, None, engine, named_tensors=lambda: model.named_parameters())
     engine.sleep()
     sync.sync_weights()
@@ -251,8 +298,8 @@ def test_vllm_engine_generates_sleeps_and_refits(hf_moe, tmp_path):
     assert comps[0].token_ids == comps[1].token_ids
     ids = torch.tensor([prompt + comps[0].token_ids], device="cuda")
     with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits.float()[0, len(prompt) - 1:-1], dim=-1)
-    ref = logp.gather(-1, ids[0, len(prompt):, None]).squeeze(-1)
+        logp = torch.log_softmax(model(ids).logits.float()[0, len(prompt) - 1 : -1], dim=-1)
+    ref = logp.gather(-1, ids[0, len(prompt) :, None]).squeeze(-1)
     assert torch.allclose(torch.tensor(comps[0].logprobs, device="cuda"), ref, atol=0.05)
     engine.sleep()
     engine.wake()

@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from pivotrl_nemo.weight_sync.buckets import (ALIGN, BucketManifest, iter_packed_buckets, pack_into,
-                                              plan_buckets, unpack)
+from pivotrl_nemo.weight_sync.buckets import ALIGN, BucketManifest, iter_packed_buckets, pack_into, plan_buckets, unpack
 
 
 def _mixed() -> list[tuple[str, torch.Tensor]]:
@@ -54,7 +53,7 @@ def test_roundtrip_is_exact_for_mixed_dtypes(bucket_bytes, reuse):
 
 def test_bucket_size_respected_and_oversized_tensor_alone():
     named = [(f"w{i}", torch.full((64,), float(i))) for i in range(10)]  # 256 B each
-    named.insert(4, ("big", torch.ones(1000)))                           # 4000 B > bucket
+    named.insert(4, ("big", torch.ones(1000)))  # 4000 B > bucket
     buckets = plan_buckets(((n, t.shape, t.dtype) for n, t in named), bucket_bytes=1024)
     for m in buckets:
         if m.names == ["big"]:
@@ -72,7 +71,7 @@ def test_views_alias_the_buffer_and_noncontiguous_inputs_pack():
     t = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()  # non-contiguous
     (m,) = plan_buckets([("t", t.shape, t.dtype)], 1024)
     buf = pack_into(torch.zeros(1024, dtype=torch.uint8), m, [t])
-    (name, view), = unpack(buf, m)
+    ((name, view),) = unpack(buf, m)
     assert torch.equal(view, t)
     buf[:4] = 0  # a view, not a copy
     assert view[0, 0].item() == 0.0

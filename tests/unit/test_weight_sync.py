@@ -25,8 +25,15 @@ from pivotrl_nemo.weight_sync.base import InProcessWeightSynchronizer
 
 VOCAB = 300
 TINY = ModelConfig(
-    hidden_size=64, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=16,
-    num_experts=4, moe_ffn_hidden_size=32, moe_router_topk=2, max_position_embeddings=64,
+    hidden_size=64,
+    num_layers=2,
+    num_attention_heads=4,
+    num_query_groups=2,
+    head_dim=16,
+    num_experts=4,
+    moe_ffn_hidden_size=32,
+    moe_router_topk=2,
+    max_position_embeddings=64,
     init_method_std=0.06,
 )
 
@@ -166,8 +173,16 @@ def test_stream_conversion_accepts_any_expert_order_and_te_names():
 
     shuffled = sorted(stream, key=rank_order)  # stable: non-expert tensors keep their order
     assert [n for n, _ in shuffled] != [n for n, _ in stream]
-    te = [(n.replace("decoder.layers.0.input_layernorm.weight",
-                     "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight"), t) for n, t in shuffled]
+    te = [
+        (
+            n.replace(
+                "decoder.layers.0.input_layernorm.weight",
+                "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight",
+            ),
+            t,
+        )
+        for n, t in shuffled
+    ]
     converted = dict(hf_from_megatron_stream(te, cfg))
     assert converted.keys() == reference.keys()
     for k, v in reference.items():
@@ -182,5 +197,5 @@ def test_stream_conversion_accepts_any_expert_order_and_te_names():
 def test_dense_te_pre_mlp_norm_name_maps_to_post_attention_layernorm():
     cfg = dataclasses.replace(TINY, num_experts=0, ffn_hidden_size=96)
     w = torch.randn(cfg.hidden_size)
-    (name, t), = hf_from_megatron_stream([("decoder.layers.3.mlp.linear_fc1.layer_norm_weight", w)], cfg)
+    ((name, t),) = hf_from_megatron_stream([("decoder.layers.3.mlp.linear_fc1.layer_norm_weight", w)], cfg)
     assert name == "model.layers.3.post_attention_layernorm.weight" and t is w

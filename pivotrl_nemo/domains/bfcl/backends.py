@@ -26,12 +26,12 @@ import sys
 import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pivotrl_nemo.utils.logging import get_logger
 from pivotrl_nemo.data.actions import ToolCall, make_call
+from pivotrl_nemo.utils.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -157,14 +157,14 @@ def convert_schema(node: Any) -> Any:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _raw_docs(class_name: str) -> tuple[dict[str, Any], ...]:
     if class_name not in CLASS_DOC_FILES:
         raise ValueError(f"unsupported BFCL backend class {class_name!r}; known: {sorted(CLASS_DOC_FILES)}")
     return tuple(read_jsonl(data_dir() / "multi_turn_func_doc" / CLASS_DOC_FILES[class_name]))
 
 
-@lru_cache(maxsize=None)
+@cache
 def class_method_names(class_name: str) -> frozenset[str]:
     """The method names the class's function doc lists (the only names the executor calls)."""
     return frozenset(d["name"] for d in _raw_docs(class_name))
@@ -193,23 +193,21 @@ def tool_schemas(involved_classes: Sequence[str], exclude: Iterable[str] = ()) -
 # ---------------------------------------------------------------------------------- environment
 
 
-@lru_cache(maxsize=None)
+@cache
 def backend_class(class_name: str) -> type:
     if class_name not in CLASS_MODULES:
         raise ValueError(f"unsupported BFCL backend class {class_name!r}; known: {sorted(CLASS_MODULES)}")
     return getattr(importlib.import_module(CLASS_MODULES[class_name]), class_name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def parameter_names(class_name: str, method: str) -> tuple[str, ...]:
     """Positional parameter names of a doc-listed method (to name BFCL's positional arguments)."""
     if method not in class_method_names(class_name):
         raise ValueError(f"{method!r} is not a tool of {class_name}")
     fn = inspect.getattr_static(backend_class(class_name), method)
     params = list(inspect.signature(fn).parameters.values())[1:]  # drop self
-    return tuple(
-        p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    )
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 @dataclass(frozen=True)
@@ -300,7 +298,11 @@ def _argument_problem(value: Any, depth: int = 0) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return f"integer argument too large (more than {_MAX_INT_BITS} bits)" if value.bit_length() > _MAX_INT_BITS else None
+        return (
+            f"integer argument too large (more than {_MAX_INT_BITS} bits)"
+            if value.bit_length() > _MAX_INT_BITS
+            else None
+        )
     children = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
     for child in children:
         problem = _argument_problem(child, depth + 1)

@@ -20,9 +20,9 @@ import json
 from collections import Counter
 from typing import Any
 
+from pivotrl_nemo.data.actions import ToolCall, parse_python_calls
 from pivotrl_nemo.domains.bfcl import backends
 from pivotrl_nemo.utils.logging import get_logger
-from pivotrl_nemo.data.actions import ToolCall, parse_python_calls
 
 log = get_logger(__name__)
 
@@ -114,7 +114,11 @@ def build_entry(entry: dict[str, Any], ground_truth: list[list[str]], category: 
                     "role": "assistant",
                     "content": None,
                     "tool_calls": [
-                        {"id": call_id, "type": "function", "function": {"name": call.name, "arguments": call.raw_arguments}}
+                        {
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.raw_arguments},
+                        }
                     ],
                 }
             )

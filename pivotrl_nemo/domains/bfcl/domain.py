@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pivotrl_nemo.config.schema import DataConfig
-from pivotrl_nemo.domains.bfcl.build import build_bfcl_trajectories
+from pivotrl_nemo.domains.bfcl.build import CATEGORIES, build_bfcl_trajectories
 from pivotrl_nemo.domains.bfcl.environment import BfclEnvironment
 
 
@@ -23,6 +23,16 @@ class BfclDomain:
 
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
+
+    @staticmethod
+    def config_problems(cfg: DataConfig) -> list[tuple[str, str]]:
+        """Only the multi-turn categories this builder supports."""
+        bad = [c for c in cfg.bfcl_categories if c not in CATEGORIES]
+        if bad:
+            return [
+                ("data.bfcl_categories", f"unknown BFCL multi-turn categories {bad}; choose from {list(CATEGORIES)}")
+            ]
+        return []
 
     def trajectories(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The built trajectories; entries BFCL cannot give us are logged by the builder, not counted

@@ -95,7 +95,9 @@ class BfclStateVerifier(VerifierBase):
         results = tuple(exp_env.execute_all(expected.calls))
         if any(r.raised for r in results):
             log.debug("row %s: the expected call raised: %s", row.id, results)
-        ref = _Reference(env, results, exp_env.class_fingerprints(), _outputs(results), tuple(r.output for r in results))
+        ref = _Reference(
+            env, results, exp_env.class_fingerprints(), _outputs(results), tuple(r.output for r in results)
+        )
         with self._lock:
             self._cache[key] = ref
             while len(self._cache) > self.cache_size:

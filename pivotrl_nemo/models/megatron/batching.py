@@ -34,8 +34,9 @@ class TokenBatch:
         return int(self.targets.numel())
 
 
-def make_batch(prompts: list[list[int]], actions: list[list[int]], pad_id: int,
-               action_masks: list[list[int]] | None = None) -> TokenBatch:
+def make_batch(
+    prompts: list[list[int]], actions: list[list[int]], pad_id: int, action_masks: list[list[int]] | None = None
+) -> TokenBatch:
     """Right-pad prompt+action sequences; loss positions are the action tokens (optionally
     restricted by a per-action 0/1 mask, e.g. to drop a truncated action)."""
     seqs = [p + a for p, a in zip(prompts, actions)]

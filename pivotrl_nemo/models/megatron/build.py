@@ -120,7 +120,8 @@ class ParallelRMSNorm(torch.nn.RMSNorm):
         if config.normalization != "RMSNorm":
             raise ValueError(f"ParallelRMSNorm implements RMSNorm, not {config.normalization}")
         super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
-        self.weight.sequence_parallel = config.sequence_parallel
+        weight: Any = self.weight  # megatron tags parameters with attributes torch's stubs do not declare
+        weight.sequence_parallel = config.sequence_parallel
 
 
 def use_transformer_engine(cfg: ModelConfig) -> bool:
@@ -129,8 +130,10 @@ def use_transformer_engine(cfg: ModelConfig) -> bool:
         return False
     available = torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
     if cfg.transformer_impl == "transformer_engine" and not available:
-        raise RuntimeError("model.transformer_impl=transformer_engine needs CUDA and Transformer Engine "
-                           "(an NGC PyTorch/NeMo image); use model.transformer_impl=local or auto")
+        raise RuntimeError(
+            "model.transformer_impl=transformer_engine needs CUDA and Transformer Engine "
+            "(an NGC PyTorch/NeMo image); use model.transformer_impl=local or auto"
+        )
     return available
 
 
@@ -146,12 +149,16 @@ def layer_spec(cfg: ModelConfig) -> Any:
     experts = cfg.num_experts if cfg.num_experts > 0 else None
     if use_transformer_engine(cfg):
         return specs.get_gpt_layer_with_transformer_engine_spec(
-            num_experts=experts, moe_grouped_gemm=cfg.moe_grouped_gemm, qk_layernorm=cfg.qk_layernorm)
+            num_experts=experts, moe_grouped_gemm=cfg.moe_grouped_gemm, qk_layernorm=cfg.qk_layernorm
+        )
     if cfg.moe_grouped_gemm:
-        raise ValueError("model.moe_grouped_gemm=true needs the Transformer Engine spec "
-                         "(model.transformer_impl=transformer_engine on a GPU); the local spec runs experts one by one")
-    spec = specs.get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False,
-                                          qk_layernorm=cfg.qk_layernorm, normalization="RMSNorm")
+        raise ValueError(
+            "model.moe_grouped_gemm=true needs the Transformer Engine spec "
+            "(model.transformer_impl=transformer_engine on a GPU); the local spec runs experts one by one"
+        )
+    spec = specs.get_gpt_layer_local_spec(
+        num_experts=experts, moe_grouped_gemm=False, qk_layernorm=cfg.qk_layernorm, normalization="RMSNorm"
+    )
     sub = spec.submodules
     sub.input_layernorm = ParallelRMSNorm
     sub.pre_mlp_layernorm = ParallelRMSNorm
@@ -177,8 +184,9 @@ def block_spec(cfg: ModelConfig, config: Any, pp_rank: int) -> Any:
         norm = TENorm
     else:
         norm = ParallelRMSNorm
-    return TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config, pp_rank=pp_rank),
-                                      layer_norm=norm)
+    return TransformerBlockSubmodules(
+        layer_specs=[spec] * get_num_layers_to_build(config, pp_rank=pp_rank), layer_norm=norm
+    )
 
 
 def router_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -220,9 +228,11 @@ def build_gpt_model(
         pg_collection = ProcessGroupCollection.use_mpu_process_groups()
     tp = pg_collection.tp.size()
     if vocab_size % tp != 0:
-        raise ValueError(f"vocabulary size {vocab_size} is not divisible by tensor_model_parallel_size={tp}; "
-                         "pick a TP that divides it (or train a domain tokenizer with model.tokenizer_vocab_size "
-                         "a multiple of TP)")
+        raise ValueError(
+            f"vocabulary size {vocab_size} is not divisible by tensor_model_parallel_size={tp}; "
+            "pick a TP that divides it (or train a domain tokenizer with model.tokenizer_vocab_size "
+            "a multiple of TP)"
+        )
     pp = pg_collection.pp
     pre_process = pp.rank() == 0 if pre_process is None else pre_process
     post_process = pp.rank() == pp.size() - 1 if post_process is None else post_process
@@ -250,7 +260,14 @@ def build_gpt_model(
         n = freeze_router(model)
         logger.info("froze %d MoE router weight tensors", n)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("built %s: %d layers, hidden %d, %d experts top-%d, vocab %d, %.2fM parameters",
-                cfg.name, cfg.num_layers, cfg.hidden_size, cfg.num_experts, cfg.moe_router_topk,
-                vocab_size, n_params / 1e6)
+    logger.info(
+        "built %s: %d layers, hidden %d, %d experts top-%d, vocab %d, %.2fM parameters",
+        cfg.name,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_experts,
+        cfg.moe_router_topk,
+        vocab_size,
+        n_params / 1e6,
+    )
     return model

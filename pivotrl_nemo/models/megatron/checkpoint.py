@@ -76,8 +76,18 @@ CONFIG_FILE = "config.yaml"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 _COMMON_KEY = "pivotrl"
 _RNG_KEY = "pivotrl/rng_state"
-_SHAPE_FIELDS = ("hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "head_dim",
-                 "ffn_hidden_size", "num_experts", "moe_ffn_hidden_size", "qk_layernorm", "tie_word_embeddings")
+_SHAPE_FIELDS = (
+    "hidden_size",
+    "num_layers",
+    "num_attention_heads",
+    "num_query_groups",
+    "head_dim",
+    "ffn_hidden_size",
+    "num_experts",
+    "moe_ffn_hidden_size",
+    "qk_layernorm",
+    "tie_word_embeddings",
+)
 """ModelConfig fields that decide tensor shapes; a checkpoint loads only into a model that agrees."""
 
 
@@ -104,7 +114,7 @@ class Retention:
             raise ValueError(f"best_mode must be 'max' or 'min', got {self.best_mode!r}")
 
     @classmethod
-    def from_config(cls, algorithm: Any) -> "Retention":
+    def from_config(cls, algorithm: Any) -> Retention:
         """From an ``AlgorithmConfig`` (``keep_last``, ``best_metric``, ``best_mode``)."""
         return cls(algorithm.keep_last, algorithm.best_metric, algorithm.best_mode)
 
@@ -126,7 +136,7 @@ def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(_STEP_DIR.match(d.name).group(1)), d) for d in root.iterdir() if _is_complete(d)]
+    found = [(int(m.group(1)), d) for d in root.iterdir() if _is_complete(d) and (m := _STEP_DIR.match(d.name))]
     return sorted(found)
 
 
@@ -138,8 +148,7 @@ def find_latest(root: str | os.PathLike) -> Path | None:
         d = root / latest.read_text().strip()
         if _is_complete(d):
             return d
-        logger.warning("%s names %s, which is not a complete checkpoint; using the newest complete one",
-                       latest, d.name)
+        logger.warning("%s names %s, which is not a complete checkpoint; using the newest complete one", latest, d.name)
     found = list_checkpoints(root)
     return found[-1][1] if found else None
 
@@ -150,12 +159,16 @@ def resolve(path: str | os.PathLike) -> Path:
     if (path / META_FILE).is_file():
         return path
     if (path / "policy.pt").is_file():
-        raise CheckpointError(f"{path} holds a single-file policy.pt checkpoint of an older version; "
-                              "re-create it (re-run the stage) to get a dist checkpoint")
+        raise CheckpointError(
+            f"{path} holds a single-file policy.pt checkpoint of an older version; "
+            "re-create it (re-run the stage) to get a dist checkpoint"
+        )
     found = find_latest(path)
     if found is None:
-        raise FileNotFoundError(f"no checkpoint at {path}: neither a step directory with {META_FILE} nor a "
-                                f"root with complete {STEP_PREFIX}* directories")
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: neither a step directory with {META_FILE} nor a "
+            f"root with complete {STEP_PREFIX}* directories"
+        )
     return found
 
 
@@ -193,8 +206,15 @@ def layout_of(policy: Any) -> dict[str, Any]:
         group = getattr(pg, name, None)
         return int(group.size()) if group is not None else 1
 
-    return {"world_size": _dist()[1], "tp": size("tp"), "pp": size("pp"), "ep": size("ep"),
-            "expert_tp": size("expt_tp"), "dp": size("dp"), "sequence_parallel": bool(policy.gpt.config.sequence_parallel)}
+    return {
+        "world_size": _dist()[1],
+        "tp": size("tp"),
+        "pp": size("pp"),
+        "ep": size("ep"),
+        "expert_tp": size("expt_tp"),
+        "dp": size("dp"),
+        "sequence_parallel": bool(policy.gpt.config.sequence_parallel),
+    }
 
 
 def _rng_state() -> dict[str, Any]:
@@ -253,7 +273,8 @@ def _optimizer_leaves(policy: Any, model_sd: dict, is_loading: bool) -> tuple[li
     from megatron.core.dist_checkpointing.dict_utils import nested_values  # lazy: megatron
     from megatron.core.dist_checkpointing.mapping import ShardedBase  # lazy: megatron
 
-    structs, leaves = [], {}
+    structs: list[Any] = []
+    leaves: dict[str, Any] = {}
     metadata = {"distrib_optim_sharding_type": "fully_reshardable"}
     with cuda_to_cpu():
         for sub in _sub_optimizers(policy.optimizer):
@@ -291,8 +312,10 @@ def _use_in_process_write_queue() -> None:
     from megatron.core.dist_checkpointing.strategies import torch as mcore_torch
 
     if not hasattr(filesystem_async, "_results_queue"):
-        raise CheckpointError("megatron-core's filesystem_async has no _results_queue: review "
-                              "checkpoint._use_in_process_write_queue for this megatron-core version")
+        raise CheckpointError(
+            "megatron-core's filesystem_async has no _results_queue: review "
+            "checkpoint._use_in_process_write_queue for this megatron-core version"
+        )
     if not filesystem_async.HAVE_PSUTIL:  # the writer would raise on one rank and leave the others waiting
         raise CheckpointError("megatron's checkpoint writer needs psutil: pip install psutil")
     if filesystem_async._results_queue is None:
@@ -348,28 +371,36 @@ def _apply_retention(root: Path, retention: Retention) -> None:
     Each is renamed to ``*.tmp`` first, so an interrupted deletion never leaves a half checkpoint
     that looks complete."""
     found = list_checkpoints(root)
-    keep = {d for _, d in found[-retention.keep_last:]}
+    best_note = f" + best {retention.best_metric}" if retention.best_metric else ""
+    keep = {d for _, d in found[-retention.keep_last :]}
     best = _best(found, retention)
     if best is not None:
         keep.add(best[0])
-        atomic_write_json(root / BEST_FILE, {"step_dir": best[0].name, "metric": retention.best_metric,
-                                             "mode": retention.best_mode, "value": best[1]})
+        atomic_write_json(
+            root / BEST_FILE,
+            {"step_dir": best[0].name, "metric": retention.best_metric, "mode": retention.best_mode, "value": best[1]},
+        )
     for _, d in found:
         if d not in keep:
             doomed = d.with_name(d.name + ".deleting" + TMP_SUFFIX)
             os.replace(d, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
-            logger.info("removed checkpoint %s (retention: last %d%s)", d, retention.keep_last,
-                        f" + best {retention.best_metric}" if retention.best_metric else "")
+            logger.info("removed checkpoint %s (retention: last %d%s)", d, retention.keep_last, best_note)
 
 
 def _json_safe(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def save_checkpoint(policy: Any, root: str | os.PathLike, step: int, extra: dict[str, Any] | None = None,
-                    metrics: dict[str, Any] | None = None, config_yaml: str | None = None,
-                    retention: Retention | None = None) -> Path:
+def save_checkpoint(
+    policy: Any,
+    root: str | os.PathLike,
+    step: int,
+    extra: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    config_yaml: str | None = None,
+    retention: Retention | None = None,
+) -> Path:
     """Write ``root/step_<step>`` (a collective: every rank of the world calls it); returns it.
 
     ``extra`` (plain data, e.g. ``{"loop_step": 10}``) comes back from ``load_checkpoint``;
@@ -411,14 +442,25 @@ def save_checkpoint(policy: Any, root: str | os.PathLike, step: int, extra: dict
         dist_checkpointing.save(state, str(tmp), sharded_strategy=TorchDistSaveShardedStrategy("torch_dist", 1))
     # dist_checkpointing.save ends with a barrier after megatron's metadata.json: every shard is on disk
     if rank == 0:
-        meta = {"format": FORMAT_VERSION, "step": int(step), "step_count": int(policy.step_count),
-                "optimizer_state": bool(leaves), "metrics": _json_safe(dict(metrics or {})),
-                "layout": layout_of(policy), "time": time.time(),
-                "model_cfg": _json_safe(common["model_cfg"]), "vocab_size": int(policy.vocab_size),
-                "extra": _json_safe(common["extra"])}
+        meta = {
+            "format": FORMAT_VERSION,
+            "step": int(step),
+            "step_count": int(policy.step_count),
+            "optimizer_state": bool(leaves),
+            "metrics": _json_safe(dict(metrics or {})),
+            "layout": layout_of(policy),
+            "time": time.time(),
+            "model_cfg": _json_safe(common["model_cfg"]),
+            "vocab_size": int(policy.vocab_size),
+            "extra": _json_safe(common["extra"]),
+        }
         if retention.best_metric and retention.best_metric not in meta["metrics"]:
-            logger.warning("best_metric %r is not among this step's metrics (%s): step %d cannot be the best",
-                           retention.best_metric, ", ".join(sorted(meta["metrics"])) or "none given", step)
+            logger.warning(
+                "best_metric %r is not among this step's metrics (%s): step %d cannot be the best",
+                retention.best_metric,
+                ", ".join(sorted(meta["metrics"])) or "none given",
+                step,
+            )
         if config_yaml is not None:
             atomic_write_text(tmp / CONFIG_FILE, config_yaml)
         atomic_write_json(tmp / META_FILE, meta)
@@ -430,8 +472,7 @@ def save_checkpoint(policy: Any, root: str | os.PathLike, step: int, extra: dict
         atomic_write_text(root / LATEST_FILE, name + "\n")
         _remove(root / (name + ".replaced" + TMP_SUFFIX))
         _apply_retention(root, retention)
-        logger.info("saved checkpoint %s (policy step %d) in %.1fs", final, policy.step_count,
-                    time.perf_counter() - t0)
+        logger.info("saved checkpoint %s (policy step %d) in %.1fs", final, policy.step_count, time.perf_counter() - t0)
     _barrier()
     return final
 
@@ -442,8 +483,11 @@ def save_checkpoint(policy: Any, root: str | os.PathLike, step: int, extra: dict
 def check_compatible(meta: dict[str, Any], model_cfg: Any, vocab_size: int) -> None:
     """Raise CheckpointError naming every shape-deciding field where the checkpoint and the model differ."""
     saved = meta["model_cfg"]
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs model {getattr(model_cfg, k)!r}"
-             for k in _SHAPE_FIELDS if saved.get(k) != getattr(model_cfg, k)]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs model {getattr(model_cfg, k)!r}"
+        for k in _SHAPE_FIELDS
+        if saved.get(k) != getattr(model_cfg, k)
+    ]
     if meta["vocab_size"] != vocab_size:
         diffs.append(f"vocab_size: checkpoint {meta['vocab_size']} vs model {vocab_size}")
     if diffs:
@@ -520,14 +564,19 @@ def load_checkpoint(policy: Any, path: str | os.PathLike, load_optimizer: bool =
     if same_layout:
         _set_rng_state(loaded["rng"])
     else:
-        logger.info("checkpoint %s was saved at layout %s, this run is %s: RNG states not restored",
-                    d, meta["layout"], layout_of(policy))
+        logger.info(
+            "checkpoint %s was saved at layout %s, this run is %s: RNG states not restored",
+            d,
+            meta["layout"],
+            layout_of(policy),
+        )
     logger.info("loaded checkpoint %s (policy step %d)", d, policy.step_count)
     return dict(common["extra"])
 
 
-def _restore_optimizer(policy: Any, structs: list[dict], leaves: dict[str, Any], loaded: dict[str, Any],
-                       step: Any) -> None:
+def _restore_optimizer(
+    policy: Any, structs: list[dict], leaves: dict[str, Any], loaded: dict[str, Any], step: Any
+) -> None:
     """Put the loaded optimizer entries back where ``_optimizer_leaves`` found them, set Adam's
     step, and hand each sub-optimizer its state dict."""
     from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace  # lazy: megatron

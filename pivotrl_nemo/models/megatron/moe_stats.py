@@ -37,6 +37,7 @@ class ExpertLoadTracker:
             if mask is not None:
                 routing_map = routing_map[~mask.reshape(-1).to(routing_map.device)]
             self.counts[index] += routing_map.sum(0).to("cpu", torch.float64)
+
         return hook
 
     def collect(self) -> dict[str, float]:

@@ -57,8 +57,9 @@ def default_position_ids(input_ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
 
 
-def _hidden_and_weight(*, hidden_states: torch.Tensor, output_layer: Any, output_weight: Any, config: Any = None,
-                       **_: Any):
+def _hidden_and_weight(
+    *, hidden_states: torch.Tensor, output_layer: Any, output_weight: Any, config: Any = None, **_: Any
+):
     """GPTModel ``output_processor``: final hidden states [B, S, H] and the output weight [V/TP, H].
 
     Under sequence parallelism the hidden states arrive split along the sequence; they are
@@ -70,8 +71,9 @@ def _hidden_and_weight(*, hidden_states: torch.Tensor, output_layer: Any, output
     if config is not None and config.sequence_parallel:
         from megatron.core.tensor_parallel import gather_from_sequence_parallel_region  # lazy: megatron
 
-        hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=False,
-                                                             group=output_layer.tp_group)
+        hidden_states = gather_from_sequence_parallel_region(
+            hidden_states, tensor_parallel_output_grad=False, group=output_layer.tp_group
+        )
     return hidden_states.transpose(0, 1).contiguous(), weight
 
 
@@ -109,8 +111,12 @@ class MegatronPolicy:
         self.parallel = parallel or ParallelConfig()
         self.pg_collection = pg_collection
         if total_steps is not None and 0 < total_steps <= optim_cfg.warmup_steps:
-            logger.warning("warmup_steps=%d >= total_steps=%d: the LR never reaches its peak %g",
-                           optim_cfg.warmup_steps, total_steps, optim_cfg.lr)
+            logger.warning(
+                "warmup_steps=%d >= total_steps=%d: the LR never reaches its peak %g",
+                optim_cfg.warmup_steps,
+                total_steps,
+                optim_cfg.lr,
+            )
         freeze = model_cfg.moe_router_freeze if freeze_router is None else freeze_router
         cfg = dataclasses.replace(model_cfg, moe_router_freeze=freeze)
         self._wrap(build_gpt_model(cfg, vocab_size, self.parallel, pg_collection=pg_collection))
@@ -136,7 +142,9 @@ class MegatronPolicy:
         )
         with cuda_to_cpu():
             self.model = DistributedDataParallel(
-                config=self.gpt.config, ddp_config=ddp_config, module=self.gpt,
+                config=self.gpt.config,
+                ddp_config=ddp_config,
+                module=self.gpt,
                 pg_collection=getattr(self.gpt, "pg_collection", self.pg_collection),
             )
             self.optimizer = self._build_optimizer()
@@ -156,8 +164,10 @@ class MegatronPolicy:
         if all(not p.requires_grad for _, p in router_parameters(self.gpt)):
             return
         if self.step_count > 0:
-            raise RuntimeError("freeze_router() after an optimizer step would drop the optimizer state; "
-                               "construct MegatronPolicy(..., freeze_router=True) instead")
+            raise RuntimeError(
+                "freeze_router() after an optimizer step would drop the optimizer state; "
+                "construct MegatronPolicy(..., freeze_router=True) instead"
+            )
         weights = self.gpt.state_dict()
         cfg = dataclasses.replace(self.model_cfg, moe_router_freeze=True)
         gpt = build_gpt_model(cfg, self.vocab_size, self.parallel, pg_collection=self.pg_collection)
@@ -243,8 +253,7 @@ class MegatronPolicy:
         weight is this rank's vocab shard.
         """
         input_ids, position_ids, padding_mask = self._inputs(input_ids, position_ids, padding_mask)
-        return self.model(input_ids, position_ids, None, padding_mask=padding_mask,
-                          output_processor=_hidden_and_weight)
+        return self.model(input_ids, position_ids, None, padding_mask=padding_mask, output_processor=_hidden_and_weight)
 
     @property
     def tp_group(self) -> Any:
@@ -289,17 +298,23 @@ class MegatronPolicy:
         def forward_step(data_iterator: Any, model: Any):
             i, batch = next(data_iterator)
             ids, pos, pad = self._inputs(batch.input_ids, None, batch.padding_mask())
-            out = model(ids, pos, None, padding_mask=pad,
-                        output_processor=_hidden_and_weight if self.is_last_stage else None)
+            out = model(
+                ids, pos, None, padding_mask=pad, output_processor=_hidden_and_weight if self.is_last_stage else None
+            )
             return out, functools.partial(loss_of, i, batch)
 
         self.gpt.config.variable_seq_lengths = self.gpt.pg_collection.pp.size() > 1
         widest = max(int(b.input_ids.shape[1]) for b in micro_batches)
         with cuda_to_cpu():
             get_forward_backward_func()(
-                forward_step_func=forward_step, data_iterator=iter(list(enumerate(micro_batches))), model=self.model,
-                num_microbatches=n, seq_length=widest, micro_batch_size=int(micro_batches[0].input_ids.shape[0]),
-                forward_only=forward_only)
+                forward_step_func=forward_step,
+                data_iterator=iter(list(enumerate(micro_batches))),
+                model=self.model,
+                num_microbatches=n,
+                seq_length=widest,
+                micro_batch_size=int(micro_batches[0].input_ids.shape[0]),
+                forward_only=forward_only,
+            )
         return stats
 
     def _global_microbatches(self, local: int) -> int:
@@ -316,9 +331,13 @@ class MegatronPolicy:
     @staticmethod
     def _empty_batch() -> Any:
         """A one-token micro-batch with no loss positions (padding for ``_global_microbatches``)."""
-        return TokenBatch(input_ids=torch.zeros(1, 1, dtype=torch.long), loss_index=torch.zeros(0, 2, dtype=torch.long),
-                          targets=torch.zeros(0, dtype=torch.long), seq_of_token=torch.zeros(0, dtype=torch.long),
-                          lengths=torch.ones(1, dtype=torch.long))
+        return TokenBatch(
+            input_ids=torch.zeros(1, 1, dtype=torch.long),
+            loss_index=torch.zeros(0, 2, dtype=torch.long),
+            targets=torch.zeros(0, dtype=torch.long),
+            seq_of_token=torch.zeros(0, dtype=torch.long),
+            lengths=torch.ones(1, dtype=torch.long),
+        )
 
     def pipeline_sum(self, values: list[float]) -> list[float]:
         """Sum ``values`` over the pipeline stages: what the last stage computed, on every stage
@@ -326,8 +345,11 @@ class MegatronPolicy:
         pp = self.gpt.pg_collection.pp
         if pp.size() == 1:
             return [float(v) for v in values]
-        t = torch.tensor([float(v) if self.is_last_stage else 0.0 for v in values], dtype=torch.float64,
-                         device="cuda" if dist.get_backend(pp) == "nccl" else "cpu")
+        t = torch.tensor(
+            [float(v) if self.is_last_stage else 0.0 for v in values],
+            dtype=torch.float64,
+            device="cuda" if dist.get_backend(pp) == "nccl" else "cpu",
+        )
         dist.all_reduce(t, group=pp)
         return t.tolist()
 
@@ -394,8 +416,15 @@ class MegatronPolicy:
 
     # ----------------------------------------------------------------------- state
 
-    def save(self, root: str | os.PathLike, step: int | None = None, extra: dict[str, Any] | None = None,
-             metrics: dict[str, Any] | None = None, config_yaml: str | None = None, retention: Any = None) -> Path:
+    def save(
+        self,
+        root: str | os.PathLike,
+        step: int | None = None,
+        extra: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        config_yaml: str | None = None,
+        retention: Any = None,
+    ) -> Path:
         """Write a dist checkpoint ``root/step_<step>`` (a collective: every rank calls it); returns it.
 
         ``step`` defaults to ``step_count``; ``extra`` (plain data, e.g. the loop's data cursor)
@@ -404,8 +433,15 @@ class MegatronPolicy:
         best by a metric); ``config_yaml`` is the resolved run config. See
         ``models.megatron.checkpoint`` for the layout and the atomicity.
         """
-        return save_checkpoint(self, root, self.step_count if step is None else step, extra=extra, metrics=metrics,
-                               config_yaml=config_yaml, retention=retention)
+        return save_checkpoint(
+            self,
+            root,
+            self.step_count if step is None else step,
+            extra=extra,
+            metrics=metrics,
+            config_yaml=config_yaml,
+            retention=retention,
+        )
 
     def load(self, path: str | os.PathLike, load_optimizer: bool = True) -> dict[str, Any]:
         """Restore a checkpoint (a step directory, or a root: its latest) saved at any layout;

@@ -14,15 +14,15 @@ ignored.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 
 
 class SDPADotProductAttention(DotProductAttention):
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
+    def forward(
+        self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, packed_seq_params=None
+    ):
         mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
         if packed_seq_params is not None or attention_bias is not None:
             raise NotImplementedError("SDPA core attention: packed sequences and attention bias need the TE spec")
@@ -36,8 +36,7 @@ class SDPADotProductAttention(DotProductAttention):
         scale = self.softmax_scale
         if self.config.apply_query_key_layer_scaling:
             scale = scale * self.layer_number  # the local path rescales inside its softmax
-        ctx = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                             enable_gqa=k.shape[1] != q.shape[1])
+        ctx = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
         sq, b = query.shape[0], query.shape[1]
         return ctx.permute(2, 0, 1, 3).reshape(sq, b, self.hidden_size_per_partition)
 
@@ -45,5 +44,3 @@ class SDPADotProductAttention(DotProductAttention):
 def use_sdpa(spec) -> None:
     """Swap the core attention of a megatron local layer spec for SDPA (in place)."""
     spec.submodules.self_attention.submodules.core_attention = SDPADotProductAttention
-
-

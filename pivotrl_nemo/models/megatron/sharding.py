@@ -31,6 +31,12 @@ import torch.distributed as dist
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 _EXPERT = re.compile(r"\.local_experts\.(\d+)\.")
 
+BareGPT = Any
+"""A bare megatron-core ``GPTModel`` (what ``unwrap`` returns). Typed ``Any``: what is read here
+(``decoder.layers[i].layer_number``, ``mlp.local_expert_indices``, ``config``, ``pg_collection``,
+megatron's ``partition_dim`` tags on parameters) are attributes set at run time, which
+``nn.Module.__getattr__`` would type as ``Tensor | Module``."""
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -48,7 +54,7 @@ class Shard:
     """The TP group it is split over (``tp`` or ``expt_tp``); None when replicated."""
 
 
-def unwrap(model: Any) -> torch.nn.Module:
+def unwrap(model: Any) -> BareGPT:
     """The bare ``GPTModel`` inside DDP / Float16Module / ``MegatronPolicy``."""
     if hasattr(model, "gpt"):
         return model.gpt
@@ -57,7 +63,7 @@ def unwrap(model: Any) -> torch.nn.Module:
     return model
 
 
-def _pg(gpt: torch.nn.Module) -> Any:
+def _pg(gpt: BareGPT) -> Any:
     pg = getattr(gpt, "pg_collection", None)
     if pg is None:
         from megatron.core.process_groups_config import ProcessGroupCollection  # lazy: megatron
@@ -70,24 +76,24 @@ def _size(group: Any) -> int:
     return 1 if group is None else group.size()
 
 
-def layer_offset(gpt: torch.nn.Module) -> int:
+def layer_offset(gpt: BareGPT) -> int:
     """Global index of this pipeline stage's first layer."""
     layers = gpt.decoder.layers
     return int(layers[0].layer_number) - 1 if len(layers) else 0
 
 
-def global_name(gpt: torch.nn.Module, local_name: str) -> str:
+def global_name(gpt: BareGPT, local_name: str) -> str:
     """The single-rank name of local tensor ``local_name`` (global layer and expert indices)."""
     name = local_name
     m = _LAYER.match(name)
     if m:
         local_layer = int(m.group(1))
         layer = gpt.decoder.layers[local_layer]
-        name = f"decoder.layers.{int(layer.layer_number) - 1}." + name[m.end():]
+        name = f"decoder.layers.{int(layer.layer_number) - 1}." + name[m.end() :]
         e = _EXPERT.search(name)
         if e:
             experts = layer.mlp.local_expert_indices
-            name = name[:e.start()] + f".local_experts.{experts[int(e.group(1))]}." + name[e.end():]
+            name = name[: e.start()] + f".local_experts.{experts[int(e.group(1))]}." + name[e.end() :]
     return name
 
 
@@ -104,8 +110,16 @@ def shards(model: Any) -> list[Shard]:
         split = bool(getattr(p, "tensor_model_parallel", False))
         group = (pg.expt_tp if expert else pg.tp) if split else None
         dim = int(p.partition_dim) if split else None
-        out.append(Shard(name, global_name(gpt, name), dim, glu and name.endswith("linear_fc1.weight"), expert,
-                         group if _size(group) > 1 else None))
+        out.append(
+            Shard(
+                name,
+                global_name(gpt, name),
+                dim,
+                glu and name.endswith("linear_fc1.weight"),
+                expert,
+                group if _size(group) > 1 else None,
+            )
+        )
     return out
 
 
@@ -116,8 +130,10 @@ def slice_full(full: torch.Tensor, shard: Shard) -> torch.Tensor:
     size, rank = shard.group.size(), shard.group.rank()
     if shard.glu:
         gate, up = full.chunk(2, dim=shard.partition_dim)
-        return torch.cat([gate.chunk(size, shard.partition_dim)[rank], up.chunk(size, shard.partition_dim)[rank]],
-                         dim=shard.partition_dim)
+        return torch.cat(
+            [gate.chunk(size, shard.partition_dim)[rank], up.chunk(size, shard.partition_dim)[rank]],
+            dim=shard.partition_dim,
+        )
     return full.chunk(size, dim=shard.partition_dim)[rank]
 
 
@@ -132,15 +148,27 @@ def load_full_state(model: Any, source: Callable[[str], torch.Tensor]) -> int:
         p = params[s.local_name]
         piece = slice_full(source(s.global_name), s)
         if piece.shape != p.shape:
-            raise ValueError(f"{s.global_name}: full tensor gives a {tuple(piece.shape)} slice, this rank holds "
-                             f"{tuple(p.shape)} ({s.local_name})")
+            raise ValueError(
+                f"{s.global_name}: full tensor gives a {tuple(piece.shape)} slice, this rank holds "
+                f"{tuple(p.shape)} ({s.local_name})"
+            )
         p.copy_(piece.to(p.dtype))
         n += 1
     if getattr(gpt, "share_embeddings_and_output_weights", False) and gpt.post_process and not gpt.pre_process:
         w = gpt.output_layer.weight
-        w.copy_(slice_full(source("embedding.word_embeddings.weight"),
-                           Shard("output_layer.weight", "embedding.word_embeddings.weight", 0, False, False,
-                                 _pg(gpt).tp if _pg(gpt).tp.size() > 1 else None)).to(w.dtype))
+        w.copy_(
+            slice_full(
+                source("embedding.word_embeddings.weight"),
+                Shard(
+                    "output_layer.weight",
+                    "embedding.word_embeddings.weight",
+                    0,
+                    False,
+                    False,
+                    _pg(gpt).tp if _pg(gpt).tp.size() > 1 else None,
+                ),
+            ).to(w.dtype)
+        )
     return n
 
 
@@ -156,25 +184,27 @@ def _gather_tp(local: torch.Tensor, shard: Shard) -> torch.Tensor:
     return torch.cat(parts, dim=d)
 
 
-def _expert_fanout(gpt: torch.nn.Module, s: Shard, ep: Any) -> list[str]:
+def _expert_fanout(gpt: BareGPT, s: Shard, ep: Any) -> list[str]:
     """Global names of the EP ranks' copies of expert tensor ``s`` (rank order)."""
-    local_idx = int(_EXPERT.search(s.local_name).group(1))
-    n_local = len(gpt.decoder.layers[int(_LAYER.match(s.local_name).group(1))].mlp.local_expert_indices)
-    return [_EXPERT.sub(f".local_experts.{r * n_local + local_idx}.", s.global_name, count=1)
-            for r in range(ep.size())]
+    expert, layer = _EXPERT.search(s.local_name), _LAYER.match(s.local_name)
+    # an expert parameter is always decoder.layers.{L}.mlp.experts.local_experts.{E}.*
+    assert expert is not None and layer is not None, s.local_name
+    local_idx = int(expert.group(1))
+    n_local = len(gpt.decoder.layers[int(layer.group(1))].mlp.local_expert_indices)
+    return [_EXPERT.sub(f".local_experts.{r * n_local + local_idx}.", s.global_name, count=1) for r in range(ep.size())]
 
 
-def _ep_group(gpt: torch.nn.Module) -> Any:
+def _ep_group(gpt: BareGPT) -> Any:
     ep = getattr(_pg(gpt), "ep", None)
     return ep if _size(ep) > 1 else None
 
 
-def _stage_meta(gpt: torch.nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+def _stage_meta(gpt: BareGPT) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
     """(global name, full shape, dtype) of what ``_stage_tensors`` yields, in order, without
     communicating."""
     params = dict(gpt.named_parameters())
     ep = _ep_group(gpt)
-    out = []
+    out: list[tuple[str, tuple[int, ...], torch.dtype]] = []
     for s in shards(gpt):
         p = params[s.local_name]
         shape = list(p.shape)
@@ -185,7 +215,7 @@ def _stage_meta(gpt: torch.nn.Module) -> list[tuple[str, tuple[int, ...], torch.
     return out
 
 
-def _stage_tensors(gpt: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def _stage_tensors(gpt: BareGPT) -> Iterator[tuple[str, torch.Tensor]]:
     """This stage's full tensors (collective over TP and EP), in ``_stage_meta`` order."""
     params = dict(gpt.named_parameters())
     ep = _ep_group(gpt)
@@ -204,7 +234,7 @@ def full_state_names(model: Any) -> list[str]:
     return [n for n, _, _ in _all_meta(unwrap(model))]
 
 
-def _all_meta(gpt: torch.nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+def _all_meta(gpt: BareGPT) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
     pp = _pg(gpt).pp
     meta = _stage_meta(gpt)
     if _size(pp) == 1:

@@ -22,8 +22,16 @@ log = get_logger(__name__)
 
 def _sections(c: PivotRLConfig) -> list[Any]:
     d = c.data
-    return [d.source, d.path, d.bfcl_categories, d.max_trajectories, d.split_fractions, d.split_seed,
-            c.model.tokenizer, c.model.tokenizer_vocab_size]
+    return [
+        d.source,
+        d.path,
+        d.bfcl_categories,
+        d.max_trajectories,
+        d.split_fractions,
+        d.split_seed,
+        c.model.tokenizer,
+        c.model.tokenizer_vocab_size,
+    ]
 
 
 @stage("build", sections=_sections, help="expert trajectories from the domain (data.source) + splits by trajectory")
@@ -38,8 +46,12 @@ def build(ctx: StageContext) -> dict[str, Any]:
     if cfg.model.tokenizer_vocab_size > 0:
         _train_domain_tokenizer(ctx)
     n_calls = sum(len(m.get("tool_calls") or []) for t in trajs for m in t["messages"] if m["role"] == "assistant")
-    return {"trajectories": len(trajs), "tool_calls": n_calls, "skipped_invalid": info.get("skipped_invalid", 0),
-            "by_split": dict(Counter(assignment.values()))}
+    return {
+        "trajectories": len(trajs),
+        "tool_calls": n_calls,
+        "skipped_invalid": info.get("skipped_invalid", 0),
+        "by_split": dict(Counter(assignment.values())),
+    }
 
 
 def _train_domain_tokenizer(ctx: StageContext) -> None:
@@ -54,8 +66,8 @@ def _train_domain_tokenizer(ctx: StageContext) -> None:
     for split in ("sft", "rl"):
         for r in cands.get(split, []):
             msgs = render_messages(r, cfg.data, base)
-            texts.append(base.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-                         + render_action(PivotRow.of(r).expected))
+            prompt = str(base.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+            texts.append(prompt + render_action(PivotRow.of(r).expected))
     tok = base.train_new_from_iterator(texts, vocab_size=cfg.model.tokenizer_vocab_size)
     tmp = layout.tokenizer.with_name(layout.tokenizer.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -7,8 +7,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pivotrl_nemo.data.pivots import load_pivot_rows
+from pivotrl_nemo.algorithms.evaluation import paired_bootstrap_ci
 from pivotrl_nemo.data.pivot_row import PivotRow
+from pivotrl_nemo.data.pivots import load_pivot_rows
 from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.utils.io import atomic_write_json
 
@@ -22,18 +23,22 @@ def turn_scores(ctx: StageContext, policy: Any, rows: list[dict[str, Any]]) -> l
     per = max(1, cfg.rollout.batch_size // e.samples_per_candidate)
     scores: list[float] = []
     for i in tqdm(range(0, len(rows), per), desc="eval", unit="batch", dynamic_ncols=True):
-        groups = sampler.sample_and_score(rows[i:i + per], e.samples_per_candidate, cfg.rollout.sampling,
-                                          seed=e.seed + i, temperature=e.temperature)
+        groups = sampler.sample_and_score(
+            rows[i : i + per], e.samples_per_candidate, cfg.rollout.sampling, seed=e.seed + i, temperature=e.temperature
+        )
         scores.extend(sum(g.rewards) / len(g.rewards) for g in groups)
     return scores
 
 
-@stage("eval", upstream=("train",), sections=lambda c: [c.eval, c.rollout.sampling], state_dirs=("eval",),
-       help="turn-level accuracy of pi_0 and the trained policy on held-out candidates (paired bootstrap CI)")
+@stage(
+    "eval",
+    upstream=("train",),
+    sections=lambda c: [c.eval, c.rollout.sampling],
+    state_dirs=("eval",),
+    help="turn-level accuracy of pi_0 and the trained policy on held-out candidates (paired bootstrap CI)",
+)
 def evaluate(ctx: StageContext) -> dict[str, Any]:
     """Turn-level functional accuracy of pi_0 and the PivotRL policy on held-out candidates."""
-    from pivotrl_nemo.algorithms.evaluation import paired_bootstrap_ci
-
     cfg, layout, rt = ctx.cfg, ctx.layout, ctx.runtime
     rows, _ = load_pivot_rows(str(layout.candidates(cfg.eval.split)), cfg.data.skip_invalid)
     s0 = turn_scores(ctx, rt.pi0(), rows)
@@ -41,10 +46,18 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     trained.load(layout.train_checkpoint, load_optimizer=False)
     s1 = turn_scores(ctx, trained, rows)
     lo, hi = paired_bootstrap_ci(s0, s1, cfg.eval.bootstrap_samples, cfg.eval.seed)
-    res = {"split": cfg.eval.split, "n_eval": len(rows), "samples_per_candidate": cfg.eval.samples_per_candidate,
-           "temperature": cfg.eval.temperature, "pi0_accuracy": sum(s0) / len(s0), "pivotrl_accuracy": sum(s1) / len(s1),
-           "delta_ci95": [lo, hi], "pi0_scores": s0, "pivotrl_scores": s1,
-           "by_action_type": dict(Counter(PivotRow.of(r).expected_type for r in rows))}
-    res["delta"] = res["pivotrl_accuracy"] - res["pi0_accuracy"]
+    res: dict[str, Any] = {
+        "split": cfg.eval.split,
+        "n_eval": len(rows),
+        "samples_per_candidate": cfg.eval.samples_per_candidate,
+        "temperature": cfg.eval.temperature,
+        "pi0_accuracy": sum(s0) / len(s0),
+        "pivotrl_accuracy": sum(s1) / len(s1),
+        "delta_ci95": [lo, hi],
+        "pi0_scores": s0,
+        "pivotrl_scores": s1,
+        "by_action_type": dict(Counter(PivotRow.of(r).expected_type for r in rows)),
+    }
+    res["delta"] = sum(s1) / len(s1) - sum(s0) / len(s0)
     atomic_write_json(layout.eval_results, res)
     return {k: v for k, v in res.items() if not k.endswith("_scores")}

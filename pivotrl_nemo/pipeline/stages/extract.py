@@ -11,13 +11,19 @@ from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.utils.io import atomic_write_jsonl
 
 
-@stage("extract", upstream=("build",), sections=lambda c: [c.verifier.name],
-       help="one candidate (pivot row) per assistant turn, per split")
+@stage(
+    "extract",
+    upstream=("build",),
+    sections=lambda c: [c.verifier.name],
+    help="one candidate (pivot row) per assistant turn, per split",
+)
 def extract(ctx: StageContext) -> dict[str, Any]:
     """One pivot row per eligible assistant turn, per split (split by trajectory id)."""
     summary = {}
     for split, rows in candidates_by_split(ctx).items():
         atomic_write_jsonl(ctx.layout.candidates(split), rows)
-        summary[split] = {"candidates": len(rows),
-                          "by_action_type": dict(Counter(PivotRow.of(r).expected_type for r in rows))}
+        summary[split] = {
+            "candidates": len(rows),
+            "by_action_type": dict(Counter(PivotRow.of(r).expected_type for r in rows)),
+        }
     return summary

@@ -14,8 +14,12 @@ class NoPivotsError(RuntimeError):
     """The filter kept nothing: there is nothing to train on."""
 
 
-@stage("filter", upstream=("profile",), sections=lambda c: [c.filter],
-       help="keep candidates with 0 < pass rate < lambda_diff: the pivots")
+@stage(
+    "filter",
+    upstream=("profile",),
+    sections=lambda c: [c.filter],
+    help="keep candidates with 0 < pass rate < lambda_diff: the pivots",
+)
 def filter_stage(ctx: StageContext) -> dict[str, Any]:
     """Keep variance > 0 and mean < lambda_diff; summary + pass-rate histogram."""
     from pivotrl_nemo.pipeline.report import plot_pass_rate_histogram  # lazy: matplotlib
@@ -25,10 +29,12 @@ def filter_stage(ctx: StageContext) -> dict[str, Any]:
     pivots, summary = filter_pivots(rows, cfg.filter)
     atomic_write_jsonl(layout.pivots, pivots)
     atomic_write_json(layout.filter_summary, summary)
-    means = [PivotRow.of(r).profile["mean"] for r in rows]
+    means = [p["mean"] for p in (PivotRow.of(r).profile for r in rows) if p is not None]
     plot_pass_rate_histogram(means, cfg.filter.lambda_diff, cfg.profile.k, layout.plots / "pass_rate_hist.png")
     if not pivots:
-        raise NoPivotsError("the filter kept no pivots: pi_0 solves every candidate always or never "
-                            f"(summary: {layout.filter_summary}); try more SFT steps, a larger "
-                            "profile.k, or a higher filter.lambda_diff")
+        raise NoPivotsError(
+            "the filter kept no pivots: pi_0 solves every candidate always or never "
+            f"(summary: {layout.filter_summary}); try more SFT steps, a larger "
+            "profile.k, or a higher filter.lambda_diff"
+        )
     return summary

@@ -6,13 +6,19 @@ from typing import Any
 
 from pivotrl_nemo.data.pivots import load_pivot_rows
 from pivotrl_nemo.pipeline.stage import StageContext, StagePartial, stage
+from pivotrl_nemo.utils.io import atomic_write_jsonl
 
 POLICY_ID = "pi0:sft"
 
 
-@stage("profile", upstream=("sft", "extract"),
-       sections=lambda c: [c.profile, c.rollout, c.verifier, c.data], state_dirs=("profile",), multi_rank=True,
-       help="K one-turn samples per rl candidate from frozen pi_0, scored by the verifier (resumable, shardable)")
+@stage(
+    "profile",
+    upstream=("sft", "extract"),
+    sections=lambda c: [c.profile, c.rollout, c.verifier, c.data],
+    state_dirs=("profile",),
+    multi_rank=True,
+    help="K one-turn samples per rl candidate from frozen pi_0, scored by the verifier (resumable, shardable)",
+)
 def profile(ctx: StageContext) -> dict[str, Any]:
     """K samples per RL-split candidate from the frozen pi_0; resumable per candidate.
 
@@ -30,7 +36,6 @@ def profile(ctx: StageContext) -> dict[str, Any]:
         shard_layouts,
     )
     from pivotrl_nemo.algorithms.profiling import attach_profile, profile_candidates
-    from pivotrl_nemo.utils.io import atomic_write_jsonl
 
     cfg, layout, rt = ctx.cfg, ctx.layout, ctx.runtime
     rows, skipped = load_pivot_rows(str(layout.candidates("rl")), cfg.data.skip_invalid)
@@ -41,20 +46,30 @@ def profile(ctx: StageContext) -> dict[str, Any]:
     shard_dir, spec = layout.profile_shards, shard_from_env()
     if spec.count > 1:
         done = profile_shard(rows, sampler, cfg.profile, cfg.rollout.sampling, shard_dir, spec, POLICY_ID, chunk)
-        raise StagePartial(f"profiled {spec.tag} ({done.get('candidates', '?')} candidates); run `pivotrl profile` "
-                           "once without the array to merge the shards")
+        raise StagePartial(
+            f"profiled {spec.tag} ({done.get('candidates', '?')} candidates); run `pivotrl profile` "
+            "once without the array to merge the shards"
+        )
     layouts, n = shard_layouts(shard_dir), 1
     if layouts:
         if len(layouts) > 1:
-            raise RuntimeError(f"{shard_dir} holds shard logs of several layouts {sorted(layouts)}; remove the stale ones")
+            raise RuntimeError(
+                f"{shard_dir} holds shard logs of several layouts {sorted(layouts)}; remove the stale ones"
+            )
         n = layouts.pop()
         profile_missing_shards(rows, sampler, cfg.profile, cfg.rollout.sampling, shard_dir, n, POLICY_ID, chunk)
         profs = merge_profiles(rows, shard_dir, n)
     else:
-        profs = profile_candidates(rows, sampler, cfg.profile, cfg.rollout.sampling, layout.profile_log,
-                                   policy_id=POLICY_ID, chunk_candidates=chunk)
+        profs = profile_candidates(
+            rows,
+            sampler,
+            cfg.profile,
+            cfg.rollout.sampling,
+            layout.profile_log,
+            policy_id=POLICY_ID,
+            chunk_candidates=chunk,
+        )
     out = [attach_profile(r, profs[r["id"]]) for r in rows]
     atomic_write_jsonl(layout.profiled, out)
     mean = sum(p["mean"] for p in profs.values()) / max(len(profs), 1)
-    return {"candidates": len(out), "skipped_invalid": skipped, "k": cfg.profile.k, "mean_pass_rate": mean,
-            "shards": n}
+    return {"candidates": len(out), "skipped_invalid": skipped, "k": cfg.profile.k, "mean_pass_rate": mean, "shards": n}

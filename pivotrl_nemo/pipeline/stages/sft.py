@@ -28,8 +28,13 @@ def sft_examples(ctx: StageContext, rows: list[dict[str, Any]]) -> list[tuple[li
     return out
 
 
-@stage("sft", upstream=("build",), sections=lambda c: [c.model, c.sft, c.data, c.seed], state_dirs=("sft",),
-       help="pi_0: cross-entropy on the sft split's expert actions")
+@stage(
+    "sft",
+    upstream=("build",),
+    sections=lambda c: [c.model, c.sft, c.data, c.seed],
+    state_dirs=("sft",),
+    help="pi_0: cross-entropy on the sft split's expert actions",
+)
 def sft(ctx: StageContext) -> dict[str, Any]:
     """pi_0: supervised fine-tuning of a fresh policy on the 'sft' split's expert actions."""
     from pivotrl_nemo.algorithms.sft import action_nll, train_sft  # lazy: torch, megatron
@@ -45,12 +50,28 @@ def sft(ctx: StageContext) -> dict[str, Any]:
     last: dict[str, Any] = {}
     if cfg.sft.steps > 0:
         with MetricsWriter(ctx.layout.sft_dir) as mw:
-            last = train_sft(policy, train_ex, cfg.sft, rt.pad_id, mw, impl=cfg.loss.impl,
-                             micro_batch_size=cfg.algorithm.micro_batch_size)
+            last = train_sft(
+                policy,
+                train_ex,
+                cfg.sft,
+                rt.pad_id,
+                mw,
+                impl=cfg.loss.impl,
+                micro_batch_size=cfg.algorithm.micro_batch_size,
+            )
     held = cands.get("val") or cands.get("rl") or []
     nll = action_nll(policy, sft_examples(ctx, held[:64]), rt.pad_id) if held else None
     # pi_0: one dist checkpoint (weights, optimizer, config); a re-run replaces it
-    policy.save(ctx.layout.sft_checkpoint, policy.step_count, metrics=last, config_yaml=to_yaml(cfg),
-                retention=Retention(keep_last=1))
-    return {"examples": len(train_ex), "final_loss": last.get("sft/loss"), "heldout_action_nll": nll,
-            "init_checkpoint": cfg.model.init_checkpoint}
+    policy.save(
+        ctx.layout.sft_checkpoint,
+        policy.step_count,
+        metrics=last,
+        config_yaml=to_yaml(cfg),
+        retention=Retention(keep_last=1),
+    )
+    return {
+        "examples": len(train_ex),
+        "final_loss": last.get("sft/loss"),
+        "heldout_action_nll": nll,
+        "init_checkpoint": cfg.model.init_checkpoint,
+    }

@@ -9,10 +9,14 @@ from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.utils.metrics import MetricsWriter
 
 
-@stage("train", upstream=("filter",),
-       sections=lambda c: [c.algorithm, c.loss, c.rollout, c.verifier, c.model.moe_router_freeze],
-       state_dirs=("train",), multi_rank=True,
-       help="GRPO on the pivots with one-turn rollouts (checkpoints; SIGTERM -> checkpoint -> exit 143)")
+@stage(
+    "train",
+    upstream=("filter",),
+    sections=lambda c: [c.algorithm, c.loss, c.rollout, c.verifier, c.model.moe_router_freeze],
+    state_dirs=("train",),
+    multi_rank=True,
+    help="GRPO on the pivots with one-turn rollouts (checkpoints; SIGTERM -> checkpoint -> exit 143)",
+)
 def train(ctx: StageContext) -> dict[str, Any]:
     """GRPO on the pivots with one-turn rollouts, starting from pi_0 (data-parallel over ranks)."""
     from pivotrl_nemo.algorithms.pivot_rl import train_pivot_rl  # lazy: torch, megatron
@@ -27,10 +31,16 @@ def train(ctx: StageContext) -> dict[str, Any]:
     engine, sync = rt.engine_for(policy)
     mw = MetricsWriter(layout.train_dir) if dp.is_main else None
     try:
-        last = train_pivot_rl(policy, rt.sampler_for(engine), sync, pivots, cfg, layout.train_dir, mw, rt.pad_id, dp,
-                              ref_policy=ref)
+        last = train_pivot_rl(
+            policy, rt.sampler_for(engine), sync, pivots, cfg, layout.train_dir, mw, rt.pad_id, dp, ref_policy=ref
+        )
     finally:
         if mw is not None:
             mw.close()
-    return {"pivots": len(pivots), "skipped_invalid": skipped, "steps": cfg.algorithm.steps, "dp_size": dp.size,
-            **{k: v for k, v in last.items() if k.startswith("train/")}}
+    return {
+        "pivots": len(pivots),
+        "skipped_invalid": skipped,
+        "steps": cfg.algorithm.steps,
+        "dp_size": dp.size,
+        **{k: v for k, v in last.items() if k.startswith("train/")},
+    }

@@ -59,8 +59,9 @@ def _from_rank0(value: Any) -> Any:
     return box[0]
 
 
-def hf_model_from_megatron(policy_or_model: Any, cfg: ModelConfig, tokenizer: Any = None,
-                           materialize: bool = True) -> Any:
+def hf_model_from_megatron(
+    policy_or_model: Any, cfg: ModelConfig, tokenizer: Any = None, materialize: bool = True
+) -> Any:
     """The HF twin (``hf_config_for``) on the CPU holding the policy's current weights.
 
     A collective under model parallelism (every rank drains ``megatron_to_hf``). Every rank with
@@ -77,8 +78,11 @@ def hf_model_from_megatron(policy_or_model: Any, cfg: ModelConfig, tokenizer: An
 
     ids: dict[str, Any] = {}
     if tokenizer is not None:
-        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
+        ids = dict(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     hf_config = hf_config_for(cfg, _vocab_size(policy_or_model), **ids)
     hf = AutoModelForCausalLM.from_config(hf_config, dtype=params_dtype(cfg))
     hf.eval()

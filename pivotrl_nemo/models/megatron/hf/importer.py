@@ -114,7 +114,8 @@ def model_config_from_hf(hf_config: Any, params_dtype: str | None = None) -> Mod
     if not getattr(hf_config, "norm_topk_prob", False):
         raise HFImportError(
             "Qwen3-MoE with norm_topk_prob=False: megatron's router (softmax over the top-k logits) "
-            "computes renormalised top-k probabilities only; this checkpoint would route differently")
+            "computes renormalised top-k probabilities only; this checkpoint would route differently"
+        )
     if getattr(hf_config, "mlp_only_layers", None) or getattr(hf_config, "decoder_sparse_step", 1) != 1:
         raise HFImportError("Qwen3-MoE with dense layers (mlp_only_layers / decoder_sparse_step != 1) is not supported")
     return ModelConfig(
@@ -153,7 +154,7 @@ class SafetensorsState(Mapping):
 
     def get_index(self, key: str, index: int) -> torch.Tensor:
         """``self[key][index]``, reading only that slice of the first dim from disk."""
-        return self._handles[self._where[key]].get_slice(key)[index:index + 1][0]
+        return self._handles[self._where[key]].get_slice(key)[index : index + 1][0]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
@@ -172,10 +173,14 @@ def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfig
     per_group = cfg.num_attention_heads // groups
     hidden = q.shape[-1]
     if q.shape[0] != groups * per_group * d or k.shape[0] != groups * d or v.shape[0] != groups * d:
-        raise HFImportError(f"q/k/v rows {q.shape[0]}/{k.shape[0]}/{v.shape[0]} do not match "
-                            f"{cfg.num_attention_heads} heads, {groups} groups, head_dim {d}")
-    grouped = torch.cat([q.reshape(groups, per_group, d, hidden), k.reshape(groups, 1, d, hidden),
-                         v.reshape(groups, 1, d, hidden)], dim=1)
+        raise HFImportError(
+            f"q/k/v rows {q.shape[0]}/{k.shape[0]}/{v.shape[0]} do not match "
+            f"{cfg.num_attention_heads} heads, {groups} groups, head_dim {d}"
+        )
+    grouped = torch.cat(
+        [q.reshape(groups, per_group, d, hidden), k.reshape(groups, 1, d, hidden), v.reshape(groups, 1, d, hidden)],
+        dim=1,
+    )
     return grouped.reshape(groups * (per_group + 2) * d, hidden)
 
 
@@ -198,16 +203,21 @@ def megatron_global_names(cfg: ModelConfig) -> list[str]:
     names = ["embedding.word_embeddings.weight"]
     for layer in range(cfg.num_layers):
         p = f"decoder.layers.{layer}"
-        names += [f"{p}.input_layernorm.weight", f"{p}.self_attention.linear_qkv.weight",
-                  f"{p}.self_attention.linear_proj.weight"]
+        names += [
+            f"{p}.input_layernorm.weight",
+            f"{p}.self_attention.linear_qkv.weight",
+            f"{p}.self_attention.linear_proj.weight",
+        ]
         if cfg.qk_layernorm:
             names += [f"{p}.self_attention.q_layernorm.weight", f"{p}.self_attention.k_layernorm.weight"]
         names.append(f"{p}.pre_mlp_layernorm.weight")
         if cfg.num_experts > 0:
             names.append(f"{p}.mlp.router.weight")
             for e in range(cfg.num_experts):
-                names += [f"{p}.mlp.experts.local_experts.{e}.linear_fc1.weight",
-                          f"{p}.mlp.experts.local_experts.{e}.linear_fc2.weight"]
+                names += [
+                    f"{p}.mlp.experts.local_experts.{e}.linear_fc1.weight",
+                    f"{p}.mlp.experts.local_experts.{e}.linear_fc2.weight",
+                ]
         else:
             names += [f"{p}.mlp.linear_fc1.weight", f"{p}.mlp.linear_fc2.weight"]
     names.append("decoder.final_layernorm.weight")
@@ -239,12 +249,19 @@ class HFSource:
             kind = megatron_tensor_kind(global_name)
         except ValueError as e:
             raise HFImportError(str(e)) from None
-        if kind.kind == "embed" and self.cfg.tie_word_embeddings and "model.embed_tokens.weight" not in self.state \
-                and "lm_head.weight" in self.state:
+        if (
+            kind.kind == "embed"
+            and self.cfg.tie_word_embeddings
+            and "model.embed_tokens.weight" not in self.state
+            and "lm_head.weight" in self.state
+        ):
             return ["lm_head.weight"]  # a tied checkpoint that kept only the output copy
         single = hf_name_of(kind)
         if single is not None:
             return [single]
+        # Left: qkv, fc1 and the expert kinds (every other kind maps to a single HF name), all of
+        # them per-layer kinds, for which megatron_tensor_kind always sets the layer.
+        assert kind.layer is not None, global_name
         p = hf_layer_prefix(kind.layer)
         if kind.kind == "qkv":
             return [f"{p}.self_attn.{x}_proj.weight" for x in "qkv"]
@@ -252,10 +269,10 @@ class HFSource:
             return [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"]
         if self.fused_experts:
             return [f"{p}.mlp.experts.{'gate_up_proj' if kind.kind == 'expert_fc1' else 'down_proj'}"]
-        e = f"{p}.mlp.experts.{kind.expert}"
+        expert = f"{p}.mlp.experts.{kind.expert}"
         if kind.kind == "expert_fc1":
-            return [f"{e}.gate_proj.weight", f"{e}.up_proj.weight"]
-        return [f"{e}.down_proj.weight"]
+            return [f"{expert}.gate_proj.weight", f"{expert}.up_proj.weight"]
+        return [f"{expert}.down_proj.weight"]
 
     def known_keys(self) -> set[str]:
         """Every HF key the whole model (all ranks together) reads, plus a tied ``lm_head``."""
@@ -276,7 +293,8 @@ class HFSource:
         keys = self.keys_for(global_name)
         kind = megatron_tensor_kind(global_name)
         if kind.kind == "qkv":
-            return fuse_qkv(*(self._get(k) for k in keys), self.cfg)
+            q, k, v = (self._get(key) for key in keys)  # keys_for: the q, k, v projections
+            return fuse_qkv(q, k, v, self.cfg)
         if kind.kind in ("expert_fc1", "expert_fc2") and self.fused_experts:
             return self._get(keys[0], kind.expert)
         if len(keys) == 2:  # fc1 / expert_fc1: gate, up
@@ -322,8 +340,11 @@ def load_hf_into_megatron(model: Any, state: Mapping[str, torch.Tensor], cfg: Mo
             unset.append(name)
     known = source.known_keys()
     unknown = sorted(k for k in state if k not in known and not _ignorable(k))
-    for label, keys in (("missing HF keys", missing), ("unknown HF keys", unknown),
-                        ("megatron parameters not set", unset)):
+    for label, keys in (
+        ("missing HF keys", missing),
+        ("unknown HF keys", unknown),
+        ("megatron parameters not set", unset),
+    ):
         if keys:
             problems.append(f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
     if problems:

@@ -57,7 +57,9 @@ def hf_config_for(
     or ``LlamaConfig`` (dense, ``cfg.qk_layernorm=False``, e.g. an imported SmolLM2)."""
     from transformers import Qwen3Config, Qwen3MoeConfig  # lazy: transformers takes ~1 s to import
 
-    common = dict(
+    # dict[str, Any], not the inferred dict[str, object]: the values are the typed kwargs of the
+    # transformers config constructors below (ints, floats, bools, a rope dict, token ids).
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
@@ -110,8 +112,11 @@ def build_hf_model(cfg: ModelConfig, vocab_size: int, tokenizer: Any = None) -> 
 
     ids: dict[str, Any] = {}
     if tokenizer is not None:
-        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
+        ids = dict(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     config = hf_config_for(cfg, vocab_size, **ids)
     model = AutoModelForCausalLM.from_config(config, dtype=params_dtype(cfg))
     if torch.cuda.is_available():
@@ -213,8 +218,9 @@ def megatron_tensor_kind(global_name: str) -> TensorKind:
         if e and e["rest"] in _IN_EXPERT:
             return TensorKind(_IN_EXPERT[e["rest"]], layer, int(e["expert"]))
         if rest.startswith("mlp.experts.linear_fc"):
-            raise ValueError(f"{global_name}: grouped-GEMM experts (TEGroupedMLP) are not mapped; "
-                             "use model.moe_grouped_gemm=false")
+            raise ValueError(
+                f"{global_name}: grouped-GEMM experts (TEGroupedMLP) are not mapped; use model.moe_grouped_gemm=false"
+            )
     raise ValueError(f"megatron tensor {global_name} has no Hugging Face counterpart here")
 
 
@@ -274,18 +280,22 @@ def hf_from_megatron_stream(
             continue
         if single is not None:
             yield single, t
-        elif kind.kind == "qkv":
-            prefix = hf_layer_prefix(kind.layer)
+            continue
+        # Left: qkv, fc1, expert_fc1 / expert_fc2 (every other kind is in _HF_SINGLE), all of them
+        # per-layer kinds, for which megatron_tensor_kind always sets the layer.
+        assert kind.layer is not None, name
+        prefix = hf_layer_prefix(kind.layer)
+        if kind.kind == "qkv":
             q, k, v = split_qkv(t, cfg)
             yield f"{prefix}.self_attn.q_proj.weight", q
             yield f"{prefix}.self_attn.k_proj.weight", k
             yield f"{prefix}.self_attn.v_proj.weight", v
         elif kind.kind == "fc1":
-            prefix = hf_layer_prefix(kind.layer)
             gate, up = split_gate_up(t)
             yield f"{prefix}.mlp.gate_proj.weight", gate
             yield f"{prefix}.mlp.up_proj.weight", up
         else:  # expert_fc1 / expert_fc2
+            assert kind.expert is not None, name  # megatron_tensor_kind sets it for the expert kinds
             buf = pending.setdefault(kind.layer, _LayerExperts())
             slot = buf.fc1 if kind.kind == "expert_fc1" else buf.fc2
             if kind.expert in slot:
@@ -297,12 +307,13 @@ def hf_from_megatron_stream(
                 del pending[kind.layer]
                 order = range(cfg.num_experts)
                 gate_up, down = fuse_experts([buf.fc1[e] for e in order], [buf.fc2[e] for e in order])
-                prefix = hf_layer_prefix(kind.layer)
                 yield f"{prefix}.mlp.experts.gate_up_proj", gate_up
                 yield f"{prefix}.mlp.experts.down_proj", down
     if pending:
-        detail = "; ".join(f"layer {layer}: {len(b.fc1)} fc1 / {len(b.fc2)} fc2 of {cfg.num_experts}"
-                           for layer, b in sorted(pending.items()))
+        detail = "; ".join(
+            f"layer {layer}: {len(b.fc1)} fc1 / {len(b.fc2)} fc2 of {cfg.num_experts}"
+            for layer, b in sorted(pending.items())
+        )
         raise ValueError(f"incomplete experts at the end of the stream ({detail})")
 
 
@@ -357,8 +368,12 @@ def load_named_tensors_into(model: torch.nn.Module, named_tensors: Iterable[tupl
         param.copy_(tensor)
     missing = sorted(set(params) - seen)
     problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected),
-                        ("duplicated", duplicated), ("mis-shaped", mis_shaped)):
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("duplicated", duplicated),
+        ("mis-shaped", mis_shaped),
+    ):
         if keys:
             problems.append(f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
     if problems:
