@@ -5,20 +5,70 @@ The text format the policy is trained to emit (and that ``render_action`` produc
 parallel calls, and plain text for a message. The parser also accepts a bare JSON call object or
 list, and Python call syntax (``mv(source='a', destination='b')``, BFCL's native format), which
 is read with ``ast`` and literals only. Nothing is ever evaluated.
+
+Untrusted text is bounded before it is decoded: a number written with more than
+``MAX_NUMBER_DIGITS`` digits or brackets nested deeper than ``MAX_NESTING`` make a completion
+``unparseable`` (whatever ``sys.set_int_max_str_digits`` says), so no verifier downstream meets
+a value it cannot print, compare or copy.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import json
 import re
+import tokenize
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from ..utils.io import json_depth_exceeds
 
 ActionKind = Literal["function_call", "function_call_batch", "message", "unparseable"]
 
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 _MAX_TEXT = 20_000  # completions longer than this are not parsed (bounded verifier time)
+
+MAX_NUMBER_DIGITS = 1000
+"""Longest number (characters of its literal, sign and underscores aside) a completion may hold;
+a longer one makes it ``unparseable``. Far below Python's 4300-digit int conversion limit, so
+every accepted int can be printed and re-encoded, and independent of that limit."""
+
+MAX_NESTING = 256
+"""Deepest bracket nesting (lists, dicts, calls) a completion's calls may have; deeper makes it
+``unparseable``. Keeps every recursive step downstream (JSON, ``ast``, argument comparison, deep
+copies in the BFCL backends) well within Python's recursion limit; above the verifiers' own,
+smaller depth limits, so a merely deep argument is still scored by them (``wrong_args``)."""
+
+
+class _LimitError(ValueError):
+    """A completion (or arguments string) past ``MAX_NUMBER_DIGITS`` or ``MAX_NESTING``."""
+
+
+def _number_too_long(literal: str) -> bool:
+    return len(literal.lstrip("+-").replace("_", "")) > MAX_NUMBER_DIGITS
+
+
+def _parse_int(s: str) -> int:
+    if _number_too_long(s):
+        raise _LimitError(f"number longer than {MAX_NUMBER_DIGITS} digits")
+    return int(s)
+
+
+def _parse_float(s: str) -> float:
+    if _number_too_long(s):
+        raise _LimitError(f"number longer than {MAX_NUMBER_DIGITS} digits")
+    return float(s)
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` within the limits (raises ``_LimitError`` past them, JSONDecodeError on bad JSON)."""
+    if json_depth_exceeds(text, MAX_NESTING):
+        raise _LimitError(f"nested deeper than {MAX_NESTING}")
+    try:
+        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
+    except RecursionError:  # unreachable below MAX_NESTING; kept so that nothing escapes
+        raise _LimitError(f"nested deeper than {MAX_NESTING}") from None
 
 
 @dataclass(frozen=True)
@@ -52,12 +102,13 @@ def _calls_action(calls: list[ToolCall]) -> Action:
 
 
 def make_call(name: str, arguments: Any) -> ToolCall:
-    """Build a ToolCall from a name and arguments given as a dict or a JSON string."""
+    """Build a ToolCall from a name and arguments given as a dict or a JSON string. Never raises
+    on a string: one that is not a JSON object within the limits gives ``arguments=None``."""
     if isinstance(arguments, str):
         raw = arguments
         try:
-            decoded = json.loads(arguments)
-        except json.JSONDecodeError:
+            decoded = _loads(arguments)
+        except ValueError:  # JSONDecodeError or _LimitError
             return ToolCall(name, None, raw)
         return ToolCall(name, decoded if isinstance(decoded, dict) else None, raw)
     if isinstance(arguments, dict):
@@ -69,13 +120,28 @@ def _call_from_obj(obj: Any) -> ToolCall | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
     args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        _loads_or_none(args)  # past the limits: the completion is unparseable, not bad arguments
     return make_call(obj["name"], args)
 
 
-def _parse_json_calls(text: str) -> list[ToolCall] | None:
+def _loads_or_none(text: str) -> Any:
+    """``_loads``, None on malformed JSON; ``_LimitError`` propagates."""
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        return _loads(text)
+    except _LimitError:
+        raise
+    except ValueError:
+        return None
+
+
+def _parse_json_calls(text: str) -> list[ToolCall] | None:
+    """The calls of a JSON call object or list, None when it is not one; raises ``_LimitError``."""
+    try:
+        obj = _loads(text)
+    except _LimitError:
+        raise
+    except ValueError:
         return None
     items = obj if isinstance(obj, list) else [obj]
     calls = [_call_from_obj(o) for o in items]
@@ -90,8 +156,35 @@ def _literal(node: ast.AST) -> Any:
     return ast.literal_eval(node)
 
 
+_PY_STRING_RE = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"|\'[^\'\\\n]*(?:\\.[^\'\\\n]*)*\'')
+
+
+def _check_python_limits(text: str) -> None:
+    """Raise ``_LimitError`` when Python-syntax ``text`` holds a number literal longer than
+    ``MAX_NUMBER_DIGITS`` (read from its tokens, before ``ast`` converts any literal) or brackets
+    nested deeper than ``MAX_NESTING`` (outside string literals). Text that does not tokenize is
+    left to ``ast.parse``."""
+    if json_depth_exceeds(_PY_STRING_RE.sub("", text), MAX_NESTING):
+        raise _LimitError(f"nested deeper than {MAX_NESTING}")
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.NUMBER and _number_too_long(tok.string):
+                raise _LimitError(f"number longer than {MAX_NUMBER_DIGITS} digits")
+    except (tokenize.TokenError, SyntaxError, RecursionError, MemoryError):
+        return
+
+
 def parse_python_calls(text: str) -> list[ToolCall] | None:
-    """Parse ``f(a=1)`` or ``[f(a=1), g(b='x')]`` with keyword literal arguments only."""
+    """Parse ``f(a=1)`` or ``[f(a=1), g(b='x')]`` with keyword literal arguments only; None when
+    it is not such a call (or is past ``MAX_NUMBER_DIGITS`` / ``MAX_NESTING``)."""
+    try:
+        return _parse_python_calls(text)
+    except _LimitError:
+        return None
+
+
+def _parse_python_calls(text: str) -> list[ToolCall] | None:
+    _check_python_limits(text.strip())
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -118,12 +211,22 @@ def parse_python_calls(text: str) -> list[ToolCall] | None:
             raw = json.dumps(args, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError):
             return None
-        calls.append(ToolCall(name, json.loads(raw), raw))
+        calls.append(ToolCall(name, _loads(raw), raw))
     return calls or None
 
 
 def parse_completion(text: str) -> Action:
-    """Parse untrusted model text into an Action. Never raises."""
+    """Parse untrusted model text into an Action. Never raises: text past ``MAX_NUMBER_DIGITS``
+    or ``MAX_NESTING`` is ``unparseable``."""
+    try:
+        return _parse_completion(text)
+    except _LimitError as e:
+        return Action("unparseable", error=str(e))
+    except (RecursionError, MemoryError) as e:  # a last guard: the limits above should prevent both
+        return Action("unparseable", error=f"{type(e).__name__} while parsing")
+
+
+def _parse_completion(text: str) -> Action:
     if not isinstance(text, str):
         return Action("unparseable", error="completion is not text")
     if len(text) > _MAX_TEXT:
@@ -144,7 +247,7 @@ def parse_completion(text: str) -> Action:
         if parsed is not None:
             return _calls_action(parsed)
     if re.match(r"^\[?\s*[A-Za-z_][\w.]*\(", stripped) and stripped.rstrip().endswith((")", "]")):
-        parsed = parse_python_calls(stripped)
+        parsed = _parse_python_calls(stripped)
         if parsed is not None:
             return _calls_action(parsed)
     return Action("message", content=stripped)

@@ -1,17 +1,24 @@
 """Pivot-row validation (``pivotrl validate FILE``) and summaries.
 
 Every problem is reported as ``file:line: field: message``; the summary counts rows by action
-type and depth, as NVIDIA's pivot-dataset validator does.
+type and depth, as NVIDIA's pivot-dataset validator does. ``validate_file`` also checks a
+trajectory file (OpenAI-chat rows with ``messages``; the format is read off the first parseable
+row), reports duplicate ids, and refuses NaN / infinite rewards (``json.loads`` accepts
+``NaN`` and ``Infinity``).
 """
 
 from __future__ import annotations
 
-import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..utils.io import DataError, iter_jsonl
+from ..utils.io import DataError, format_problem, iter_jsonl, loads_bounded
+from .trajectory import validate_trajectory
+
+FORMATS = ("pivot", "trajectory")
+PASS_RATE_FIELDS = ("pass_rate", "pass_rate_total", "pass_rate_passed")
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant")
 
@@ -34,7 +41,7 @@ def _validate_input(items: Any) -> list[tuple[str, str]]:
             arguments = it.get("arguments")
             try:
                 # json.loads reads str / bytes only; any other value (None: missing) is malformed too
-                if not isinstance(arguments, str | bytes | bytearray) or not isinstance(json.loads(arguments), dict):
+                if not isinstance(arguments, str | bytes | bytearray) or not isinstance(loads_bounded(arguments), dict):
                     raise ValueError
             except (TypeError, ValueError):
                 problems.append((f"{w}.arguments", "must be a JSON object encoded as a string"))
@@ -83,11 +90,19 @@ def _validate_expected(exp: Any, tool_names: set[str]) -> list[tuple[str, str]]:
         elif tool_names and name not in tool_names:
             problems.append((f"{w}.name", f"{name!r} is not in responses_create_params.tools"))
         try:
-            if not isinstance(json.loads(c.get("arguments")), dict):
+            if not isinstance(loads_bounded(c.get("arguments")), dict):
                 raise ValueError
         except (TypeError, ValueError, AttributeError):
             problems.append((f"{w}.arguments", "must be a JSON object encoded as a string"))
     return problems
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _not_finite(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
 
 
 def _validate_profile(p: Any) -> list[tuple[str, str]]:
@@ -96,7 +111,12 @@ def _validate_profile(p: Any) -> list[tuple[str, str]]:
     rewards = p.get("rewards")
     if not isinstance(rewards, list) or not all(isinstance(r, (int, float)) for r in rewards):
         return [("profile.rewards", "must be a list of numbers")]
-    problems = []
+    problems = [(f"profile.rewards[{i}]", "not a finite number") for i, r in enumerate(rewards) if _not_finite(r)]
+    for key in ("mean", "variance"):
+        if _not_finite(p.get(key)):
+            problems.append((f"profile.{key}", "not a finite number"))
+    if problems:
+        return problems
     if p.get("k") != len(rewards):
         problems.append(("profile.k", f"is {p.get('k')!r} but there are {len(rewards)} rewards"))
     mean = p.get("mean")
@@ -140,6 +160,13 @@ def validate_pivot_row(row: Any) -> list[tuple[str, str]]:
         problems.append(("metadata.depth", "must be an integer"))
     if "profile" in row:
         problems += _validate_profile(row["profile"])
+    for key in PASS_RATE_FIELDS:
+        if key not in row:
+            continue
+        if not _is_number(row[key]):
+            problems.append((key, "must be a number"))
+        elif _not_finite(row[key]):
+            problems.append((key, "not a finite number"))
     return problems
 
 
@@ -150,9 +177,11 @@ class ValidationReport:
     problems: list[str] = field(default_factory=list)
     by_action: Counter = field(default_factory=Counter)
     by_depth: Counter = field(default_factory=Counter)
+    format: str = "pivot"  # which format was checked: "pivot" or "trajectory" (see FORMATS)
 
     def summary(self) -> dict:
         return {
+            "format": self.format,
             "rows": self.rows,
             "invalid": self.invalid,
             "by_action_type": dict(self.by_action),
@@ -160,15 +189,41 @@ class ValidationReport:
         }
 
 
+def detect_format(row: Any) -> str:
+    """``"trajectory"`` for an OpenAI-chat trajectory row (``messages``), else ``"pivot"``."""
+    if isinstance(row, dict) and "messages" in row and "responses_create_params" not in row:
+        return "trajectory"
+    return "pivot"
+
+
 def validate_file(path: str) -> ValidationReport:
-    """Check every row of a pivot JSONL file; never stops at the first problem."""
+    """Check every row of a pivot or trajectory JSONL file (the format of the first parseable
+    row); never stops at the first problem. Reading errors (OSError) propagate."""
     rep = ValidationReport()
+    detected = False
+    seen: dict[str, int] = {}
     for lineno, row in iter_jsonl(path, yield_errors=True):
         rep.rows += 1
-        problems = [(row.field, row.message)] if isinstance(row, DataError) else validate_pivot_row(row)
+        if not detected and not isinstance(row, DataError):
+            rep.format, detected = detect_format(row), True
+        if isinstance(row, DataError):
+            problems = [(row.field, row.message)]
+        elif rep.format == "trajectory":
+            problems = validate_trajectory(row)
+        else:
+            problems = validate_pivot_row(row)
+        rid = row.get("id") if isinstance(row, dict) else None
+        if isinstance(rid, str):
+            if rid in seen:
+                problems.append(("id", f"duplicate of line {seen[rid]}"))
+            else:
+                seen[rid] = lineno
         if problems:
             rep.invalid += 1
-            rep.problems.extend(f"{path}:{lineno}: {f}: {m}" for f, m in problems)
+            rep.problems.extend(format_problem(path, lineno, f, m) for f, m in problems)
+            continue
+        if rep.format == "trajectory":
+            rep.by_action["trajectory"] += 1
             continue
         rep.by_action[row["expected_action"]["type"]] += 1
         rep.by_depth[int(row["metadata"].get("depth", 0))] += 1

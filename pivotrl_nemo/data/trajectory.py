@@ -1,16 +1,18 @@
 """Expert trajectories in OpenAI-chat form (docs/contracts.md): reading and validation.
 
 ``load_trajectories`` stops at the first malformed row with ``file:line: field: message``
-unless ``skip_invalid`` is set, in which case bad rows are skipped and counted.
+unless ``skip_invalid`` is set, in which case bad rows are skipped and counted. Lines are read
+as bytes (``utils.io.iter_jsonl``): invalid UTF-8 and nesting deeper than
+``utils.io.MAX_JSON_DEPTH`` are malformed rows like any other. A file with no valid row is
+refused (``FILE: no trajectories``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..utils.io import DataError, iter_jsonl
+from ..utils.io import DataError, format_problem, iter_jsonl, loads_bounded
 from ..utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -80,10 +82,10 @@ def validate_trajectory(obj: Any) -> list[tuple[str, str]]:
                     problems.append((f"{cw}.function.name", f"{fn['name']!r} is not in the trajectory's tools"))
                 args = fn.get("arguments", "{}")
                 try:
-                    decoded = json.loads(args) if isinstance(args, str) else args
+                    decoded = loads_bounded(args) if isinstance(args, str) else args
                     if not isinstance(decoded, dict):
                         raise ValueError
-                except (json.JSONDecodeError, ValueError, TypeError):
+                except (ValueError, TypeError):
                     problems.append((f"{cw}.function.arguments", "must be a JSON object (string-encoded)"))
                 if isinstance(c.get("id"), str):
                     open_calls.add(c["id"])
@@ -106,6 +108,8 @@ class LoadReport:
 
 
 def load_trajectories(path: str, skip_invalid: bool = False) -> tuple[list[dict], LoadReport]:
+    """The valid trajectories of a JSONL file and a report of what was skipped; DataError on the
+    first bad row (unless ``skip_invalid``) and when no row at all is valid."""
     report = LoadReport()
     out = []
     seen: dict[str, int] = {}
@@ -120,10 +124,13 @@ def load_trajectories(path: str, skip_invalid: bool = False) -> tuple[list[dict]
                 f, msg = problems[0]
                 raise DataError(path, lineno, f, msg)
             report.skipped += 1
-            report.problems.extend(f"{path}:{lineno}: {f}: {msg}" for f, msg in problems)
+            report.problems.extend(format_problem(path, lineno, f, msg) for f, msg in problems)
             continue
         out.append(obj)
     report.loaded = len(out)
+    if not out:
+        detail = f" ({report.skipped} invalid rows skipped; first: {report.problems[0]})" if report.skipped else ""
+        raise DataError(path, 0, "", f"no trajectories{detail}")
     if report.skipped:
         log.warning(
             "skipped %d invalid trajectories in %s (data.skip_invalid=true); first: %s",

@@ -13,20 +13,38 @@ from pivotrl_nemo.pipeline.stage import command
 @command(
     "validate",
     usage="pivotrl validate FILE [FILE ...]",
-    help="check pivot-row files: file:line: field: message for every problem",
+    help="check pivot-row or trajectory files: file:line: field: message for every problem",
 )
 def validate_main(args: list[str]) -> int:
-    """Validate pivot-row files; exit 1 when any row is invalid."""
+    """Validate pivot-row or trajectory files (the format is read off each file's first parseable
+    row and named in its summary line); exit 1 when any row is invalid, 2 when a file cannot be
+    read (``error: FILE: no such file`` / ``is a directory``)."""
     if not args:
         sys.stderr.write("usage: pivotrl validate FILE [FILE ...]\n")
         return 2
     bad = 0
+    unreadable = False
     for path in args:
-        rep = validate_file(path)
+        try:
+            rep = validate_file(path)
+        except FileNotFoundError:
+            sys.stderr.write(f"error: {path}: no such file\n")
+            unreadable = True
+            continue
+        except IsADirectoryError:
+            sys.stderr.write(f"error: {path}: is a directory\n")
+            unreadable = True
+            continue
+        except OSError as e:
+            sys.stderr.write(f"error: {path}: {e.strerror or e}\n")
+            unreadable = True
+            continue
         for p in rep.problems:
             sys.stdout.write(p + "\n")
-        sys.stdout.write(f"{path}: {rep.rows} rows, {rep.invalid} invalid; {rep.summary()}\n")
+        sys.stdout.write(f"{path}: {rep.format} file, {rep.rows} rows, {rep.invalid} invalid; {rep.summary()}\n")
         bad += rep.invalid
+    if unreadable:
+        return 2
     return 1 if bad else 0
 
 

@@ -8,17 +8,87 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 
-class DataError(ValueError):
-    """Bad input data, always reported as ``file:line: field: message``."""
+MAX_JSON_DEPTH = 200
+"""Deepest bracket nesting (``[`` / ``{``, outside strings) a JSONL row may have. Deeper rows are
+refused before ``json.loads`` (``nested deeper than N``), so no reader, validator or deep copy
+downstream can hit Python's recursion limit on untrusted data."""
+
+_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def format_problem(path: str | os.PathLike, line: int, field: str, message: str) -> str:
+    """``file:line: field: message``; the line is left out when 0 (the whole file), the field
+    when empty (the whole row)."""
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {field}: {message}" if field else f"{where}: {message}"
+
+
+class DataError(ValueError, UserError):
+    """Bad input data, always reported as ``file:line: field: message`` (see ``format_problem``).
+
+    A ``UserError``: the CLI prints the message alone and exits 2."""
 
     def __init__(self, path: str | os.PathLike, line: int, field: str, message: str) -> None:
         self.path, self.line, self.field, self.message = str(path), line, field, message
-        super().__init__(f"{path}:{line}: {field}: {message}")
+        super().__init__(format_problem(path, line, field, message))
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether ``text`` (JSON) nests ``[`` / ``{`` more than ``limit`` deep outside strings.
+
+    Linear and cheap: a text with at most ``limit`` opening brackets is never scanned."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for ch in _JSON_STRING_RE.sub("", text):
+        if ch == "[" or ch == "{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch == "]" or ch == "}":
+            depth -= 1
+    return False
+
+
+def loads_bounded(text: str | bytes | bytearray) -> Any:
+    """``json.loads`` that raises ValueError (never RecursionError) on text nested deeper than
+    ``MAX_JSON_DEPTH``: for JSON strings inside rows (tool-call arguments), which the line's own
+    depth check does not see into."""
+    if isinstance(text, bytes | bytearray):
+        text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if not isinstance(text, str):
+        raise TypeError(f"the JSON object must be str, bytes or bytearray, not {type(text).__name__}")
+    if json_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}") from None
+
+
+def decode_json_line(raw: bytes, path: str | os.PathLike, lineno: int) -> Any:
+    """One JSONL line (bytes) decoded, or DataError: invalid UTF-8 (with the byte offset in the
+    line), nesting deeper than ``MAX_JSON_DEPTH``, or not valid JSON (an integer too long for
+    Python's int conversion included)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, lineno, "", f"invalid UTF-8 (byte offset {e.start})") from None
+    if json_depth_exceeds(line, MAX_JSON_DEPTH):
+        raise DataError(path, lineno, "", f"nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(path, lineno, "<row>", f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
+        raise DataError(path, lineno, "<row>", f"not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -58,18 +128,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def iter_jsonl(path: str | os.PathLike, yield_errors: bool = False) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, decoded_row)``. A malformed line raises DataError naming it, or, with
-    ``yield_errors``, is yielded as ``(line_number, DataError)`` so the caller can skip it."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    """Yield ``(line_number, decoded_row)``. A malformed line (see ``decode_json_line``) raises
+    DataError naming it, or, with ``yield_errors``, is yielded as ``(line_number, DataError)`` so
+    the caller can skip it. Read as bytes, so that one bad byte is one bad line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                err = DataError(path, lineno, "<row>", f"not valid JSON ({e.msg} at column {e.colno})")
+                row = decode_json_line(raw, path, lineno)
+            except DataError as err:
                 if not yield_errors:
-                    raise err from None
+                    raise
                 yield lineno, err
                 continue
             yield lineno, row
