@@ -2,9 +2,11 @@
 
 Synchronous and colocated: one optimizer step per rollout batch, so pi_old is the policy that
 sampled. The batch order is a pure function of (seed, step), so a run resumed from its last
-checkpoint sees exactly the batches it would have seen. On SIGTERM (Slurm preemption or time
-limit) the loop finishes the current step, checkpoints, writes ``PREEMPTED`` and raises
-``Preempted``; re-running the same command resumes.
+checkpoint sees exactly the batches it would have seen, and its metrics continue from that
+step (the steps a killed run logged after its last checkpoint are dropped: each step is logged
+once). On SIGTERM (Slurm preemption or time limit) or SIGINT (Ctrl-C) the loop finishes the
+current step, checkpoints, writes ``PREEMPTED`` and raises ``Preempted`` (exit code 143 or 130);
+re-running the same command resumes.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ def train_pivot_rl(
         start = int(policy.load(ckpt)["loop_step"]) + 1
         synchronizer.sync_weights()
         log.info("train: resumed from %s at step %d", ckpt, start)
+    if metrics is not None:
+        metrics.resume(start - 1)  # a fresh start (0) too: rows of a run killed before its first checkpoint
     batches = pivot_batches(len(pivots), a.prompts_per_step, a.steps, a.seed)
     bar = None
     if progress and dp.is_main:
@@ -126,7 +130,7 @@ def train_pivot_rl(
             t2 = time.perf_counter()
             synchronizer.sync_weights()
             last = _step_metrics(m, groups, t0, t1, t2, time.perf_counter(), policy.current_lr())
-            # a SIGTERM seen by any rank stops every rank at the same step
+            # a SIGTERM / SIGINT seen by any rank stops every rank at the same step
             stop = dp.sum(float(guard.requested)) > 0
             if metrics is not None:
                 metrics.log(step, last)
@@ -149,7 +153,10 @@ def train_pivot_rl(
             if stop and step < a.steps:
                 if dp.is_main:
                     (out_dir / "PREEMPTED").write_text(f"{step}\n")
-                raise Preempted(f"checkpoint saved at step {step} after SIGTERM; re-run the same command to resume")
+                raise Preempted(
+                    f"checkpoint saved at step {step} after {guard.signal_name}; re-run the same command to resume",
+                    exit_code=guard.exit_code,
+                )
     if bar is not None:
         bar.close()
     if dp.is_main:

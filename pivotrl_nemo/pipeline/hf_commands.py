@@ -27,6 +27,7 @@ from pivotrl_nemo.config import ConfigError, load_config
 from pivotrl_nemo.config.schema import ModelConfig
 from pivotrl_nemo.distributed import env
 from pivotrl_nemo.pipeline.layout import RunLayout
+from pivotrl_nemo.pipeline.runner import check_finished_state
 from pivotrl_nemo.pipeline.runtime import Runtime, padded_vocab_size
 from pivotrl_nemo.pipeline.stage import command
 from pivotrl_nemo.utils.logging import configure_logging, get_logger
@@ -52,7 +53,9 @@ def export_stage(cfg: Any, run_dir: str | Path, which: str, out: str | Path, ove
 
     if which not in CHECKPOINTS:
         raise ValueError(f"export.checkpoint={which!r}; use one of {', '.join(CHECKPOINTS)}")
-    root = RunLayout.of(run_dir).checkpoint(which)
+    layout = RunLayout.of(run_dir)
+    check_finished_state(layout, which)  # not a checkpoint left by an interrupted run of another config
+    root = layout.checkpoint(which)
     try:
         meta = read_meta(root)
     except FileNotFoundError:
