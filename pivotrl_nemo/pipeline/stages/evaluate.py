@@ -10,6 +10,7 @@ from tqdm import tqdm
 from pivotrl_nemo.algorithms.evaluation import paired_bootstrap_ci
 from pivotrl_nemo.data.pivot_row import PivotRow
 from pivotrl_nemo.data.pivots import load_pivot_rows
+from pivotrl_nemo.pipeline.runner import check_finished_state
 from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.utils.io import atomic_write_json
 
@@ -40,6 +41,10 @@ def turn_scores(ctx: StageContext, policy: Any, rows: list[dict[str, Any]]) -> l
 def evaluate(ctx: StageContext) -> dict[str, Any]:
     """Turn-level functional accuracy of pi_0 and the PivotRL policy on held-out candidates."""
     cfg, layout, rt = ctx.cfg, ctx.layout, ctx.runtime
+    # Both policies come from checkpoints: refuse one that a later, unfinished run under another
+    # configuration replaced (its stamp would differ from the finished stage's marker).
+    for which in ("sft", "train"):
+        check_finished_state(layout, which, action="evaluate")
     rows, _ = load_pivot_rows(str(layout.candidates(cfg.eval.split)), cfg.data.skip_invalid)
     s0 = turn_scores(ctx, rt.pi0(), rows)
     trained = rt.new_policy(cfg.algorithm.optim, total_steps=1)
