@@ -22,17 +22,19 @@ import tokenize
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..utils.io import json_depth_exceeds
+from ..utils import io as _io
+from ..utils.io import BoundsError, json_depth_exceeds, json_loads_within, number_too_long
 
 ActionKind = Literal["function_call", "function_call_batch", "message", "unparseable"]
 
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 _MAX_TEXT = 20_000  # completions longer than this are not parsed (bounded verifier time)
 
-MAX_NUMBER_DIGITS = 1000
+MAX_NUMBER_DIGITS = _io.MAX_NUMBER_DIGITS
 """Longest number (characters of its literal, sign and underscores aside) a completion may hold;
-a longer one makes it ``unparseable``. Far below Python's 4300-digit int conversion limit, so
-every accepted int can be printed and re-encoded, and independent of that limit."""
+a longer one makes it ``unparseable`` (one limit for completions and rows, set in ``utils.io``).
+Far below Python's 4300-digit int conversion limit, so every accepted int can be printed and
+re-encoded, and independent of ``sys.set_int_max_str_digits``."""
 
 MAX_NESTING = 256
 """Deepest bracket nesting (lists, dicts, calls) a completion's calls may have; deeper makes it
@@ -41,34 +43,9 @@ copies in the BFCL backends) well within Python's recursion limit; above the ver
 smaller depth limits, so a merely deep argument is still scored by them (``wrong_args``)."""
 
 
-class _LimitError(ValueError):
-    """A completion (or arguments string) past ``MAX_NUMBER_DIGITS`` or ``MAX_NESTING``."""
-
-
-def _number_too_long(literal: str) -> bool:
-    return len(literal.lstrip("+-").replace("_", "")) > MAX_NUMBER_DIGITS
-
-
-def _parse_int(s: str) -> int:
-    if _number_too_long(s):
-        raise _LimitError(f"number longer than {MAX_NUMBER_DIGITS} digits")
-    return int(s)
-
-
-def _parse_float(s: str) -> float:
-    if _number_too_long(s):
-        raise _LimitError(f"number longer than {MAX_NUMBER_DIGITS} digits")
-    return float(s)
-
-
 def _loads(text: str) -> Any:
-    """``json.loads`` within the limits (raises ``_LimitError`` past them, JSONDecodeError on bad JSON)."""
-    if json_depth_exceeds(text, MAX_NESTING):
-        raise _LimitError(f"nested deeper than {MAX_NESTING}")
-    try:
-        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
-    except RecursionError:  # unreachable below MAX_NESTING; kept so that nothing escapes
-        raise _LimitError(f"nested deeper than {MAX_NESTING}") from None
+    """``json.loads`` within the limits (raises ``BoundsError`` past them, JSONDecodeError on bad JSON)."""
+    return json_loads_within(text, MAX_NESTING)
 
 
 @dataclass(frozen=True)
@@ -108,7 +85,7 @@ def make_call(name: str, arguments: Any) -> ToolCall:
         raw = arguments
         try:
             decoded = _loads(arguments)
-        except ValueError:  # JSONDecodeError or _LimitError
+        except ValueError:  # JSONDecodeError or BoundsError
             return ToolCall(name, None, raw)
         return ToolCall(name, decoded if isinstance(decoded, dict) else None, raw)
     if isinstance(arguments, dict):
@@ -126,20 +103,20 @@ def _call_from_obj(obj: Any) -> ToolCall | None:
 
 
 def _loads_or_none(text: str) -> Any:
-    """``_loads``, None on malformed JSON; ``_LimitError`` propagates."""
+    """``_loads``, None on malformed JSON; ``BoundsError`` propagates."""
     try:
         return _loads(text)
-    except _LimitError:
+    except BoundsError:
         raise
     except ValueError:
         return None
 
 
 def _parse_json_calls(text: str) -> list[ToolCall] | None:
-    """The calls of a JSON call object or list, None when it is not one; raises ``_LimitError``."""
+    """The calls of a JSON call object or list, None when it is not one; raises ``BoundsError``."""
     try:
         obj = _loads(text)
-    except _LimitError:
+    except BoundsError:
         raise
     except ValueError:
         return None
@@ -156,20 +133,17 @@ def _literal(node: ast.AST) -> Any:
     return ast.literal_eval(node)
 
 
-_PY_STRING_RE = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"|\'[^\'\\\n]*(?:\\.[^\'\\\n]*)*\'')
-
-
 def _check_python_limits(text: str) -> None:
-    """Raise ``_LimitError`` when Python-syntax ``text`` holds a number literal longer than
+    """Raise ``BoundsError`` when Python-syntax ``text`` holds a number literal longer than
     ``MAX_NUMBER_DIGITS`` (read from its tokens, before ``ast`` converts any literal) or brackets
     nested deeper than ``MAX_NESTING`` (outside string literals). Text that does not tokenize is
     left to ``ast.parse``."""
-    if json_depth_exceeds(_PY_STRING_RE.sub("", text), MAX_NESTING):
-        raise _LimitError(f"nested deeper than {MAX_NESTING}")
+    if json_depth_exceeds(text, MAX_NESTING, quotes="\"'"):
+        raise BoundsError(f"nested deeper than {MAX_NESTING}")
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text).readline):
-            if tok.type == tokenize.NUMBER and _number_too_long(tok.string):
-                raise _LimitError(f"number longer than {MAX_NUMBER_DIGITS} digits")
+            if tok.type == tokenize.NUMBER and number_too_long(tok.string):
+                raise BoundsError(f"number longer than {MAX_NUMBER_DIGITS} digits")
     except (tokenize.TokenError, SyntaxError, RecursionError, MemoryError):
         return
 
@@ -179,7 +153,7 @@ def parse_python_calls(text: str) -> list[ToolCall] | None:
     it is not such a call (or is past ``MAX_NUMBER_DIGITS`` / ``MAX_NESTING``)."""
     try:
         return _parse_python_calls(text)
-    except _LimitError:
+    except BoundsError:
         return None
 
 
@@ -220,7 +194,7 @@ def parse_completion(text: str) -> Action:
     or ``MAX_NESTING`` is ``unparseable``."""
     try:
         return _parse_completion(text)
-    except _LimitError as e:
+    except BoundsError as e:
         return Action("unparseable", error=str(e))
     except (RecursionError, MemoryError) as e:  # a last guard: the limits above should prevent both
         return Action("unparseable", error=f"{type(e).__name__} while parsing")

@@ -14,13 +14,28 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..utils.io import DataError, format_problem, iter_jsonl, loads_bounded
+from ..utils.io import BoundsError, DataError, format_problem, iter_jsonl, loads_bounded
 from .trajectory import validate_trajectory
 
 FORMATS = ("pivot", "trajectory")
 PASS_RATE_FIELDS = ("pass_rate", "pass_rate_total", "pass_rate_passed")
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant")
+
+
+def _arguments_problem(arguments: Any) -> str:
+    """Why a call's ``arguments`` is not a JSON object encoded as a string ("" when it is one),
+    naming the limit when it is past ``MAX_JSON_DEPTH`` or ``MAX_NUMBER_DIGITS``."""
+    message = "must be a JSON object encoded as a string"
+    try:
+        # json.loads reads str / bytes only; any other value (None: missing) is malformed too
+        if not isinstance(arguments, str | bytes | bytearray) or not isinstance(loads_bounded(arguments), dict):
+            return message
+    except BoundsError as e:
+        return f"{message} ({e})"
+    except (TypeError, ValueError):
+        return message
+    return ""
 
 
 def _validate_input(items: Any) -> list[tuple[str, str]]:
@@ -39,12 +54,9 @@ def _validate_input(items: Any) -> list[tuple[str, str]]:
             if not isinstance(it.get("name"), str):
                 problems.append((f"{w}.name", "missing"))
             arguments = it.get("arguments")
-            try:
-                # json.loads reads str / bytes only; any other value (None: missing) is malformed too
-                if not isinstance(arguments, str | bytes | bytearray) or not isinstance(loads_bounded(arguments), dict):
-                    raise ValueError
-            except (TypeError, ValueError):
-                problems.append((f"{w}.arguments", "must be a JSON object encoded as a string"))
+            problem = _arguments_problem(arguments)
+            if problem:
+                problems.append((f"{w}.arguments", problem))
             pending[str(it.get("call_id"))] = i
         elif kind == "function_call_output":
             if not isinstance(it.get("output"), str):
@@ -89,11 +101,9 @@ def _validate_expected(exp: Any, tool_names: set[str]) -> list[tuple[str, str]]:
             problems.append((f"{w}.name", "missing"))
         elif tool_names and name not in tool_names:
             problems.append((f"{w}.name", f"{name!r} is not in responses_create_params.tools"))
-        try:
-            if not isinstance(loads_bounded(c.get("arguments")), dict):
-                raise ValueError
-        except (TypeError, ValueError, AttributeError):
-            problems.append((f"{w}.arguments", "must be a JSON object encoded as a string"))
+        problem = _arguments_problem(c.get("arguments") if isinstance(c, dict) else None)
+        if problem:
+            problems.append((f"{w}.arguments", problem))
     return problems
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..utils.io import DataError, format_problem, iter_jsonl, loads_bounded
+from ..utils.io import BoundsError, DataError, format_problem, iter_jsonl, loads_bounded
 from ..utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -81,12 +81,15 @@ def validate_trajectory(obj: Any) -> list[tuple[str, str]]:
                 if names and fn["name"] not in names:
                     problems.append((f"{cw}.function.name", f"{fn['name']!r} is not in the trajectory's tools"))
                 args = fn.get("arguments", "{}")
+                bad_args = "must be a JSON object (string-encoded)"
                 try:
                     decoded = loads_bounded(args) if isinstance(args, str) else args
                     if not isinstance(decoded, dict):
                         raise ValueError
+                except BoundsError as e:
+                    problems.append((f"{cw}.function.arguments", f"{bad_args} ({e})"))
                 except (ValueError, TypeError):
-                    problems.append((f"{cw}.function.arguments", "must be a JSON object (string-encoded)"))
+                    problems.append((f"{cw}.function.arguments", bad_args))
                 if isinstance(c.get("id"), str):
                     open_calls.add(c["id"])
         elif role == "tool":

@@ -20,7 +20,7 @@ MAX_JSON_DEPTH = 200
 refused before ``json.loads`` (``nested deeper than N``), so no reader, validator or deep copy
 downstream can hit Python's recursion limit on untrusted data."""
 
-_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_DEPTH_TOKEN_RE = re.compile(r"[\[\]{}\"'\\]")  # brackets, quotes, backslashes: all the scan looks at
 
 
 def format_problem(path: str | os.PathLike, line: int, field: str, message: str) -> str:
@@ -40,15 +40,31 @@ class DataError(ValueError, UserError):
         super().__init__(format_problem(path, line, field, message))
 
 
-def json_depth_exceeds(text: str, limit: int) -> bool:
-    """Whether ``text`` (JSON) nests ``[`` / ``{`` more than ``limit`` deep outside strings.
+def json_depth_exceeds(text: str, limit: int, quotes: str = '"') -> bool:
+    """Whether ``text`` nests ``[`` / ``{`` more than ``limit`` deep outside string literals
+    (delimited by any character of ``quotes``, backslash escapes honoured: JSON's double quote
+    by default; give both quote characters for Python syntax).
 
-    Linear and cheap: a text with at most ``limit`` opening brackets is never scanned."""
+    Linear in ``len(text)`` whatever the input (a scan of the bracket, quote and backslash
+    characters only, never a backtracking regex), and free for a text with at most ``limit``
+    opening brackets."""
     if text.count("[") + text.count("{") <= limit:
         return False
     depth = 0
-    for ch in _JSON_STRING_RE.sub("", text):
-        if ch == "[" or ch == "{":
+    quote = ""  # the open string literal's delimiter, "" outside strings
+    escaped = -1  # the position a backslash escapes
+    for m in _DEPTH_TOKEN_RE.finditer(text):
+        ch, pos = m.group(), m.start()
+        if quote:
+            if pos == escaped:
+                continue
+            if ch == "\\":
+                escaped = pos + 1
+            elif ch == quote:
+                quote = ""
+        elif ch in quotes:
+            quote = ch
+        elif ch == "[" or ch == "{":
             depth += 1
             if depth > limit:
                 return True
@@ -57,20 +73,56 @@ def json_depth_exceeds(text: str, limit: int) -> bool:
     return False
 
 
+MAX_NUMBER_DIGITS = 1000
+"""Longest number (characters of its literal, sign and underscores aside) an untrusted JSON text
+may hold: a completion (``data.actions``, which makes it ``unparseable``) or a tool call's
+arguments string inside a row (``loads_bounded``: a validation problem). Far below Python's
+4300-digit int conversion limit, so every accepted int can be printed and re-encoded, and
+independent of ``sys.set_int_max_str_digits``."""
+
+
+class BoundsError(ValueError):
+    """A JSON text past ``MAX_NUMBER_DIGITS`` or a nesting limit; the message says which."""
+
+
+def number_too_long(literal: str) -> bool:
+    """Whether a number literal is longer than ``MAX_NUMBER_DIGITS``."""
+    return len(literal.lstrip("+-").replace("_", "")) > MAX_NUMBER_DIGITS
+
+
+def _bounded_int(s: str) -> int:
+    if number_too_long(s):
+        raise BoundsError(f"number longer than {MAX_NUMBER_DIGITS} digits")
+    return int(s)
+
+
+def _bounded_float(s: str) -> float:
+    if number_too_long(s):
+        raise BoundsError(f"number longer than {MAX_NUMBER_DIGITS} digits")
+    return float(s)
+
+
+def json_loads_within(text: str, max_depth: int) -> Any:
+    """``json.loads`` of untrusted text: ``BoundsError`` when it nests deeper than ``max_depth``
+    or holds a number longer than ``MAX_NUMBER_DIGITS``, JSONDecodeError when it is not JSON;
+    never RecursionError."""
+    if json_depth_exceeds(text, max_depth):
+        raise BoundsError(f"nested deeper than {max_depth}")
+    try:
+        return json.loads(text, parse_int=_bounded_int, parse_float=_bounded_float)
+    except RecursionError:  # unreachable below a sane max_depth; kept so that nothing escapes
+        raise BoundsError(f"nested deeper than {max_depth}") from None
+
+
 def loads_bounded(text: str | bytes | bytearray) -> Any:
-    """``json.loads`` that raises ValueError (never RecursionError) on text nested deeper than
-    ``MAX_JSON_DEPTH``: for JSON strings inside rows (tool-call arguments), which the line's own
-    depth check does not see into."""
+    """``json_loads_within(text, MAX_JSON_DEPTH)`` for JSON strings inside rows (tool-call
+    arguments), which the line's own checks do not see into: ValueError (``BoundsError`` past the
+    limits), never RecursionError; TypeError when ``text`` is not str / bytes."""
     if isinstance(text, bytes | bytearray):
         text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError
     if not isinstance(text, str):
         raise TypeError(f"the JSON object must be str, bytes or bytearray, not {type(text).__name__}")
-    if json_depth_exceeds(text, MAX_JSON_DEPTH):
-        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}")
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}") from None
+    return json_loads_within(text, MAX_JSON_DEPTH)
 
 
 def decode_json_line(raw: bytes, path: str | os.PathLike, lineno: int) -> Any:
@@ -86,7 +138,9 @@ def decode_json_line(raw: bytes, path: str | os.PathLike, lineno: int) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(path, lineno, "<row>", f"not valid JSON ({e.msg} at column {e.colno})") from None
+        raise DataError(
+            path, lineno, "<row>", f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
+        ) from None
     except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
         raise DataError(path, lineno, "<row>", f"not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
 

@@ -3,6 +3,7 @@ and deep nesting in data files, unreadable paths and bad rows for ``pivotrl vali
 
 import json
 import sys
+import time
 
 import pytest
 from bfcl_rows import pivot_rows, trajectory
@@ -11,13 +12,20 @@ from pivotrl_nemo.algorithms.rollouts import TurnSampler
 from pivotrl_nemo.config.schema import DataConfig, SamplingConfig, VerifierConfig
 from pivotrl_nemo.data.actions import MAX_NESTING, MAX_NUMBER_DIGITS, parse_completion, parse_python_calls
 from pivotrl_nemo.data.extract import extract_candidates
-from pivotrl_nemo.data.pivots import validate_file
+from pivotrl_nemo.data.pivots import validate_file, validate_pivot_row
 from pivotrl_nemo.data.trajectory import load_trajectories
 from pivotrl_nemo.domains.bfcl.verifier import BfclStateVerifier
 from pivotrl_nemo.pipeline.commands import validate_main
 from pivotrl_nemo.rollout.base import Completion
 from pivotrl_nemo.utils.errors import UserError
-from pivotrl_nemo.utils.io import MAX_JSON_DEPTH, DataError, atomic_write_jsonl, dumps_row
+from pivotrl_nemo.utils.io import (
+    MAX_JSON_DEPTH,
+    DataError,
+    atomic_write_jsonl,
+    dumps_row,
+    iter_jsonl,
+    json_depth_exceeds,
+)
 from pivotrl_nemo.verifiers.base import Category
 from pivotrl_nemo.verifiers.strict import StrictVerifier
 from pivotrl_nemo.verifiers.tool_call_args import ToolCallArgsVerifier
@@ -180,6 +188,56 @@ def test_trajectory_file_with_bad_bytes_and_deep_nesting(tmp_path):
     vrep = validate_file(str(p))  # pivotrl validate: every problem, no traceback
     assert vrep.format == "trajectory" and vrep.rows == 6 and vrep.invalid == 4
     assert f"{p}:2: invalid UTF-8 (byte offset 21)" in vrep.problems
+
+
+def test_depth_scan_is_linear_on_hostile_quotes(tmp_path):
+    # many escaped quotes after an open string once made the string-skipping regex quadratic
+    # (3 s for one 20,000-character completion, hours for a long JSONL line)
+    hostile = "[" * 300 + '"' + '\\"' * 200_000
+    start = time.perf_counter()
+    assert json_depth_exceeds(hostile, MAX_JSON_DEPTH)
+    assert json_depth_exceeds("[" * 300 + "'" + "\\'" * 200_000, MAX_NESTING, quotes="\"'")
+    unterminated = '"' + '\\"' * 200_000 + "[" * 300  # every bracket inside the (open) string
+    assert not json_depth_exceeds(unterminated, MAX_JSON_DEPTH)
+    assert not json_depth_exceeds(unterminated.replace('"', "'"), MAX_NESTING, quotes="\"'")
+    p = tmp_path / "hostile.jsonl"
+    p.write_text(hostile + "\n" + unterminated + "\n")
+    ((_, deep), (_, bad)) = list(iter_jsonl(p, yield_errors=True))
+    assert str(deep) == f"{p}:1: nested deeper than {MAX_JSON_DEPTH}"
+    assert str(bad).startswith(f"{p}:2: <row>: not valid JSON (")
+    assert parse_completion("[" * 300 + '"' + '\\"' * 9_000).kind == "unparseable"
+    assert parse_completion("f(a='" + "\\'" * 9_000 + "[" * 300 + ")").kind == "message"
+    assert time.perf_counter() - start < 5.0
+    # escapes are honoured: a string ending in an escaped backslash closes
+    assert json_depth_exceeds('["\\\\"' + "[" * 300, 200)
+    assert not json_depth_exceeds('["' + "[" * 300 + '"]', 200)
+
+
+def test_row_arguments_with_long_numbers_are_refused(tmp_path):
+    """Rows are held to the codec's limit, so no verifier meets an expected call it cannot read."""
+    long_args = json.dumps({"folder": 1}).replace("1", "9" * (MAX_NUMBER_DIGITS + 1))  # < 4300 digits
+    traj = _traj("a")
+    traj["messages"][1]["tool_calls"][0]["function"]["arguments"] = long_args
+    p = tmp_path / "traj.jsonl"
+    atomic_write_jsonl(p, [traj])
+    with pytest.raises(DataError) as e:
+        load_trajectories(str(p))
+    assert str(e.value) == (
+        f"{p}:1: messages[1].tool_calls[0].function.arguments: must be a JSON object (string-encoded) "
+        f"(number longer than {MAX_NUMBER_DIGITS} digits)"
+    )
+    row = _bfcl_row()
+    row["expected_action"]["arguments"] = long_args
+    assert validate_pivot_row(row) == [
+        (
+            "expected_action.arguments",
+            f"must be a JSON object encoded as a string (number longer than {MAX_NUMBER_DIGITS} digits)",
+        )
+    ]
+    # a row that skipped validation is a data error (ValueError), not a TypeError out of verify
+    for verifier in (StrictVerifier(), ToolCallArgsVerifier()):
+        with pytest.raises(ValueError, match="expected arguments of cd are not a JSON object"):
+            verifier.verify(row, "cd(folder='x')")
 
 
 def test_file_without_trajectories_is_refused(tmp_path):
