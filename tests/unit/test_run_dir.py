@@ -228,20 +228,35 @@ def test_metrics_resume_keeps_each_step_once_in_jsonl_and_tensorboard(tmp_path):
     assert [(e.step, e.value) for e in acc.Scalars("x")] == [(1, 1), (2, 2), (3, 3), (4, 40), (5, 50), (6, 60), (7, 70)]
 
 
-def test_sigint_is_recorded_once_then_aborts(tmp_path):
-    before = signal.getsignal(signal.SIGINT)
-    with PreemptionGuard() as g:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)
-        assert g.requested and g.signum == signal.SIGINT and g.exit_code == INTERRUPTED_EXIT_CODE == 130
-        with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C: at once
+class _ReachedPrevious(Exception):
+    """Raised by the handler a test installs before the guard (stands in for KeyboardInterrupt, which
+    would stop the whole pytest session if a broken guard let the first Ctrl-C through)."""
+
+
+def _previous(signum, frame):
+    raise _ReachedPrevious(signum)
+
+
+def test_sigint_is_recorded_once_then_aborts():
+    old = {sig: signal.signal(sig, _previous) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with PreemptionGuard() as g:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-    assert signal.getsignal(signal.SIGINT) is before
-    with PreemptionGuard() as g:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.01)
-        assert g.signum == signal.SIGTERM and g.exit_code == PREEMPTED_EXIT_CODE == 143
+            time.sleep(0.01)
+            assert g.requested and g.signum == signal.SIGINT and g.exit_code == INTERRUPTED_EXIT_CODE == 130
+            with pytest.raises(_ReachedPrevious):  # the second Ctrl-C goes to the previous handler, at once
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+        assert signal.getsignal(signal.SIGINT) is _previous and signal.getsignal(signal.SIGTERM) is _previous
+        with PreemptionGuard() as g:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM changes nothing
+            time.sleep(0.01)
+            assert g.signum == signal.SIGTERM and g.exit_code == PREEMPTED_EXIT_CODE == 143
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     assert Preempted("x", exit_code=130).exit_code == 130 and Preempted("x").exit_code == 143
 
 
