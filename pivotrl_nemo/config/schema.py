@@ -240,8 +240,9 @@ class FilterConfig:
 
     lambda_diff: float = bounded(0.6, gt=0, le=1)
     """Difficulty threshold on the profiled mean reward (strict <)."""
-    min_variance: float = bounded(0.0, ge=0)
-    """Keep candidates whose variance is strictly greater than this."""
+    min_variance: float = 0.0
+    """Keep candidates whose variance is strictly greater than this (unbounded on purpose: a
+    negative value also keeps zero-variance candidates, which launcher tests and ablations use)."""
 
 
 @dataclass
