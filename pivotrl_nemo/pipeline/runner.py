@@ -145,9 +145,6 @@ class Runner:
             if not stamp.exists():
                 atomic_write_text(stamp, fp + "\n")
 
-    def stage_seconds(self) -> dict[str, float]:
-        return stage_seconds(self.layout)
-
 
 def stage_seconds(layout: RunLayout) -> dict[str, float]:
     """Wall seconds of every finished stage of a run, in registration order."""

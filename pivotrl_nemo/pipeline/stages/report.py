@@ -13,5 +13,4 @@ def report(ctx: StageContext) -> dict[str, Any]:
     """report.md and report.json from the run's outputs and stage markers."""
     from pivotrl_nemo.pipeline.report import write_report  # lazy: matplotlib
 
-    seconds = {k: v for k, v in stage_seconds(ctx.layout).items() if k != "report"}
-    return write_report(ctx.cfg, ctx.layout, seconds)
+    return write_report(ctx.cfg, ctx.layout, stage_seconds(ctx.layout))  # it leaves out "report" itself
