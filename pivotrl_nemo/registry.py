@@ -132,6 +132,7 @@ DOMAINS: Registry[Any] = Registry(
         {
             "bfcl": "domains.bfcl.domain:BfclDomain",
             "jsonl": "domains.jsonl:JsonlDomain",
+            "toy": "domains.toy:ToyDomain",
         },
     ),
 )

@@ -130,7 +130,8 @@ class DataConfig:
 
     source: str = "bfcl"
     """A registered domain (``registry.DOMAINS``): 'bfcl' (built-in: BFCL v4 multi-turn, executed
-    on its real backends) or 'jsonl' (OpenAI-chat trajectories from ``path``)."""
+    on its real backends), 'jsonl' (OpenAI-chat trajectories from ``path``) or 'toy' (synthetic
+    templated calls for the installation check, ``experiment=smoke``)."""
     path: Optional[str] = None
     """OpenAI-chat trajectory JSONL when source == 'jsonl'."""
     bfcl_categories: list[str] = field(default_factory=lambda: ["multi_turn_base"])

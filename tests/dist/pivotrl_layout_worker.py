@@ -9,7 +9,7 @@ def main(run_dir: str, *overrides: str) -> None:
     from pivotrl_nemo.pipeline import STAGES, Runner
     from pivotrl_nemo.config import load_config
 
-    cfg = load_config(["experiment=smoke", f"run_dir={run_dir}", *overrides])
+    cfg = load_config(["experiment=tiny", f"run_dir={run_dir}", *overrides])
     STAGES.get("train").fn(Runner(cfg).context())
 
 

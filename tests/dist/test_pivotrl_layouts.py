@@ -40,7 +40,7 @@ def _train(run_dir: Path, ranks: int, overrides: list[str]) -> list[dict]:
 @pytest.mark.timeout(1200)
 def test_pivotrl_steps_match_single_rank_at_tp2_and_ep2(tmp_path):
     base = tmp_path / "base"
-    cfg = load_config(["experiment=smoke", f"run_dir={base}", "data.max_trajectories=2",
+    cfg = load_config(["experiment=tiny", f"run_dir={base}", "data.max_trajectories=2",
                        "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}", "sft.steps=120",
                        "sft.batch_size=8", "sft.optim.lr=1e-2"])
     runner = Runner(cfg)

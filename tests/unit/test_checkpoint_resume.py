@@ -19,7 +19,7 @@ from pivotrl_nemo.utils.metrics import read_metrics
 WORKER = [sys.executable, str(Path(__file__).with_name("checkpoint_resume_worker.py"))]
 STEPS = 8
 COMMON = [
-    "experiment=smoke",
+    "experiment=tiny",
     "data.max_trajectories=2",
     "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}",
     "sft.steps=120",

@@ -19,7 +19,7 @@ from pivotrl_nemo.pipeline.stages.filter import NoPivotsError
 from pivotrl_nemo.utils.errors import UserError
 from pivotrl_nemo.utils.preemption import Preempted
 
-SMOKE = ["experiment=smoke", "model.tokenizer_vocab_size=0"]
+SMOKE = ["experiment=tiny", "model.tokenizer_vocab_size=0"]
 
 
 def _clean(err: str) -> None:
@@ -162,7 +162,7 @@ def test_help_for_every_stage_and_command(name, flag, capsys):
 
 
 def test_help_after_overrides(capsys):
-    assert main(["run", "experiment=smoke", "--help"]) == 0
+    assert main(["run", "experiment=tiny", "--help"]) == 0
     out, err = capsys.readouterr()
     assert "usage: pivotrl run" in out and err == ""
 
@@ -290,7 +290,7 @@ def test_unknown_command_in_a_fresh_process_writes_nothing(tmp_path):
 def test_help_and_config_errors_write_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in [*STAGES.names(), "run"]:
-        assert main([name, "experiment=smoke", "--help", "--debug"]) == 0
+        assert main([name, "experiment=tiny", "--help", "--debug"]) == 0
     assert main(["train", "algorithm.steps=0"]) == 2
     assert capsys.readouterr().err == "error: config key 'algorithm.steps': must be >= 1, got 0\n"
     assert main(["run", "+algorithm.stpes=5"]) == 2

@@ -17,7 +17,7 @@ def _weights(cfg, path):
 
 def test_sft_starts_from_init_checkpoint(tmp_path):
     common = [
-        "experiment=smoke",
+        "experiment=tiny",
         "data.max_trajectories=2",
         "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}",
     ]

@@ -28,7 +28,7 @@ def _log_ids(path: Path) -> list[str]:
 def test_profile_resumes_after_sigkill(tmp_path):
     run_dir = tmp_path / "run"
     common = [
-        "experiment=smoke",
+        "experiment=tiny",
         f"run_dir={run_dir}",
         "data.max_trajectories=20",
         "data.split_fractions={sft: 0.3, rl: 0.5, val: 0.0, test: 0.2}",

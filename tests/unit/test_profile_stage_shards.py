@@ -24,7 +24,7 @@ def _run(args, env=None):
 def test_array_tasks_then_merge(tmp_path):
     run_dir = tmp_path / "run"
     common = [
-        "experiment=smoke",
+        "experiment=tiny",
         f"run_dir={run_dir}",
         "data.max_trajectories=8",
         "sft.steps=4",

@@ -22,7 +22,7 @@ from pivotrl_nemo.utils.io import atomic_write_json, atomic_write_jsonl, read_js
 from pivotrl_nemo.utils.metrics import MetricsWriter, read_metrics
 from pivotrl_nemo.utils.preemption import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, Preempted, PreemptionGuard
 
-SMOKE = ["experiment=smoke", "model.tokenizer_vocab_size=0"]
+SMOKE = ["experiment=tiny", "model.tokenizer_vocab_size=0"]
 HOLDER = """
 import sys, time
 from pivotrl_nemo.pipeline.lock import run_dir_lock
@@ -264,7 +264,7 @@ def test_sigint_is_recorded_once_then_aborts():
 WORKER = [sys.executable, str(Path(__file__).with_name("checkpoint_resume_worker.py"))]
 STEPS = 6
 TRAIN = [
-    "experiment=smoke",
+    "experiment=tiny",
     "data.max_trajectories=2",
     "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}",
     "sft.steps=4",

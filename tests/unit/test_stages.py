@@ -7,7 +7,7 @@ from pivotrl_nemo.pipeline import Runner
 
 
 def _runner(tmp_path, *extra):
-    return Runner(load_config(["experiment=smoke", f"run_dir={tmp_path}", "model.tokenizer_vocab_size=0", *extra]))
+    return Runner(load_config(["experiment=tiny", f"run_dir={tmp_path}", "model.tokenizer_vocab_size=0", *extra]))
 
 
 def test_rerun_is_a_noop_and_stale_upstream_is_refused(tmp_path, caplog):

@@ -15,7 +15,7 @@ from pivotrl_nemo.utils.metrics import read_metrics
 def test_reward_rises_on_fixed_pivots(tmp_path):
     cfg = load_config(
         [
-            "experiment=smoke",
+            "experiment=tiny",
             f"run_dir={tmp_path}",
             "data.max_trajectories=2",
             "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}",
