@@ -54,16 +54,33 @@ def grpo_step(
     dp: DataParallel | None = None,
     ref_policy=None,
 ) -> dict[str, float]:
-    """Compute advantages, accumulate the clipped PG gradient over micro-batches, step.
+    """Compute advantages of one-turn groups, then one clipped-PG update (``grpo_update``)."""
+    samples, rewards = flatten_groups(groups, cfg)
+    return grpo_update(policy, samples, rewards, cfg, pad_id, temperature, impl, dp, ref_policy)
 
-    Under data parallelism each rank holds its own groups; the valid-token count is summed over
+
+def grpo_update(
+    policy,
+    samples: list[Sample],
+    rewards: torch.Tensor,
+    cfg: AlgorithmConfig,
+    pad_id: int,
+    temperature: float,
+    impl: str,
+    dp: DataParallel | None = None,
+    ref_policy=None,
+) -> dict[str, float]:
+    """Accumulate the clipped PG gradient of ``samples`` (advantages already set) over
+    micro-batches and step. ``rewards`` ([groups, group size]) is for the metrics only. Shared
+    by one-turn PivotRL and end-to-end RL, whose samples are every assistant turn of an episode.
+
+    Under data parallelism each rank holds its own samples; the valid-token count is summed over
     ranks, and the loss is multiplied by the DP size because megatron DDP *averages* gradients:
     the result is exactly the gradient of the global-batch loss.
     """
     dp = dp or DataParallel(0, 1)
     if cfg.kl_coef > 0 and ref_policy is None:
         raise ValueError("algorithm.kl_coef > 0 needs the frozen reference policy (pi_0) as ref_policy")
-    samples, rewards = flatten_groups(groups, cfg)
     global_valid = dp.sum(sum(sum(s.keep) for s in samples))
     train = [s for s in samples if sum(s.keep) > 0 and (s.advantage != 0.0 or cfg.kl_coef > 0)]
     parts = [[train[i] for i in mb] for mb in chunks(len(train), cfg.micro_batch_size)]
