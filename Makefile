@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEPS := pyproject.toml setup.py constraints.txt requirements-nodeps.txt
 
-.PHONY: venv demo test lint test-dist test-slurm clean
+.PHONY: venv demo compare test lint test-dist test-slurm clean
 
 $(STAMP): $(DEPS)
 	@if [ -z "$(PYTHON312)" ]; then echo "error: Python 3.12 not found (megatron-core 0.19 needs it); set PYTHON312=/path/to/python3.12" >&2; exit 1; fi
@@ -21,6 +21,10 @@ venv: $(STAMP)
 
 demo: venv
 	$(VENV)/bin/pivotrl run experiment=quickstart
+
+# PivotRL against SFT, end-to-end RL and the ablations from one pi_0 (under an hour on 2 cores).
+compare: venv
+	$(VENV)/bin/pivotrl compare experiment=compare
 
 # Lint, format and type checks first: seconds, and CI enforces them through this target.
 lint: venv

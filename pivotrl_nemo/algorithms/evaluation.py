@@ -23,3 +23,14 @@ def paired_bootstrap_ci(
     diffs = (y[idx] - x[idx]).mean(axis=1)
     lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def bootstrap_ci(a: list[float], n_boot: int, seed: int, alpha: float = 0.05) -> tuple[float, float]:
+    """95% percentile interval of mean(a), resampling items (candidates or episodes)."""
+    x = np.asarray(a, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("bootstrap needs a non-empty score list")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)

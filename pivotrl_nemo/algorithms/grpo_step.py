@@ -139,6 +139,7 @@ def grpo_update(
         **policy.expert_load_metrics(),
         "reward_mean": float(all_rewards.mean()),
         "zero_variance_groups": zero_variance_fraction(all_rewards),
+        "reward_group_variance": float(all_rewards.var(dim=1, unbiased=False).mean()),  # paper Fig. 3
         "loss": dp.sum(stats["loss"]),
         # normalised over every rank's trained tokens (sums of numerators / sum of token counts)
         "kl": dp.sum(stats["kl"]),

@@ -58,7 +58,7 @@ class ModelConfig:
     local Hugging Face tokenizer directory."""
     tokenizer_vocab_size: int = bounded(0, ge=0)
     """When > 0, ``build`` trains a domain BPE of this many tokens from ``tokenizer`` (same
-    pre-tokenizer, special tokens and chat template) on the sft and rl splits' rendered text and
+    pre-tokenizer, special tokens and chat template) on the sft and rl splits' rendered text (and the OOD family's sft part) and
     saves it to ``<run_dir>/tokenizer``; every later stage uses it. For small from-scratch models,
     where a 49K-column output layer would dominate the step time. 0 uses ``tokenizer`` as is."""
     hidden_size: int = bounded(128, ge=1)
@@ -155,6 +155,15 @@ class DataConfig:
     'signature' (signature lines only) or 'json' (full JSON schemas) in the system prompt."""
     skip_invalid: bool = False
     """Skip malformed rows (counted in the summary) instead of stopping at the first."""
+    ood_source: str = ""
+    """A registered domain (``registry.DOMAINS``, e.g. 'toy') whose trajectories are mixed into
+    pi_0's SFT data only (its 'sft' part) and whose held-out part ('test') measures out-of-domain
+    retention: a skill pi_0 has that the RL split does not train. Must differ from ``source``;
+    '' = none."""
+    ood_split_fractions: dict[str, float] = field(default_factory=lambda: {"sft": 0.7, "test": 0.3})
+    """Fractions of the OOD trajectories per split ('sft' and 'test' only), by trajectory."""
+    ood_max_trajectories: int = bounded(0, ge=0)
+    """Keep at most this many OOD trajectories (0 = the OOD domain's default count)."""
 
 
 @dataclass
@@ -364,6 +373,49 @@ class ParallelConfig:
 
 
 @dataclass
+class CompareConfig:
+    """``pivotrl compare``: every arm trained from the same pi_0 on the same RL split, evaluated
+    on the same held-out data (``pipeline/compare``)."""
+
+    arms: list[str] = field(
+        default_factory=lambda: ["sft", "pivotrl", "pivotrl_random_turns", "pivotrl_strict_reward", "e2e"]
+    )
+    """Registered arms (``pipeline.compare.ARMS``) to train and evaluate; pi_0 is always evaluated."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds of the arms in ``seeded_arms`` (the others run the first seed only)."""
+    seeded_arms: list[str] = field(default_factory=lambda: ["sft", "pivotrl"])
+    """Arms trained once per seed: the ones the headline difference (pivotrl - sft) rests on."""
+    baseline: str = "sft"
+    """The arm every other arm's paired interval is computed against."""
+    sft_steps: int = bounded(0, ge=0)
+    """Optimizer steps of the SFT arm (0 = algorithm.steps, the RL arms' step count)."""
+    sft_batch_size: int = bounded(0, ge=0)
+    """Sequences per SFT-arm step (0 = algorithm.prompts_per_step * group_size, the sequences an
+    RL step trains on), so both arms take the same optimizer steps on the same sequence count."""
+    sft_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    """Optimizer of the SFT arm (default: the RL arms' learning rate; not tuned on test data)."""
+    e2e_steps: int = bounded(0, ge=0)
+    """GRPO steps of the end-to-end arm (0 = algorithm.steps); each plays algorithm.prompts_per_step
+    episodes algorithm.group_size times."""
+    e2e_reward: str = choice("fraction", "fraction", "success")
+    """End-to-end reward: 'fraction' of user turns whose state check passed, or 'success' (all)."""
+    e2e_turn_limit: str = choice("expert", "expert", "environment")
+    """'expert': a user turn ends after as many policy actions as the expert took (a policy trained
+    on BFCL never answers in text); 'environment': only at the environment's per-turn cap."""
+    max_assistant_turns_per_user_turn: int = bounded(8, ge=1)
+    """The environment's per-user-turn cap on policy actions."""
+    val_every: int = bounded(10, ge=0)
+    """Validate every this many steps (and after the last; 0 = never) on the 'val' split
+    (the 'rl' split when it is empty), for accuracy-against-rollout-turns curves."""
+    val_max_candidates: int = bounded(64, ge=1)
+    """Validation candidates (the first ones, a fixed subset), one sample each."""
+    episode_eval_max: int = bounded(0, ge=0)
+    """Held-out episodes played whole per arm (0 = every test episode)."""
+    episode_samples: int = bounded(1, ge=1)
+    """Plays per held-out episode (at eval.temperature)."""
+
+
+@dataclass
 class PivotRLConfig:
     """Everything one ``pivotrl <stage>`` needs."""
 
@@ -392,3 +444,4 @@ class PivotRLConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)

@@ -13,7 +13,7 @@ from pivotrl_nemo.distributed.env import world_size
 from pivotrl_nemo.registry import DOMAINS, ENGINES, VERIFIERS, Registry, closest
 
 from .errors import ConfigError
-from .schema import PivotRLConfig
+from .schema import DataConfig, PivotRLConfig
 
 METRIC_PREFIXES = ("train/", "verdict/", "time/", "moe/")
 """Prefixes of the per-step metrics the training loop logs (``algorithm.best_metric`` must name one)."""
@@ -24,10 +24,16 @@ def _check(cond: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
-def _check_choice(registry: Registry, value: str, allow_empty: bool = False) -> None:
+def _check_choice(registry: Registry, value: str, allow_empty: bool = False, key: str = "") -> None:
+    """``value`` names an entry of ``registry``; ``key`` when another field than the registry's own selects it."""
     if allow_empty and value == "":
         return
-    _check(value in registry, registry.config_key, registry.unknown_message(value))
+    _check(value in registry, key or registry.config_key, registry.unknown_message(value))
+
+
+def _check_fractions(fractions: dict[str, float], key: str) -> None:
+    _check(abs(sum(fractions.values()) - 1.0) < 1e-6, key, "fractions must sum to 1")
+    _check(all(v >= 0 for v in fractions.values()), key, "fractions must be >= 0")
 
 
 _BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
@@ -85,8 +91,8 @@ def validate(cfg: PivotRLConfig) -> None:
     _check_choice(DOMAINS, d.source)
     for key, message in DOMAINS.get(d.source).config_problems(d):
         _check(False, key, message)
-    _check(abs(sum(d.split_fractions.values()) - 1.0) < 1e-6, "data.split_fractions", "fractions must sum to 1")
-    _check(all(v >= 0 for v in d.split_fractions.values()), "data.split_fractions", "fractions must be >= 0")
+    _check_fractions(d.split_fractions, "data.split_fractions")
+    _check_ood(d)
     _check(
         d.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens <= m.max_position_embeddings,
         "data.max_prompt_tokens",
@@ -133,6 +139,28 @@ def validate(cfg: PivotRLConfig) -> None:
         )
     _check_model_controls(cfg)
     _check_parallel(cfg)
+
+
+def _check_ood(d: DataConfig) -> None:
+    """The out-of-domain family: a registered domain other than ``data.source`` (the same domain
+    would be in-domain data), that can use the ``data.*`` values it is built from, and 'sft' /
+    'test' fractions (the only OOD splits anything reads)."""
+    _check_fractions(d.ood_split_fractions, "data.ood_split_fractions")
+    taken = [s for s in d.split_fractions if s.startswith("ood_")]
+    _check(not taken, "data.split_fractions", f"split names starting with 'ood_' are the OOD family's; got {taken}")
+    unknown = sorted(set(d.ood_split_fractions) - {"sft", "test"})
+    _check(not unknown, "data.ood_split_fractions", f"only 'sft' and 'test' splits are used; got {unknown}")
+    if not d.ood_source:
+        return
+    _check_choice(DOMAINS, d.ood_source, key="data.ood_source")
+    _check(
+        d.ood_source != d.source,
+        "data.ood_source",
+        f"must differ from data.source ({d.source!r}): its trajectories would be in-domain",
+    )
+    ood = dataclasses.replace(d, source=d.ood_source, max_trajectories=d.ood_max_trajectories)
+    for key, message in DOMAINS.get(d.ood_source).config_problems(ood):
+        _check(False, key, f"{message} (for data.ood_source={d.ood_source!r})")
 
 
 def _check_model_controls(cfg: PivotRLConfig) -> None:

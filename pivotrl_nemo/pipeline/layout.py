@@ -8,8 +8,9 @@ properties, so renaming an output is a one-line change here. Layout::
     .stages/<stage>.json             markers: fingerprint, seconds, summary (pipeline.runner)
     data/trajectories.jsonl          build: expert trajectories
     data/splits.json                 build: trajectory id -> split
+    data/ood_trajectories.jsonl, data/ood_splits.json   build: the data.ood_source family (when set)
     tokenizer/                       build: the domain BPE (model.tokenizer_vocab_size > 0)
-    candidates/<split>.jsonl         extract: one pivot row per assistant turn
+    candidates/<split>.jsonl         extract: one pivot row per assistant turn (+ ood_sft, ood_test)
     sft/checkpoint/, sft/metrics.jsonl                  sft: pi_0
     profile/profile_log.jsonl, profile/shards/, profile/profiled.jsonl   profile
     pivots.jsonl, filter_summary.json                   filter
@@ -65,11 +66,25 @@ class RunLayout:
         return self.root / "data" / "splits.json"
 
     @property
+    def ood_trajectories(self) -> Path:
+        """The out-of-domain family's trajectories (``data.ood_source``)."""
+        return self.root / "data" / "ood_trajectories.jsonl"
+
+    @property
+    def ood_splits(self) -> Path:
+        """OOD trajectory id -> 'sft' / 'test'."""
+        return self.root / "data" / "ood_splits.json"
+
+    @property
     def tokenizer(self) -> Path:
         return self.root / "tokenizer"
 
+    @property
+    def candidates_dir(self) -> Path:
+        return self.root / "candidates"
+
     def candidates(self, split: str) -> Path:
-        return self.root / "candidates" / f"{split}.jsonl"
+        return self.candidates_dir / f"{split}.jsonl"
 
     # -------------------------------------------------------------------- sft / profile / filter
     @property

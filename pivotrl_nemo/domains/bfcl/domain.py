@@ -39,6 +39,6 @@ class BfclDomain:
         as invalid rows (``skipped_invalid`` is about malformed input rows, which BFCL has none of)."""
         return build_bfcl_trajectories(self.cfg.bfcl_categories, self.cfg.max_trajectories), {"skipped_invalid": 0}
 
-    def environment(self) -> BfclEnvironment:
+    def environment(self, max_assistant_turns_per_user_turn: int = 8) -> BfclEnvironment:
         """A fresh environment; ``reset`` it with one of the trajectories."""
-        return BfclEnvironment()
+        return BfclEnvironment(max_assistant_turns_per_user_turn=max_assistant_turns_per_user_turn)

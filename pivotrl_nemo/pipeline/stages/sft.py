@@ -1,4 +1,5 @@
-"""``sft``: pi_0, supervised fine-tuning of a fresh (or imported) policy on the 'sft' split."""
+"""``sft``: pi_0, supervised fine-tuning of a fresh (or imported) policy on the 'sft' split, plus
+the OOD family's 'ood_sft' part (``data.ood_source``): a skill pi_0 has that RL does not train."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from pivotrl_nemo.config import to_yaml
 from pivotrl_nemo.data.actions import render_action
 from pivotrl_nemo.data.pivot_row import PivotRow
-from pivotrl_nemo.pipeline.candidates import candidates_by_split
+from pivotrl_nemo.pipeline.candidates import candidates_by_split, ood_rows
 from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.rollout.chat import render_training_example
 from pivotrl_nemo.utils.logging import get_logger
@@ -28,21 +29,33 @@ def sft_examples(ctx: StageContext, rows: list[dict[str, Any]]) -> list[tuple[li
     return out
 
 
+def sft_rows(
+    ctx: StageContext, cands: dict[str, list[dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows pi_0 trains on: the 'sft' split's (of ``cands``, ``candidates_by_split``) and the
+    OOD family's 'ood_sft' ([] without ``data.ood_source``); never 'ood_test', which measures
+    out-of-domain retention."""
+    return cands["sft"], ood_rows(ctx, "ood_sft")
+
+
 @stage(
     "sft",
     upstream=("build",),
     sections=lambda c: [c.model, c.sft, c.data, c.seed],
     state_dirs=("sft",),
-    help="pi_0: cross-entropy on the sft split's expert actions",
+    help="pi_0: cross-entropy on the sft split's expert actions (+ the OOD family's ood_sft)",
 )
 def sft(ctx: StageContext) -> dict[str, Any]:
-    """pi_0: supervised fine-tuning of a fresh policy on the 'sft' split's expert actions."""
+    """pi_0: supervised fine-tuning of a fresh policy on the expert actions of the 'sft' split
+    (and of 'ood_sft', with ``data.ood_source``)."""
     from pivotrl_nemo.algorithms.sft import action_nll, train_sft  # lazy: torch, megatron
     from pivotrl_nemo.models.megatron.checkpoint import Retention
 
     cfg, rt = ctx.cfg, ctx.runtime
     cands = candidates_by_split(ctx)
-    train_ex = sft_examples(ctx, cands["sft"])
+    in_domain, ood_sft = sft_rows(ctx, cands)
+    train_ex = sft_examples(ctx, in_domain + ood_sft)
+    log.info("sft: %d examples (%d sft, %d ood_sft)", len(train_ex), len(in_domain), len(ood_sft))
     policy = rt.new_policy(cfg.sft.optim, total_steps=max(cfg.sft.steps, 1), freeze_router=False)
     if cfg.model.init_checkpoint:
         policy.load(cfg.model.init_checkpoint, load_optimizer=False)
@@ -71,6 +84,8 @@ def sft(ctx: StageContext) -> dict[str, Any]:
     )
     return {
         "examples": len(train_ex),
+        "sft_examples": len(in_domain),
+        "ood_sft_examples": len(ood_sft),
         "final_loss": last.get("sft/loss"),
         "heldout_action_nll": nll,
         "init_checkpoint": cfg.model.init_checkpoint,

@@ -1,0 +1,214 @@
+"""The arms ``pivotrl compare`` trains: PivotRL, its two ablations, SFT and end-to-end RL.
+
+Every arm starts from the same pi_0 (the base run's ``sft`` checkpoint), trains on the same
+RL split, and leaves a checkpoint in ``<arm dir>/train/checkpoint`` that ``compare`` evaluates
+the same way for all. An arm is one function registered in ``ARMS``::
+
+    @ARMS.register("my_arm")
+    def my_arm(arm: ArmContext) -> dict: ...   # trains; returns {"rollout_turns": ..., ...}
+
+It returns what it cost: ``rollout_turns`` (assistant turns generated while training),
+``profile_turns`` (turns generated before training, e.g. profiling; reported separately) and
+anything else worth recording. The RL arms run on the shared loop (checkpoints, exact resume,
+SIGTERM -> 143 -> resume); the SFT arm saves its checkpoint at the end.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pivotrl_nemo.config import PivotRLConfig
+from pivotrl_nemo.data.pivots import load_pivot_rows
+from pivotrl_nemo.pipeline.stage import StageContext
+from pivotrl_nemo.registry import DOMAINS, Registry
+from pivotrl_nemo.utils.errors import UserError
+from pivotrl_nemo.utils.io import atomic_write_jsonl, read_jsonl
+from pivotrl_nemo.utils.logging import get_logger
+from pivotrl_nemo.utils.metrics import MetricsWriter
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ArmContext:
+    """What an arm receives: its config (the arm's seed applied), the base run, its directory."""
+
+    cfg: PivotRLConfig
+    base: StageContext
+    """The base run (pi_0, candidates, pivots) every arm shares."""
+    out_dir: Path
+    make_val_fn: Callable[[Any], Callable[[int], dict[str, float]] | None]
+    """engine -> periodic validation function for the shared loop (None when disabled)."""
+
+    @property
+    def train_dir(self) -> Path:
+        return self.out_dir / "train"
+
+
+ArmFn = Callable[[ArmContext], dict[str, Any]]
+ARMS: Registry[ArmFn] = Registry("arm", "compare.arms")
+
+
+def _rl_rows(arm: ArmContext) -> list[dict[str, Any]]:
+    rows, _ = load_pivot_rows(str(arm.base.layout.candidates("rl")), arm.cfg.data.skip_invalid)
+    return rows
+
+
+def _train_one_turn(arm: ArmContext, rows: list[dict[str, Any]], verifier: Any = None) -> dict[str, Any]:
+    """GRPO with one-turn rollouts on ``rows`` from pi_0 (PivotRL's loop), under ``verifier``."""
+    from pivotrl_nemo.algorithms.pivot_rl import train_pivot_rl  # lazy: torch, megatron
+    from pivotrl_nemo.algorithms.rollouts import TurnSampler
+
+    cfg, rt = arm.cfg, arm.base.runtime
+    if not rows:
+        raise UserError(f"{arm.out_dir.name}: nothing to train on (no rows)")
+    policy = rt.pi0(cfg.algorithm.optim, cfg.algorithm.steps)
+    engine, sync = rt.engine_for(policy)
+    sampler = TurnSampler(engine, rt.tokenizer, cfg.data, verifier or rt.verifier)
+    with MetricsWriter(arm.train_dir) as mw:
+        train_pivot_rl(
+            policy,
+            sampler,
+            sync,
+            rows,
+            cfg,
+            arm.train_dir,
+            mw,
+            rt.pad_id,
+            val_fn=arm.make_val_fn(engine),
+            val_every=cfg.compare.val_every,
+            desc=arm.out_dir.parent.name,
+        )
+    a = cfg.algorithm
+    return {"rollout_turns": float(a.steps * a.prompts_per_step * a.group_size), "train_rows": len(rows)}
+
+
+@ARMS.register("pivotrl")
+def pivotrl(arm: ArmContext) -> dict[str, Any]:
+    """PivotRL: GRPO on the filtered pivots (the base run's profile and filter)."""
+    pivots, _ = load_pivot_rows(str(arm.base.layout.pivots), arm.cfg.data.skip_invalid)
+    out = _train_one_turn(arm, pivots)
+    out["profile_turns"] = float(len(_rl_rows(arm)) * arm.cfg.profile.k)
+    return out
+
+
+@ARMS.register("pivotrl_random_turns")
+def pivotrl_random_turns(arm: ArmContext) -> dict[str, Any]:
+    """Ablation without the filter: as many turns as there are pivots, drawn uniformly from all
+    extracted RL turns (seeded by the arm's seed), same steps; no profiling needed."""
+    n = len(read_jsonl(arm.base.layout.pivots))
+    rows = random_turns(_rl_rows(arm), n, arm.cfg.algorithm.seed)
+    atomic_write_jsonl(arm.out_dir / "rows.jsonl", rows)
+    out = _train_one_turn(arm, rows)
+    out["profile_turns"] = 0.0
+    return out
+
+
+def random_turns(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` rows drawn without replacement from all ``rows`` (every row equally likely)."""
+    return random.Random(seed).sample(rows, min(n, len(rows)))
+
+
+@ARMS.register("pivotrl_strict_reward")
+def pivotrl_strict_reward(arm: ArmContext) -> dict[str, Any]:
+    """Ablation without the functional reward: profiling, filtering and training all use the
+    ``strict`` (string-match) verifier; evaluation stays functional like every arm's."""
+    from pivotrl_nemo.algorithms.filtering import filter_pivots  # lazy: torch via profiling
+    from pivotrl_nemo.algorithms.profiling import attach_profile, profile_candidates
+    from pivotrl_nemo.algorithms.rollouts import TurnSampler
+    from pivotrl_nemo.verifiers.registry import build_verifier
+
+    cfg, rt = arm.cfg, arm.base.runtime
+    strict = build_verifier("strict", cfg.verifier)
+    rows = _rl_rows(arm)
+    pi0 = rt.pi0()
+    engine, _ = rt.engine_for(pi0)
+    chunk = max(1, cfg.rollout.batch_size // cfg.profile.k)
+    profs = profile_candidates(
+        rows,
+        TurnSampler(engine, rt.tokenizer, cfg.data, strict),
+        cfg.profile,
+        cfg.rollout.sampling,
+        arm.out_dir / "profile_log.jsonl",
+        policy_id="pi0:sft:strict",
+        chunk_candidates=chunk,
+    )
+    pivots, summary = filter_pivots([attach_profile(r, profs[r["id"]]) for r in rows], cfg.filter)
+    log.info("strict reward: %d pivots of %d candidates", len(pivots), len(rows))
+    del pi0, engine
+    out = _train_one_turn(arm, [p for p in pivots if isinstance(p, dict)], strict)
+    out.update(profile_turns=float(len(rows) * cfg.profile.k), strict_pivots=len(pivots), strict_filter=summary)
+    return out
+
+
+@ARMS.register("sft")
+def sft(arm: ArmContext) -> dict[str, Any]:
+    """SFT continued from pi_0 on the same RL-split trajectories (every assistant turn's expert
+    action), for as many optimizer steps on as many sequences per step as an RL arm."""
+    from pivotrl_nemo.algorithms.sft import train_sft  # lazy: torch, megatron
+    from pivotrl_nemo.pipeline.stages.sft import sft_examples
+
+    cfg, rt, c, a = arm.cfg, arm.base.runtime, arm.cfg.compare, arm.cfg.algorithm
+    steps = c.sft_steps or a.steps
+    batch = c.sft_batch_size or a.prompts_per_step * a.group_size
+    examples = sft_examples(arm.base, _rl_rows(arm))
+    policy = rt.pi0(c.sft_optim, steps)
+    sft_cfg = replace(cfg.sft, steps=steps, batch_size=batch, optim=c.sft_optim, seed=a.seed)
+    with MetricsWriter(arm.train_dir) as mw:
+        train_sft(policy, examples, sft_cfg, rt.pad_id, mw, impl=cfg.loss.impl, micro_batch_size=a.micro_batch_size)
+    policy.save(arm.train_dir / "checkpoint", steps, extra={"loop_step": steps}, config_yaml="")
+    tokens = sum(len(x[1]) for x in examples) * steps * batch / max(len(examples), 1)
+    return {"rollout_turns": 0.0, "profile_turns": 0.0, "train_rows": len(examples), "approx_tokens_trained": tokens}
+
+
+@ARMS.register("e2e")
+def e2e(arm: ArmContext) -> dict[str, Any]:
+    """End-to-end multi-turn GRPO on whole RL-split episodes in the domain's environment."""
+    from pivotrl_nemo.algorithms.e2e import train_e2e  # lazy: torch, megatron
+
+    cfg, rt, c = arm.cfg, arm.base.runtime, arm.cfg.compare
+    cfg = replace(cfg, algorithm=replace(cfg.algorithm, steps=c.e2e_steps or cfg.algorithm.steps))
+    episodes = split_trajectories(arm.base, "rl")
+    make_env = environment_factory(cfg)
+    policy = rt.pi0(cfg.algorithm.optim, cfg.algorithm.steps)
+    engine, sync = rt.engine_for(policy)
+    with MetricsWriter(arm.train_dir) as mw:
+        last = train_e2e(
+            policy,
+            engine,
+            sync,
+            rt.tokenizer,
+            make_env,
+            episodes,
+            cfg,
+            arm.train_dir,
+            mw,
+            rt.pad_id,
+            val_fn=arm.make_val_fn(engine),
+            val_every=c.val_every,
+        )
+    return {"rollout_turns": float(last.get("rollout/turns_cumulative", 0.0)), "profile_turns": 0.0}
+
+
+def split_trajectories(ctx: StageContext, split: str) -> list[dict[str, Any]]:
+    """The base run's trajectories of one split (whole episodes), in file order."""
+    import json
+
+    assignment = json.loads(ctx.layout.splits.read_text())
+    return [t for t in read_jsonl(ctx.layout.trajectories) if assignment.get(t["id"]) == split]
+
+
+def environment_factory(cfg: PivotRLConfig) -> Callable[[], Any]:
+    """A function making fresh episode environments of the configured domain."""
+    domain = DOMAINS.get(cfg.data.source)(cfg.data)
+    if domain.environment() is None:
+        raise UserError(
+            f"data.source={cfg.data.source!r} cannot play whole episodes (its domain has no environment): "
+            "drop 'e2e' from compare.arms, or use a domain with an environment such as bfcl"
+        )
+    turns = cfg.compare.max_assistant_turns_per_user_turn
+    return lambda: domain.environment(max_assistant_turns_per_user_turn=turns)
