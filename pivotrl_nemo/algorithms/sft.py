@@ -21,6 +21,50 @@ from .head import action_logprobs
 log = get_logger(__name__)
 
 
+def sft_step(
+    policy, picked: list[tuple[list[int], list[int]]], pad_id: int, impl: str = "torch", micro_batch_size: int = 16
+) -> dict:
+    """One optimizer step of cross-entropy on ``picked`` (prompt ids, action ids) examples."""
+    t0 = time.perf_counter()
+    total_tokens = sum(len(a) for _, a in picked)
+    batches = [
+        make_batch([picked[i][0] for i in mb], [picked[i][1] for i in mb], pad_id)
+        for mb in chunks(len(picked), micro_batch_size)
+    ]
+
+    def loss_fn(i, batch, hidden, weight):
+        lp, _ = action_logprobs(hidden, weight, batch.targets.to(hidden.device), 1.0, impl, policy.tp_group)
+        loss = -lp.sum() / total_tokens
+        return loss, {"loss": float(loss.detach())}
+
+    policy.zero_grad()
+    loss_sum = policy.pipeline_sum([sum(m["loss"] for m in policy.forward_backward(batches, loss_fn))])[0]
+    grad_norm = policy.optimizer_step()
+    return {
+        "sft/loss": loss_sum,
+        "sft/grad_norm": float(grad_norm),
+        "sft/tokens_per_s": total_tokens / (time.perf_counter() - t0),
+        "sft/tokens": float(total_tokens),
+        "sft/lr": policy.current_lr(),
+    }
+
+
+def sft_batches(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Example indices of every step: shuffled epochs, each example once per epoch (a pure
+    function of the seed, so a resumed run sees the batches it would have seen)."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    out = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            perm = list(range(n_examples))
+            rng.shuffle(perm)
+            order.extend(perm)
+        out.append(order[:batch_size])
+        del order[:batch_size]
+    return out
+
+
 def train_sft(
     policy,
     examples: list[tuple[list[int], list[int]]],
@@ -34,46 +78,17 @@ def train_sft(
     """``examples`` are (prompt ids, action ids incl. end-of-turn). Returns final metrics."""
     if not examples:
         raise ValueError("SFT needs at least one example")
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
     bar = None
     if progress:
         bar = tqdm(total=cfg.steps, desc="sft", unit="step", dynamic_ncols=True)
     last: dict = {}
     policy.train()
-    for step in range(1, cfg.steps + 1):
-        t0 = time.perf_counter()
-        if len(order) < cfg.batch_size:
-            perm = list(range(len(examples)))
-            rng.shuffle(perm)
-            order.extend(perm)
-        picked = [examples[i] for i in order[: cfg.batch_size]]
-        del order[: cfg.batch_size]
-        total_tokens = sum(len(a) for _, a in picked)
-        batches = [
-            make_batch([picked[i][0] for i in mb], [picked[i][1] for i in mb], pad_id)
-            for mb in chunks(len(picked), micro_batch_size)
-        ]
-
-        def loss_fn(i, batch, hidden, weight, total_tokens=total_tokens):  # bound now: called in this step
-            lp, _ = action_logprobs(hidden, weight, batch.targets.to(hidden.device), 1.0, impl, policy.tp_group)
-            loss = -lp.sum() / total_tokens
-            return loss, {"loss": float(loss.detach())}
-
-        policy.zero_grad()
-        loss_sum = policy.pipeline_sum([sum(m["loss"] for m in policy.forward_backward(batches, loss_fn))])[0]
-        grad_norm = policy.optimizer_step()
-        dt = time.perf_counter() - t0
-        last = {
-            "sft/loss": loss_sum,
-            "sft/grad_norm": float(grad_norm),
-            "sft/tokens_per_s": total_tokens / dt,
-            "sft/lr": policy.current_lr(),
-        }
+    for step, idx in enumerate(sft_batches(len(examples), cfg.batch_size, cfg.steps, cfg.seed), start=1):
+        last = sft_step(policy, [examples[i] for i in idx], pad_id, impl, micro_batch_size)
         metrics.log(step, last)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}")
+            bar.set_postfix(loss=f"{last['sft/loss']:.3f}")
     if bar is not None:
         bar.close()
     return last

@@ -114,3 +114,35 @@ def test_random_turns_draw_every_candidate_uniformly():
 def test_unknown_arm_is_refused_with_a_suggestion():
     with pytest.raises(ConfigError, match="did you mean 'pivotrl'"):
         units(load_config(["compare.arms=[sft,pivotrll]"]))
+
+
+def test_sigterm_in_an_arm_exits_143_and_the_rerun_resumes_it(tmp_path, monkeypatch):
+    """A real SIGTERM to this process while an RL arm trains: the shared loop checkpoints the
+    step, ``compare`` exits 143, and the re-run resumes that arm (each step logged once)."""
+    import os
+    import signal
+
+    from pivotrl_nemo.pipeline.compare import command as cmd
+
+    run = tmp_path / "run"
+    args = ["compare", *TINY, f"run_dir={run}", "compare.arms=[sft,pivotrl]", "compare.seeds=[0]"]
+    real = cmd.validation_fn
+
+    def preempting(base, cfg, engine):
+        val = real(base, cfg, engine)
+
+        def once(step):
+            if step == 1 and not (run / "compare" / "pivotrl" / "seed0" / "train" / "checkpoint").exists():
+                os.kill(os.getpid(), signal.SIGTERM)  # what Slurm sends at the time limit
+            return val(step)
+
+        return once
+
+    monkeypatch.setattr(cmd, "validation_fn", preempting)
+    assert main(args) == 143
+    unit = run / "compare" / "pivotrl" / "seed0"
+    assert (unit / "train" / "PREEMPTED").read_text().strip() == "1" and not (unit / "done.json").exists()
+    assert (run / "compare" / "sft" / "seed0" / "done.json").exists()  # finished arms stay done
+    assert main(args) == 0
+    assert [r["step"] for r in read_metrics(unit / "train" / "metrics.jsonl")] == [1, 2]
+    assert json.loads((unit / "done.json").read_text())["rollout_turns"] == 8

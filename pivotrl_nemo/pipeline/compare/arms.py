@@ -9,8 +9,8 @@ the same way for all. An arm is one function registered in ``ARMS``::
 
 It returns what it cost: ``rollout_turns`` (assistant turns generated while training),
 ``profile_turns`` (turns generated before training, e.g. profiling; reported separately) and
-anything else worth recording. The RL arms run on the shared loop (checkpoints, exact resume,
-SIGTERM -> 143 -> resume); the SFT arm saves its checkpoint at the end.
+anything else worth recording. Every arm runs on the shared loop (checkpoints, exact resume,
+SIGTERM -> 143 -> resume).
 """
 
 from __future__ import annotations
@@ -64,9 +64,11 @@ def _train_one_turn(arm: ArmContext, rows: list[dict[str, Any]], verifier: Any =
     from pivotrl_nemo.algorithms.rollouts import TurnSampler
 
     cfg, rt = arm.cfg, arm.base.runtime
-    if not rows:
-        raise UserError(f"{arm.out_dir.name}: nothing to train on (no rows)")
     policy = rt.pi0(cfg.algorithm.optim, cfg.algorithm.steps)
+    if not rows:  # e.g. a strict reward under which pi_0 has no pivot: the arm's policy stays pi_0
+        log.warning("%s: no rows to train on; its policy is pi_0", arm.out_dir.parent.name)
+        policy.save(arm.train_dir / "checkpoint", 0, extra={"loop_step": 0}, config_yaml="")
+        return {"rollout_turns": 0.0, "train_rows": 0, "note": "no rows to train on: the policy is pi_0"}
     engine, sync = rt.engine_for(policy)
     sampler = TurnSampler(engine, rt.tokenizer, cfg.data, verifier or rt.verifier)
     with MetricsWriter(arm.train_dir) as mw:
@@ -145,24 +147,40 @@ def pivotrl_strict_reward(arm: ArmContext) -> dict[str, Any]:
     return out
 
 
+class _NoSync:
+    """SFT has no rollout engine whose weights need refreshing."""
+
+    def sync_weights(self) -> None:
+        pass
+
+
 @ARMS.register("sft")
 def sft(arm: ArmContext) -> dict[str, Any]:
     """SFT continued from pi_0 on the same RL-split trajectories (every assistant turn's expert
-    action), for as many optimizer steps on as many sequences per step as an RL arm."""
-    from pivotrl_nemo.algorithms.sft import train_sft  # lazy: torch, megatron
+    action), for as many optimizer steps on as many sequences per step as an RL arm; on the
+    shared loop, so it checkpoints, resumes exactly and stops on SIGTERM like the RL arms."""
+    from pivotrl_nemo.algorithms.rl_loop import run_rl_loop  # lazy: torch, megatron
+    from pivotrl_nemo.algorithms.sft import sft_batches, sft_step
+    from pivotrl_nemo.config import to_yaml
     from pivotrl_nemo.pipeline.stages.sft import sft_examples
 
     cfg, rt, c, a = arm.cfg, arm.base.runtime, arm.cfg.compare, arm.cfg.algorithm
     steps = c.sft_steps or a.steps
     batch = c.sft_batch_size or a.prompts_per_step * a.group_size
     examples = sft_examples(arm.base, _rl_rows(arm))
+    if not examples:
+        raise UserError("sft arm: the rl split has no candidates to train on")
     policy = rt.pi0(c.sft_optim, steps)
-    sft_cfg = replace(cfg.sft, steps=steps, batch_size=batch, optim=c.sft_optim, seed=a.seed)
+    batches = sft_batches(len(examples), batch, steps, a.seed)
+
+    def step_fn(step: int) -> dict[str, float]:
+        picked = [examples[i] for i in batches[step - 1]]
+        return sft_step(policy, picked, rt.pad_id, cfg.loss.impl, a.micro_batch_size)
+
     with MetricsWriter(arm.train_dir) as mw:
-        train_sft(policy, examples, sft_cfg, rt.pad_id, mw, impl=cfg.loss.impl, micro_batch_size=a.micro_batch_size)
-    policy.save(arm.train_dir / "checkpoint", steps, extra={"loop_step": steps}, config_yaml="")
-    tokens = sum(len(x[1]) for x in examples) * steps * batch / max(len(examples), 1)
-    return {"rollout_turns": 0.0, "profile_turns": 0.0, "train_rows": len(examples), "approx_tokens_trained": tokens}
+        run_rl_loop(policy, _NoSync(), step_fn, replace(a, steps=steps), arm.train_dir, mw, to_yaml(cfg), desc="sft")
+    tokens = sum(len(examples[i][1]) for b in batches for i in b)
+    return {"rollout_turns": 0.0, "profile_turns": 0.0, "train_rows": len(examples), "tokens_trained": float(tokens)}
 
 
 @ARMS.register("e2e")

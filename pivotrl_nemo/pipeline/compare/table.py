@@ -29,7 +29,24 @@ def _mean_scores(evals: dict[Any, dict[str, Any]], key: str) -> list[float] | No
     return [sum(x) / len(x) for x in zip(*lists)]
 
 
-def _arm_row(cfg: PivotRLConfig, slot: dict[str, Any], base: dict[str, list[float] | None]) -> dict[str, Any]:
+def _training_budget(layout: RunLayout, arm: str, seeds: list[dict[str, Any]]) -> tuple[float, float]:
+    """Mean optimizer steps and action tokens trained on per seed: the compute every arm is
+    compared at (RL arms: ``train/trained_tokens`` per step; SFT: its examples' action tokens)."""
+    if not seeds:
+        return 0.0, 0.0
+    steps = tokens = 0.0
+    for info in seeds:
+        path = layout.root / "compare" / arm / f"seed{info['seed']}" / "train" / "metrics.jsonl"
+        rows = read_metrics(path) if path.exists() else []
+        steps += len(rows)
+        recorded = info.get("tokens_trained", info.get("approx_tokens_trained"))  # sft records its own
+        tokens += recorded if recorded is not None else sum(r.get("train/trained_tokens", 0.0) for r in rows)
+    return steps / len(seeds), tokens / len(seeds)
+
+
+def _arm_row(
+    layout: RunLayout, cfg: PivotRLConfig, name: str, slot: dict[str, Any], base: dict[str, list[float] | None]
+) -> dict[str, Any]:
     e = cfg.eval
     row: dict[str, Any] = {"seeds": sorted(int(s) for s in slot["evals"])}
     for col, key in METRICS.items():
@@ -47,6 +64,7 @@ def _arm_row(cfg: PivotRLConfig, slot: dict[str, Any], base: dict[str, list[floa
             row[f"{col}_vs_baseline_ci95"] = list(paired_bootstrap_ci(b, scores, e.bootstrap_samples, e.seed))
     seeds = list(slot.get("seeds", {}).values())
     n = max(len(seeds), 1)
+    row["optimizer_steps"], row["tokens_trained"] = _training_budget(layout, name, seeds)
     row["rollout_turns"] = sum(s.get("rollout_turns", 0.0) for s in seeds) / n
     row["profile_turns"] = sum(s.get("profile_turns", 0.0) for s in seeds) / n
     row["wall_seconds"] = sum(s.get("train_seconds", 0.0) for s in seeds) / n
@@ -98,7 +116,7 @@ def write_comparison(
     c = cfg.compare
     base_slot = results.get(c.baseline)
     base = {k: _mean_scores(base_slot["evals"], k) if base_slot else None for k in METRICS.values()}
-    arms = {name: _arm_row(cfg, slot, base) for name, slot in results.items()}
+    arms = {name: _arm_row(layout, cfg, name, slot, base) for name, slot in results.items()}
     diff: dict[str, Any] = {}
     if "pivotrl" in results and "sft" in results:
         for col, key in METRICS.items():
@@ -148,14 +166,15 @@ def render_markdown(out: dict[str, Any]) -> str:
         "Accuracy in % on held-out data, [95% bootstrap interval over items]; ± is the standard deviation "
         "over training seeds. Rollout turns: assistant turns generated in training (profiling separately).",
         "",
-        "| arm | seeds | turn-level | episode success | episode turns passed | out-of-domain | rollout turns | profiling turns | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| arm | seeds | turn-level | episode success | episode turns passed | out-of-domain | rollout turns | profiling turns | steps | tokens trained | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in out["arms"].items():
         cells = [_cell(row, c) for c in ("turn_acc", "episode_success", "episode_turns", "ood_acc")]
         lines.append(
             f"| {name} | {len(row['seeds'])} | " + " | ".join(cells)
-            + f" | {row['rollout_turns']:.0f} | {row['profile_turns']:.0f} | {row['wall_seconds']:.0f} |"
+            + f" | {row['rollout_turns']:.0f} | {row['profile_turns']:.0f} | {row['optimizer_steps']:.0f}"
+            + f" | {row['tokens_trained']:.0f} | {row['wall_seconds']:.0f} |"
         )  # fmt: skip
     lines += ["", "## PivotRL minus SFT (paired over items, seed-averaged)", ""]
     for col, d in out["pivotrl_minus_sft"].items():
