@@ -398,7 +398,12 @@ class CompareConfig:
     """GRPO steps of the end-to-end arm (0 = algorithm.steps); each plays algorithm.prompts_per_step
     episodes algorithm.group_size times."""
     e2e_reward: str = choice("fraction", "fraction", "success")
-    """End-to-end reward: 'fraction' of user turns whose state check passed, or 'success' (all)."""
+    """End-to-end reward: 'fraction' of user turns that passed the episode check, or 'success' (all)."""
+    episode_check: str = choice("bfcl", "bfcl", "state")
+    """What a user turn's pass means, for the e2e reward and the episode-level evaluation: 'bfcl'
+    (BFCL's own multi-turn checker: the turn made a call, the backend state matches and the expert's
+    outputs occur among the model's) or 'state' (the state check alone, which a policy that does
+    nothing passes on every read-only turn: e2e RL learned exactly that in our comparison)."""
     e2e_turn_limit: str = choice("expert", "expert", "environment")
     """'expert': a user turn ends after as many policy actions as the expert took (a policy trained
     on BFCL never answers in text); 'environment': only at the environment's per-turn cap."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from pivotrl_nemo.config.schema import DataConfig
 from pivotrl_nemo.domains.bfcl.build import CATEGORIES, build_bfcl_trajectories
-from pivotrl_nemo.domains.bfcl.environment import BfclEnvironment
+from pivotrl_nemo.domains.bfcl.environment import BfclEnvironment, CheckMode
 
 
 class BfclDomain:
@@ -39,6 +39,10 @@ class BfclDomain:
         as invalid rows (``skipped_invalid`` is about malformed input rows, which BFCL has none of)."""
         return build_bfcl_trajectories(self.cfg.bfcl_categories, self.cfg.max_trajectories), {"skipped_invalid": 0}
 
-    def environment(self, max_assistant_turns_per_user_turn: int = 8) -> BfclEnvironment:
+    def environment(
+        self, max_assistant_turns_per_user_turn: int = 8, check_mode: CheckMode = "state"
+    ) -> BfclEnvironment:
         """A fresh environment; ``reset`` it with one of the trajectories."""
-        return BfclEnvironment(max_assistant_turns_per_user_turn=max_assistant_turns_per_user_turn)
+        return BfclEnvironment(
+            max_assistant_turns_per_user_turn=max_assistant_turns_per_user_turn, check_mode=check_mode
+        )

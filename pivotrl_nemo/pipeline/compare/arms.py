@@ -183,7 +183,15 @@ def sft(arm: ArmContext) -> dict[str, Any]:
     return {"rollout_turns": 0.0, "profile_turns": 0.0, "train_rows": len(examples), "tokens_trained": float(tokens)}
 
 
+def plays_episodes(fn: ArmFn) -> ArmFn:
+    """Marks an arm whose training plays whole episodes: the episode settings are part of its
+    configuration (``compare.episode_check``), not of the one-turn arms'."""
+    fn.plays_episodes = True  # type: ignore[attr-defined]
+    return fn
+
+
 @ARMS.register("e2e")
+@plays_episodes
 def e2e(arm: ArmContext) -> dict[str, Any]:
     """End-to-end multi-turn GRPO on whole RL-split episodes in the domain's environment."""
     from pivotrl_nemo.algorithms.e2e import train_e2e  # lazy: torch, megatron
@@ -228,5 +236,5 @@ def environment_factory(cfg: PivotRLConfig) -> Callable[[], Any]:
             f"data.source={cfg.data.source!r} cannot play whole episodes (its domain has no environment): "
             "drop 'e2e' from compare.arms, or use a domain with an environment such as bfcl"
         )
-    turns = cfg.compare.max_assistant_turns_per_user_turn
-    return lambda: domain.environment(max_assistant_turns_per_user_turn=turns)
+    turns, check = cfg.compare.max_assistant_turns_per_user_turn, cfg.compare.episode_check
+    return lambda: domain.environment(max_assistant_turns_per_user_turn=turns, check_mode=check)
