@@ -52,6 +52,8 @@ def _train_fingerprint(cfg: PivotRLConfig, arm: str, base_fp: str) -> str:
     c = cfg.compare
     training = [c.sft_steps, c.sft_batch_size, c.sft_optim, c.e2e_steps, c.e2e_reward, c.e2e_turn_limit]
     training += [c.max_assistant_turns_per_user_turn, c.val_every, c.val_max_candidates]
+    if getattr(ARMS.get(arm), "plays_episodes", False):
+        training.append(c.episode_check)
     return fingerprint(
         arm, cfg.algorithm, cfg.loss, cfg.rollout, cfg.verifier, cfg.profile, cfg.filter, training, base_fp
     )
@@ -59,9 +61,8 @@ def _train_fingerprint(cfg: PivotRLConfig, arm: str, base_fp: str) -> str:
 
 def _eval_fingerprint(cfg: PivotRLConfig, train_fp: str) -> str:
     c = cfg.compare
-    return fingerprint(
-        train_fp, cfg.eval, cfg.rollout.sampling, c.episode_eval_max, c.episode_samples, c.e2e_turn_limit
-    )
+    episodes = [c.episode_eval_max, c.episode_samples, c.e2e_turn_limit, c.episode_check]
+    return fingerprint(train_fp, cfg.eval, cfg.rollout.sampling, episodes)
 
 
 def _fresh_dir(d: Path, fp: str) -> None:
