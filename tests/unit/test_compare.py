@@ -85,6 +85,8 @@ def test_rollout_turns_are_exact(compared):
         m = read_metrics(run / "compare" / "pivotrl" / f"seed{seed}" / "train" / "metrics.jsonl")
         assert [r["rollout/turns_cumulative"] for r in m] == [4.0, 8.0]
         assert all("val/turn_acc" in r for r in m)
+    sft = read_metrics(run / "compare" / "sft" / "seed0" / "train" / "metrics.jsonl")
+    assert [r["step"] for r in sft] == [1, 2] and all("val/turn_acc" in r for r in sft)  # curves for SFT too
 
 
 def test_random_turn_rows_come_from_the_rl_candidates(compared):
@@ -125,7 +127,7 @@ def test_sigterm_in_an_arm_exits_143_and_the_rerun_resumes_it(tmp_path, monkeypa
     from pivotrl_nemo.pipeline.compare import command as cmd
 
     run = tmp_path / "run"
-    args = ["compare", *TINY, f"run_dir={run}", "compare.arms=[sft,pivotrl]", "compare.seeds=[0]"]
+    args = ["compare", *TINY, f"run_dir={run}", "compare.arms=[pivotrl,sft]", "compare.seeds=[0]"]
     real = cmd.validation_fn
 
     def preempting(base, cfg, engine):
@@ -142,7 +144,8 @@ def test_sigterm_in_an_arm_exits_143_and_the_rerun_resumes_it(tmp_path, monkeypa
     assert main(args) == 143
     unit = run / "compare" / "pivotrl" / "seed0"
     assert (unit / "train" / "PREEMPTED").read_text().strip() == "1" and not (unit / "done.json").exists()
-    assert (run / "compare" / "sft" / "seed0" / "done.json").exists()  # finished arms stay done
+    assert not (run / "compare" / "sft").exists()  # the command stopped: later arms did not start
     assert main(args) == 0
+    assert (run / "compare" / "sft" / "seed0" / "done.json").exists()
     assert [r["step"] for r in read_metrics(unit / "train" / "metrics.jsonl")] == [1, 2]
     assert json.loads((unit / "done.json").read_text())["rollout_turns"] == 8

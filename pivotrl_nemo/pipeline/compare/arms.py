@@ -147,13 +147,6 @@ def pivotrl_strict_reward(arm: ArmContext) -> dict[str, Any]:
     return out
 
 
-class _NoSync:
-    """SFT has no rollout engine whose weights need refreshing."""
-
-    def sync_weights(self) -> None:
-        pass
-
-
 @ARMS.register("sft")
 def sft(arm: ArmContext) -> dict[str, Any]:
     """SFT continued from pi_0 on the same RL-split trajectories (every assistant turn's expert
@@ -177,8 +170,18 @@ def sft(arm: ArmContext) -> dict[str, Any]:
         picked = [examples[i] for i in batches[step - 1]]
         return sft_step(policy, picked, rt.pad_id, cfg.loss.impl, a.micro_batch_size)
 
+    engine, sync = rt.engine_for(policy)  # only for the validation curve
+    val = arm.make_val_fn(engine)
+
+    def val_fn(step: int) -> dict[str, float]:
+        sync.sync_weights()  # SFT steps do not refresh the engine; validation needs the current weights
+        return val(step) if val is not None else {}
+
     with MetricsWriter(arm.train_dir) as mw:
-        run_rl_loop(policy, _NoSync(), step_fn, replace(a, steps=steps), arm.train_dir, mw, to_yaml(cfg), desc="sft")
+        run_rl_loop(
+            policy, sync, step_fn, replace(a, steps=steps), arm.train_dir, mw, to_yaml(cfg),
+            desc="sft", val_fn=val_fn if val is not None else None, val_every=c.val_every,
+        )  # fmt: skip
     tokens = sum(len(examples[i][1]) for b in batches for i in b)
     return {"rollout_turns": 0.0, "profile_turns": 0.0, "train_rows": len(examples), "tokens_trained": float(tokens)}
 
