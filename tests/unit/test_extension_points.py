@@ -16,7 +16,7 @@ from pivotrl_nemo.registry import DOMAINS, VERIFIERS
 PLUGINS = Path(__file__).with_name("plugins")
 RUN = [
     "stages=[build,extract,toy_score]",
-    "data.source=toy",
+    "data.source=arith",
     "model.tokenizer_vocab_size=0",
     "data.split_fractions={sft: 0.5, rl: 0.5, val: 0.0, test: 0.0}",
     "eval.split=val",
@@ -29,7 +29,7 @@ def toy(monkeypatch):
     import toy_plugin
 
     yield toy_plugin
-    for reg, name in ((DOMAINS, "toy"), (VERIFIERS, "toy_parity"), (STAGES, "toy_score")):
+    for reg, name in ((DOMAINS, "arith"), (VERIFIERS, "toy_parity"), (STAGES, "toy_score")):
         reg.remove(name)
     sys.modules.pop("toy_plugin", None)
 
@@ -53,8 +53,8 @@ def test_toy_domain_verifier_and_stage_run_through_the_cli(toy, tmp_path, capsys
 def test_unknown_names_suggest_the_closest_registered_one(toy):
     with pytest.raises(ConfigError, match="verifier.name.*did you mean 'toy_parity'"):
         load_config(["verifier.name=toy_parit"])
-    with pytest.raises(ConfigError, match="data.source.*did you mean 'toy'"):
-        load_config(["data.source=tyo"])
+    with pytest.raises(ConfigError, match="data.source.*did you mean 'arith'"):
+        load_config(["data.source=arth"])
     with pytest.raises(ConfigError, match="stages.*toy_scor"):
         from pivotrl_nemo.pipeline.stage import run_chain
 

@@ -51,7 +51,7 @@ def _trajectory(i: int) -> dict:
     }
 
 
-@DOMAINS.register("toy", replace=True)
+@DOMAINS.register("arith", replace=True)
 class ToyDomain:
     """Ten arithmetic episodes; its default verifier is the toy one."""
 
