@@ -50,11 +50,16 @@ def _loads(text: str) -> Any:
 
 @dataclass(frozen=True)
 class ToolCall:
-    """One call. ``arguments`` is the decoded dict, or None when ``raw_arguments`` is not JSON."""
+    """One call. ``arguments`` is the decoded dict, or None when ``raw_arguments`` is not JSON.
+
+    ``acceptable`` (expected calls only, from ``expected_action.acceptable_arguments``): per
+    argument, every acceptable value, ``""`` meaning the argument may be omitted (BFCL's
+    possible-answer form); None when the row lists none."""
 
     name: str
     arguments: dict[str, Any] | None
     raw_arguments: str
+    acceptable: dict[str, list[Any]] | None = field(default=None, compare=False)
 
     def arguments_json(self) -> str:
         return json.dumps(self.arguments if self.arguments is not None else {}, ensure_ascii=False)
@@ -148,6 +153,18 @@ def _check_python_limits(text: str) -> None:
         return
 
 
+def _dotted_name(func: ast.AST) -> str | None:
+    """``f`` or ``math.factorial`` as written (tool names may hold dots, as in BFCL); None for
+    anything that is not a plain or dotted name."""
+    parts = []
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    if not isinstance(func, ast.Name):
+        return None
+    return ".".join([func.id, *reversed(parts)])
+
+
 def parse_python_calls(text: str) -> list[ToolCall] | None:
     """Parse ``f(a=1)`` or ``[f(a=1), g(b='x')]`` with keyword literal arguments only; None when
     it is not such a call (or is past ``MAX_NUMBER_DIGITS`` / ``MAX_NESTING``)."""
@@ -168,12 +185,8 @@ def _parse_python_calls(text: str) -> list[ToolCall] | None:
     for node in nodes:
         if not isinstance(node, ast.Call) or node.args:
             return None
-        func = node.func
-        if isinstance(func, ast.Name):
-            name = func.id
-        elif isinstance(func, ast.Attribute):
-            name = func.attr
-        else:
+        name = _dotted_name(node.func)
+        if name is None:
             return None
         try:
             args = {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg is not None}
@@ -227,13 +240,23 @@ def _parse_completion(text: str) -> Action:
     return Action("message", content=stripped)
 
 
+def _expected_call(obj: dict[str, Any]) -> ToolCall:
+    call = make_call(obj["name"], obj["arguments"])
+    acceptable = obj.get("acceptable_arguments")
+    if acceptable is None:
+        return call
+    if not isinstance(acceptable, dict) or not all(isinstance(v, list) and v for v in acceptable.values()):
+        raise ValueError("acceptable_arguments must map each argument to a non-empty list of values")
+    return ToolCall(call.name, call.arguments, call.raw_arguments, acceptable)
+
+
 def action_from_expected(expected: dict[str, Any]) -> Action:
-    """The Action a pivot row's ``expected_action`` describes."""
+    """The Action a pivot row's ``expected_action`` describes (with each call's acceptable values)."""
     kind = expected.get("type")
     if kind == "function_call":
-        return Action("function_call", (make_call(expected["name"], expected["arguments"]),))
+        return Action("function_call", (_expected_call(expected),))
     if kind == "function_call_batch":
-        return _calls_action([make_call(c["name"], c["arguments"]) for c in expected["calls"]])
+        return _calls_action([_expected_call(c) for c in expected["calls"]])
     if kind == "message":
         return Action("message", content=str(expected.get("content", "")))
     raise ValueError(f"unknown expected_action type {kind!r}")
@@ -242,16 +265,19 @@ def action_from_expected(expected: dict[str, Any]) -> Action:
 def expected_from_action(action: Action) -> dict[str, Any]:
     """Inverse of ``action_from_expected`` (arguments as JSON strings, as in NVIDIA's rows)."""
     if action.kind == "function_call":
-        c = action.calls[0]
-        return {"type": "function_call", "name": c.name, "arguments": c.arguments_json()}
+        return {"type": "function_call", **_expected_obj(action.calls[0])}
     if action.kind == "function_call_batch":
-        return {
-            "type": "function_call_batch",
-            "calls": [{"name": c.name, "arguments": c.arguments_json()} for c in action.calls],
-        }
+        return {"type": "function_call_batch", "calls": [_expected_obj(c) for c in action.calls]}
     if action.kind == "message":
         return {"type": "message", "content": action.content}
     raise ValueError("an unparseable action has no expected form")
+
+
+def _expected_obj(call: ToolCall) -> dict[str, Any]:
+    obj: dict[str, Any] = {"name": call.name, "arguments": call.arguments_json()}
+    if call.acceptable is not None:
+        obj["acceptable_arguments"] = call.acceptable
+    return obj
 
 
 def render_action(action: Action) -> str:

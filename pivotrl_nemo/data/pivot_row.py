@@ -171,6 +171,23 @@ class PivotRow:
                 names.add(name)
         return names
 
+    def tool_parameters(self) -> dict[str, dict[str, Any]]:
+        """Tool name -> its ``parameters`` JSON schema, for the tools that have an object one
+        (Responses or chat form; anything unreadable is skipped, never raises)."""
+        params = self._row.get("responses_create_params")
+        tools = params.get("tools") if isinstance(params, dict) else None
+        schemas: dict[str, dict[str, Any]] = {}
+        for tool in tools if isinstance(tools, list) else []:
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            spec = fn if isinstance(fn, dict) else tool
+            if (
+                isinstance(spec, dict)
+                and isinstance(spec.get("name"), str)
+                and isinstance(spec.get("parameters"), dict)
+            ):
+                schemas.setdefault(spec["name"], spec["parameters"])
+        return schemas
+
     def prefix_calls(self) -> list[ToolCall]:
         """The prefix's earlier calls, in order (``item_calls`` of every input item; see the
         module doc for the accepted forms). Never raises on the input's shape."""

@@ -104,7 +104,20 @@ def _validate_expected(exp: Any, tool_names: set[str]) -> list[tuple[str, str]]:
         problem = _arguments_problem(c.get("arguments") if isinstance(c, dict) else None)
         if problem:
             problems.append((f"{w}.arguments", problem))
+        if isinstance(c, dict) and "acceptable_arguments" in c:
+            problems += _acceptable_problems(c["acceptable_arguments"], f"{w}.acceptable_arguments")
     return problems
+
+
+def _acceptable_problems(acceptable: Any, where: str) -> list[tuple[str, str]]:
+    """``acceptable_arguments``: an object mapping each argument to a non-empty list of values."""
+    if not isinstance(acceptable, dict):
+        return [(where, "must be an object mapping argument names to lists of acceptable values")]
+    return [
+        (f"{where}.{arg}", 'must be a non-empty list of acceptable values ("" allows omission)')
+        for arg, values in acceptable.items()
+        if not isinstance(values, list) or not values
+    ]
 
 
 def _is_number(v: Any) -> bool:

@@ -19,6 +19,7 @@ Every built-in verifier is a ``VerifierBase``, built as ``Cls(cfg)`` from a ``Ve
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -121,6 +122,46 @@ def unknown_tool_verdict(
         if call.name not in tools:
             return fail(Category.UNKNOWN_TOOL, f"{clip(call.name, name_chars)!r} is not among the row's tools")
     return None
+
+
+OMITTED = ""
+"""In an ``acceptable_arguments`` list: the argument may be omitted (BFCL's possible-answer form)."""
+
+
+def check_acceptable(
+    pred: dict[str, Any],
+    acceptable: dict[str, list[Any]],
+    matches: Callable[[Any, Any, str], bool],
+    required: frozenset[str] | set[str] = frozenset(),
+) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """Decide the arguments an expected call's ``acceptable`` lists cover.
+
+    An argument the prediction gives passes when ``matches(value, alternative, name)`` holds for
+    one listed alternative other than ``OMITTED``; one it omits (or gives as ``""``) passes when
+    ``OMITTED`` is listed and the tool's schema does not list it in ``required`` (required wins,
+    as in BFCL's checker).
+    Returns the predicted arguments the lists do not cover (for the verifier's own comparison)
+    and the first failure as ``(category, detail)``, or None."""
+    for name in sorted(acceptable):
+        values = acceptable[name]
+        if name not in pred:
+            if name in required:
+                return {}, (Category.WRONG_ARG_KEYS, f"args.{name}: required, and omitted")
+            if OMITTED in values:
+                continue
+            return {}, (
+                Category.WRONG_ARG_KEYS,
+                f"args.{name}: omitted, and omission is not among its acceptable values",
+            )
+        if pred[name] == OMITTED and OMITTED in values:  # an explicit "" where omission is allowed (as BFCL's checker)
+            continue
+        if not any(matches(pred[name], v, name) for v in values if not (isinstance(v, str) and v == OMITTED)):
+            listed = clip(repr([v for v in values if v != OMITTED]), 80)
+            return {}, (
+                Category.WRONG_ARGS,
+                f"args.{name}: {clip(repr(pred[name]), 60)} is not among its acceptable values {listed}",
+            )
+    return {k: v for k, v in pred.items() if k not in acceptable}, None
 
 
 # ---------------------------------------------------------------------------------- template

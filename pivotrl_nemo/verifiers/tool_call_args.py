@@ -15,6 +15,10 @@ type-aware:
   word_overlap_threshold`` (identical strings score exactly 0.5);
 - anything else (bool, int, null): plain equality.
 
+Arguments the expected call's ``acceptable_arguments`` lists are decided by the list instead
+(``verifiers.base.check_acceptable``: any listed value, compared by the rules above; ``""``
+listed allows omission); the other arguments are compared as above.
+
 An expected ``message`` is matched by any message (content not compared) and failed by any call;
 an expected call is failed by a message. Several calls (``function_call_batch`` on either side)
 are matched as unordered multisets by maximum bipartite matching (Kuhn's algorithm), an edge
@@ -33,7 +37,17 @@ from typing import Any
 from pivotrl_nemo.config.schema import PARALLEL_MODES, VerifierConfig
 from pivotrl_nemo.data.actions import Action, ToolCall
 from pivotrl_nemo.data.pivot_row import PivotRow
-from pivotrl_nemo.verifiers.base import Category, Verdict, VerifierBase, clip, fail, json_normalised, ok
+from pivotrl_nemo.verifiers.base import (
+    Category,
+    Verdict,
+    VerifierBase,
+    check_acceptable,
+    clip,
+    fail,
+    json_normalised,
+    ok,
+)
+from pivotrl_nemo.verifiers.matching import match_calls
 
 _MAX_DEPTH = 64  # argument nesting deeper than this fails (bounded time, no RecursionError)
 
@@ -118,39 +132,22 @@ def compare_call(
     if exp.arguments is None:
         raise ValueError(f"expected arguments of {exp.name} are not a JSON object: {exp.raw_arguments[:80]!r}")
     try:
-        bad = compare_values(
-            json_normalised(pred.arguments),
-            json_normalised(exp.arguments),
-            "args",
-            float_tolerance,
-            word_overlap_threshold,
-        )
+        pred_args, exp_args = json_normalised(pred.arguments), json_normalised(exp.arguments)
+        if exp.acceptable is not None:
+            pred_args, bad = check_acceptable(
+                pred_args,
+                json_normalised(exp.acceptable),
+                lambda p, e, name: compare_values(p, e, name, float_tolerance, word_overlap_threshold) is None,
+            )
+            if bad is not None:
+                return fail(bad[0], f"{pred.name}: {bad[1]}")
+            exp_args = {k: v for k, v in exp_args.items() if k not in exp.acceptable}
+        bad = compare_values(pred_args, exp_args, "args", float_tolerance, word_overlap_threshold)
     except (RecursionError, ValueError, TypeError) as e:
         return fail(Category.WRONG_ARGS, f"{pred.name}: arguments not comparable ({type(e).__name__})")
     if bad is None:
         return ok(pred.name)
     return fail(bad[0], f"{pred.name}: {bad[1]}")
-
-
-def maximum_matching(candidates: Sequence[Sequence[int]]) -> dict[int, int]:
-    """Kuhn's algorithm. ``candidates[e]`` lists predicted indices expected call ``e`` matches;
-    returns predicted index -> expected index for a maximum matching."""
-    matching: dict[int, int] = {}
-
-    def augment(e: int, seen: set[int]) -> bool:
-        for p in candidates[e]:
-            if p in seen:
-                continue
-            seen.add(p)
-            if p not in matching or augment(matching[p], seen):
-                matching[p] = e
-                return True
-        return False
-
-    # most constrained expected calls first keeps augmenting paths short
-    for e in sorted(range(len(candidates)), key=lambda i: (len(candidates[i]), i)):
-        augment(e, set())
-    return matching
 
 
 def compare_calls(
@@ -160,42 +157,9 @@ def compare_calls(
     word_overlap_threshold: float = 0.1,
     parallel_mode: str = "binary_strict",
 ) -> Verdict:
-    """Compare predicted calls with expected calls as unordered multisets (see module doc)."""
-    if parallel_mode not in PARALLEL_MODES:
-        raise ValueError(f"unknown parallel_mode {parallel_mode!r}; choices: {list(PARALLEL_MODES)}")
-    if len(preds) == 1 and len(exps) == 1:
-        return compare_call(preds[0], exps[0], float_tolerance, word_overlap_threshold)
-    if parallel_mode == "binary_strict" and len(preds) != len(exps):
-        return fail(Category.WRONG_CALL_COUNT, f"{len(preds)} calls where {len(exps)} expected")
-    candidates: list[list[int]] = []
-    first_failure: list[Verdict | None] = []
-    for exp in exps:
-        row, failure = [], None
-        for j, pred in enumerate(preds):
-            v = compare_call(pred, exp, float_tolerance, word_overlap_threshold)
-            if v.passed:
-                row.append(j)
-            elif failure is None or (failure.category == Category.WRONG_TOOL and v.category != Category.WRONG_TOOL):
-                failure = v  # the first reason past the tool name explains the closest near miss
-        candidates.append(row)
-        first_failure.append(failure)
-    matching = maximum_matching(candidates)
-    matched = len(matching)
-    if parallel_mode == "f1":
-        reward = 2 * matched / (len(exps) + len(preds)) if (exps or preds) else 0.0
-    else:
-        reward = 1.0 if matched == len(exps) else 0.0
-    detail = f"matched {matched} of {len(exps)} expected calls with {len(preds)} predicted"
-    if reward >= 1.0:
-        return ok(detail)
-    matched_exps = set(matching.values())
-    unmatched = [i for i in range(len(exps)) if i not in matched_exps]
-    if not unmatched or matched == len(preds):
-        return Verdict(reward, Category.WRONG_CALL_COUNT, detail)
-    near = first_failure[unmatched[0]]
-    category = near.category if near is not None else Category.WRONG_TOOL
-    return Verdict(
-        reward, category, f"{detail}; expected call {unmatched[0]}: {near.detail if near else 'no candidate'}"
+    """Compare predicted calls with expected calls as unordered multisets (``verifiers.matching``)."""
+    return match_calls(
+        preds, exps, lambda p, e: compare_call(p, e, float_tolerance, word_overlap_threshold), parallel_mode
     )
 
 

@@ -8,7 +8,8 @@ from bfcl_rows import expected_args, row_for, tool_call, with_expected
 
 from pivotrl_nemo.config.schema import VerifierConfig
 from pivotrl_nemo.verifiers.base import Category
-from pivotrl_nemo.verifiers.tool_call_args import ToolCallArgsVerifier, maximum_matching, word_overlap
+from pivotrl_nemo.verifiers.matching import maximum_matching
+from pivotrl_nemo.verifiers.tool_call_args import ToolCallArgsVerifier, word_overlap
 
 
 def tca(**settings):
