@@ -118,6 +118,7 @@ VERIFIERS: Registry[Any] = Registry(
         {
             "bfcl_state": "domains.bfcl.verifier:BfclStateVerifier",
             "tool_call_args": "verifiers.tool_call_args:ToolCallArgsVerifier",
+            "tool_call_schema": "verifiers.tool_call_schema:ToolCallSchemaVerifier",
             "strict": "verifiers.strict:StrictVerifier",
         },
     ),

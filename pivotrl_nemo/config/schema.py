@@ -166,14 +166,95 @@ class DataConfig:
     """Keep at most this many OOD trajectories (0 = the OOD domain's default count)."""
 
 
+OMISSION_RULES = ("default", "always", "never")
+"""Choices of ``verifier.schema.optional_omitted`` / ``optional_added``."""
+STRING_NORMALISATIONS = ("exact", "trim", "space", "case_space", "case_space_punct")
+"""Choices of ``verifier.schema.string_normalisation``, from strictest to most lenient."""
+FREE_TEXT_METRICS = ("token_edit", "char_edit")
+"""Choices of ``verifier.schema.free_text_metric``."""
+
+
+@dataclass
+class SchemaVerifierConfig:
+    """``tool_call_schema``: argument comparison under each tool's JSON schema
+    (``verifiers/tool_call_schema.py``; measured against official judges in docs/verifiers.md).
+
+    Judges disagree on strings: execution sees every character, BFCL's AST checker normalises
+    case, spaces and punctuation everywhere. The defaults are the rules that stay precise (no
+    reward for a call the judge rejects) against both, measured on the agreement benchmark:
+    strings exact (dates too), numbers by value. ``judge=ast`` (``conf/judge/``)
+    sets BFCL-style normalisation for tasks scored that way; ``judge=execution`` names the
+    defaults explicitly."""
+
+    number_tolerance: float = bounded(1e-12, ge=0)
+    """``number``: an int or a float equals the expected one when ``|a - b| <= tolerance *
+    max(1, |a|, |b|)``. ``integer`` stays exact unless ``integral_floats``."""
+    integral_floats: bool = False
+    """``integer``: a float with an integral value (``5.0``) passes for the int. Execution often
+    accepts it (Python compares and hashes by value) but not always (``range``, slicing), and
+    BFCL's AST checker never: measured, it costs more precision than it gains (docs/verifiers.md)."""
+    optional_omitted: str = choice("default", *OMISSION_RULES)
+    """An optional argument the expected call gives and the prediction omits. 'default': passes
+    when the expected value equals the schema's ``default`` or the argument is in
+    ``omittable_arguments``; 'always': every omission of an optional argument passes; 'never':
+    none does. An ``acceptable_arguments`` list always decides for its argument (``""`` in it:
+    omission passes)."""
+    optional_added: str = choice("default", *OMISSION_RULES)
+    """An optional argument the prediction gives and the expected call omits. 'default': passes
+    when the value equals the schema's ``default``; 'always': any value passes; 'never': fails."""
+    omittable_arguments: list[str] = field(default_factory=list)
+    """Optional arguments whose omission always passes, as 'tool.arg' or 'arg' (any tool)."""
+    set_arguments: list[str] = field(default_factory=list)
+    """Array arguments compared as multisets, as 'tool.arg' or 'arg'; arrays whose schema says
+    ``uniqueItems: true`` are sets already. Every other array is ordered."""
+    undeclared_prediction: str = choice("fail", "fail", "ignore")
+    """A predicted argument the tool's schema does not declare and the expected call does not
+    give: 'fail' (executors reject unknown keyword arguments) or 'ignore'. Arguments the expected
+    call gives that the schema does not declare (values an executor injects, such as session
+    tokens) are never compared."""
+    recognise_datetimes: bool = False
+    """Strings that are ISO dates, times or date-times (or whose schema ``format`` says so) are
+    compared as values: ``2023-09-12T08:00`` equals ``2023-09-12 08:00:00``; another day or
+    hour fails. Off by default: both judges measured compare such strings as strings (BFCL's AST
+    checker refuses ``T`` for a space, execution stores what it is given; docs/verifiers.md)."""
+    exact_identifiers: bool = True
+    """Emails and identifier-like strings (one token holding a digit or one of ``_ @ / \\ : #``,
+    or a dot between word characters: ids, paths, file names, URLs) are compared exactly after
+    trimming, never normalised."""
+    exact_enums: bool = True
+    """Values of a schema ``enum`` are compared exactly; False compares them under
+    ``string_normalisation`` (BFCL's checker ignores ``enum`` and normalises every string)."""
+    string_normalisation: str = choice("exact", *STRING_NORMALISATIONS)
+    """Other strings are compared after this normalisation: 'exact' (nothing, not even surrounding
+    whitespace, for any string: what an executed environment sees), 'trim' (surrounding
+    whitespace removed), 'space' (and inner runs of whitespace collapsed), 'case_space' (and
+    case-folded), 'case_space_punct' (and punctuation removed; equal also when only spaces
+    differ, as BFCL's checker, which deletes both). Judges
+    differ here (docs/verifiers.md): BFCL's AST checker normalises, execution does not."""
+    short_text_max_words: int = bounded(4, ge=1)
+    """Strings of at most this many words (after normalisation) are short: equal or not. Longer
+    strings are free text, compared by ``free_text_metric``."""
+    free_text_metric: str = choice("token_edit", *FREE_TEXT_METRICS)
+    """Free-text similarity: 'token_edit' (1 - word-level Levenshtein distance / longer length)
+    or 'char_edit' (the same over characters)."""
+    free_text_threshold: float = bounded(1.0, ge=0, le=1)
+    """Free text passes when its similarity to the expected text is at least this. 1.0 (equal
+    after normalisation) was chosen on the agreement benchmark's validation items: every official
+    judge measured rejects a changed word (docs/verifiers.md has the sweep)."""
+    free_text_numbers_exact: bool = True
+    """Free text passes only when its numbers (tokens holding a digit) are the expected ones, at
+    any similarity threshold."""
+
+
 @dataclass
 class VerifierConfig:
     """The functional reward."""
 
     name: str = ""
     """A registered verifier (``registry.VERIFIERS``): 'bfcl_state' (execution-based),
-    'tool_call_args' (argument comparison) or 'strict' (exact match); '' uses the domain's default
-    (``Domain.default_verifier``: bfcl_state for bfcl, tool_call_args for jsonl)."""
+    'tool_call_schema' (argument comparison under the tools' JSON schemas), 'tool_call_args' (the
+    paper's argument comparison) or 'strict' (exact match); '' uses the domain's default
+    (``Domain.default_verifier``: bfcl_state for bfcl, tool_call_schema for jsonl)."""
     word_overlap_threshold: float = bounded(
         0.1, ge=0, le=0.5, why="identical strings score 0.5, so a higher threshold fails every string"
     )
@@ -181,7 +262,10 @@ class VerifierConfig:
     float_tolerance: float = bounded(1e-6, ge=0)
     """tool_call_args: |a - b| <= this for floats."""
     parallel_mode: str = choice("binary_strict", *PARALLEL_MODES)
-    """tool_call_args: 'binary_strict' (same multiset of calls) or 'f1' for function_call_batch."""
+    """tool_call_args, tool_call_schema: 'binary_strict' (same multiset of calls) or 'f1' for
+    function_call_batch."""
+    schema: SchemaVerifierConfig = field(default_factory=SchemaVerifierConfig)
+    """tool_call_schema's rules."""
 
 
 @dataclass

@@ -4,7 +4,7 @@ Lifecycle (``domains.base``): the ``build`` stage constructs ``JsonlDomain(cfg.d
 ``trajectories()`` once: ``data.path`` is read with ``data.trajectory.load_trajectories`` (stop at
 the first malformed row, or skip and count them with ``data.skip_invalid``), then capped to
 ``data.max_trajectories`` when that is > 0. Pivot rows are judged by argument comparison
-(``tool_call_args``): a JSONL source comes with no backends, so it has no ``environment()``.
+(``tool_call_schema``, under the tools' JSON schemas): a JSONL source comes with no backends, so it has no ``environment()``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pivotrl_nemo.domains.base import Environment
 class JsonlDomain:
     """Trajectories from ``data.path`` (``data.source='jsonl'``)."""
 
-    default_verifier = "tool_call_args"
+    default_verifier = "tool_call_schema"
 
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
