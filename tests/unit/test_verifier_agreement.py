@@ -1,0 +1,44 @@
+"""bench/verifier_agreement.py: the smoke run prints its table and shows tool_call_schema agreeing
+with BFCL's judges far better than the paper's rule and exact match."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "verifier_agreement.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("verifier_agreement", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["verifier_agreement"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_prints_the_table_and_tool_call_schema_agrees(tmp_path, capsys):
+    va = _bench()
+    assert va.main(["--smoke", "--bootstrap", "20", "--out", str(tmp_path / "agree")]) == 0
+    printed = capsys.readouterr().out
+    for verifier in va.VERIFIERS:
+        assert f"`{verifier}`" in printed
+    report = json.loads((tmp_path / "agree.json").read_text())
+    assert (tmp_path / "agree.md").read_text() == printed
+    ast, state = report["judges"]["ast"], report["judges"]["bfcl_state"]
+    assert ast["n"] > 1000 and state["n"] > 300 and ast["items"] > 100
+    assert report["preset_per_judge"]["ast"]["preset"] == "ast"
+    assert report["preset_per_judge"]["bfcl_state"]["preset"] == "default = execution"  # the defaults are execution's
+    assert report["safe_preset"] == "default = execution"
+    tuned = va.TUNED
+    for judge in (ast, state):
+        assert judge[tuned]["precision"] >= 0.99  # no reward for wrong calls
+        assert judge[tuned]["kappa"] > judge["tool_call_args"]["kappa"] + 0.15
+        assert judge[tuned]["kappa"] > judge["strict"]["kappa"]
+        assert judge["strict"]["precision"] == 1.0  # exact match never passes a wrong call
+    assert ast[tuned]["kappa"] >= 0.9
+    lo, hi = ast[tuned]["kappa_ci95"]
+    assert lo <= ast[tuned]["kappa"] <= hi
+    # every kind of candidate is reported with the judge's pass rate
+    assert {"exact", "string_case", "wrong_function", "huge_argument"} <= set(ast["per_kind"])
+    assert ast["per_kind"]["exact"]["judge_pass"] == 1.0 and ast["per_kind"]["wrong_function"]["judge_pass"] == 0.0
