@@ -1,6 +1,6 @@
 """How often each verifier agrees with an official judge, on data this project installs.
 
-    python bench/verifier_agreement.py                    # every BFCL single-turn item, 400 multi-turn steps
+    python bench/verifier_agreement.py                    # every BFCL single-turn item and multi-turn step
     python bench/verifier_agreement.py --smoke            # a sample, seconds (``make test`` runs it)
     python bench/verifier_agreement.py --out docs/results/verifier-agreement
 
@@ -366,14 +366,14 @@ def run(single_items: int, multi_rows: int, seed: int = 0, n_boot: int = 200, co
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="a sample: 300 single-turn items, 80 multi-turn steps")
+    ap.add_argument("--smoke", action="store_true", help="a sample: 200 single-turn items, 60 multi-turn steps")
     ap.add_argument("--single-items", type=int, default=0, help="BFCL single-turn items (0: all)")
-    ap.add_argument("--multi-rows", type=int, default=400, help="BFCL multi-turn steps (0: all)")
+    ap.add_argument("--multi-rows", type=int, default=0, help="BFCL multi-turn steps (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the kappa interval")
     ap.add_argument("--out", help="write <out>.json and <out>.md")
     args = ap.parse_args(argv)
-    single, multi = (300, 80) if args.smoke else (args.single_items, args.multi_rows)
+    single, multi = (200, 60) if args.smoke else (args.single_items, args.multi_rows)
     command = "python bench/verifier_agreement.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = run(single, multi, args.seed, args.bootstrap, command.strip())
     text = markdown(report)
