@@ -30,6 +30,7 @@ import datetime as dt
 import hashlib
 import importlib.util
 import json
+import os
 import platform
 import random
 import sys
@@ -342,7 +343,7 @@ def run(single_items: int, multi_rows: int, seed: int = 0, n_boot: int = 200, co
     default = SchemaVerifierConfig()
     return {
         "date": dt.date.today().isoformat(),
-        "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), Python {platform.python_version()}",
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPU cores), Python {platform.python_version()}",
         "command": command,
         "seconds": time.perf_counter() - started,
         "verifiers": list(VERIFIERS),
