@@ -406,7 +406,7 @@ def test_jsonl_domain_matches_load_trajectories(tmp_path):
     assert [t["id"] for t in loaded] == ["t0", "t1", "t2"] and report.skipped == 1
 
     capped = JsonlDomain(DataConfig(source="jsonl", path=str(path), skip_invalid=True, max_trajectories=2))
-    assert capped.default_verifier == "tool_call_args" and capped.environment() is None
+    assert capped.default_verifier == "tool_call_schema" and capped.environment() is None
     assert capped.trajectories() == (loaded[:2], {"skipped_invalid": 1})
     everything = JsonlDomain(DataConfig(source="jsonl", path=str(path), skip_invalid=True))
     assert everything.trajectories() == (loaded, {"skipped_invalid": 1})
