@@ -44,6 +44,22 @@ def flatten_groups(groups: list[ScoredGroup], cfg: AlgorithmConfig) -> tuple[lis
     return samples, rewards
 
 
+def _forward_logprobs(model, batches, temperature: float, impl: str) -> dict[int, torch.Tensor]:
+    """Per micro-batch, the action tokens' log-probs under ``model`` (no grad). Every rank runs
+    it: under EP / TP the forward is a collective; under PP the last stage holds the result."""
+    out: dict[int, torch.Tensor] = {}
+
+    def fn(i, batch, hidden, weight):
+        with torch.no_grad():
+            out[i], _ = action_logprobs(
+                hidden, weight, batch.targets.to(hidden.device), temperature, impl, model.tp_group
+            )
+        return hidden.sum() * 0.0, {}
+
+    model.forward_backward(batches, fn, forward_only=True)
+    return out
+
+
 def grpo_step(
     policy,
     groups: list[ScoredGroup],
@@ -87,24 +103,17 @@ def grpo_update(
     batches = [
         make_batch([s.prompt for s in part], [s.action for s in part], pad_id, [s.keep for s in part]) for part in parts
     ]
-    refs: dict[int, torch.Tensor] = {}
-    if cfg.kl_coef > 0:  # every rank: under EP the forward is a collective
-
-        def ref_fn(i, batch, hidden, weight):
-            with torch.no_grad():
-                refs[i], _ = action_logprobs(
-                    hidden, weight, batch.targets.to(hidden.device), temperature, impl, ref_policy.tp_group
-                )
-            return hidden.sum() * 0.0, {}
-
-        ref_policy.forward_backward(batches, ref_fn, forward_only=True)
+    refs = _forward_logprobs(ref_policy, batches, temperature, impl) if cfg.kl_coef > 0 else {}
+    # pi_old recomputed by the trainer before the update (algorithm.old_logprobs='trainer')
+    olds = _forward_logprobs(policy, batches, temperature, impl) if cfg.old_logprobs == "trainer" else {}
 
     def loss_fn(i, batch, hidden, weight):
         part, dev = parts[i], hidden.device
         lp, ent = action_logprobs(hidden, weight, batch.targets.to(dev), temperature, impl, policy.tp_group)
-        old = torch.tensor(
+        engine = torch.tensor(
             [x for s in part for x, k in zip(s.old_logprobs, s.keep) if k], dtype=torch.float32, device=dev
         )
+        old = olds[i].to(dev) if i in olds else engine
         adv = torch.tensor([s.advantage for s in part], dtype=torch.float32)[batch.seq_of_token].to(dev)
         out = clipped_pg_loss(
             lp, old, adv, torch.ones_like(lp), global_valid, cfg.clip_low, cfg.clip_high, cfg.kl_coef, refs.get(i)
@@ -116,7 +125,7 @@ def grpo_update(
             "kl": float(out.kl.detach()),
             "clip": float(out.clip_fraction) * n,
             "ent": float(ent.detach().sum()),
-            "mismatch": float((lp.detach() - old).abs().sum()),
+            "mismatch": float((lp.detach() - engine).abs().sum()),  # trainer vs engine, per token
             "rmin": float(out.ratio_min),
             "rmax": float(out.ratio_max),
         }

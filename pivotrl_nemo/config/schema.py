@@ -390,6 +390,12 @@ class AlgorithmConfig:
     """Upper ratio clip (decoupled clip-higher)."""
     kl_coef: float = bounded(0.0, ge=0)
     """k3 KL to pi_0; 0 skips the reference pass entirely."""
+    old_logprobs: str = choice("trainer", "trainer", "engine")
+    """pi_old in the PPO ratio: 'trainer' recomputes the sampled tokens' log-probs with the policy
+    before the update (one extra forward pass, as NeMo-RL and verl do), so the first ratio is
+    exactly 1 and engine numerics (bf16 vLLM kernels) do not enter the clip; 'engine' uses the
+    rollout engine's sampling log-probs. Either way ``train/logprob_mismatch`` logs the mean
+    |trainer - engine| gap per token."""
     micro_batch_size: int = bounded(16, ge=1)
     """Sequences per forward/backward; gradients accumulate to the full batch exactly."""
     mask_truncated: bool = True
