@@ -50,6 +50,8 @@ def test_torchrun_per_node(tmp_path):
     ) in out  # survivors get the checkpoint grace, not KillWait
     assert "show-config" in out and f"> {job_dir}/logs/attempt0/config.yaml" in out
     assert "--container-image" not in out
+    # torch < 2.12 ignores TORCH_ELASTIC_SHUTDOWN_TIMEOUT (ranks SIGKILLed 30 s after SIGTERM): say so
+    assert "export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=240" in out and "warning: torch < 2.12" in out
 
 
 def test_srun_per_task_in_container_with_user_run_dir(tmp_path):
@@ -65,6 +67,7 @@ def test_srun_per_task_in_container_with_user_run_dir(tmp_path):
     assert "export MASTER_ADDR=gpu07 MASTER_PORT=24242" in out
     assert "exec pivotrl profile run_dir=/lustre/exp1 \n" in out  # the user's run_dir, not the job dir
     assert "--container-image=nvcr.io/nvidia/nemo-rl:v0.5.0" in out
+    assert "--no-container-mount-home" in out  # ~/.local must not shadow the image's packages
     assert "\\,/lustre/exp1:/lustre/exp1 --container-workdir=" in out  # the run_dir is mounted too
     assert "logs/attempt2/task%t.log" in out  # third attempt after two requeues
     assert "requeued run (restart 2)" in out
