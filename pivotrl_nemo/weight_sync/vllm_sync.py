@@ -250,6 +250,20 @@ class VLLMWeightSyncExtension:
 # --------------------------------------------------------------------------- sender
 
 
+STAGING_BUCKET_CAP = 1 << 30
+"""Largest staging bucket (1 GiB): verl and NeMo-RL refit in fixed 0.5-2 GB buckets; a larger one
+only delays the KV cache's wake-up without making the copy faster."""
+
+
+def staging_bucket_bytes(free_bytes: int | None, fraction: float) -> int:
+    """Bytes of one staging bucket: ``fraction`` of the free GPU memory, between 64 MiB and
+    ``STAGING_BUCKET_CAP``; 512 MiB off the GPU (``free_bytes`` None). A tensor larger than a
+    bucket still gets a bucket of its own."""
+    if free_bytes is None:
+        return 512 << 20
+    return min(STAGING_BUCKET_CAP, max(64 << 20, int(free_bytes * fraction)))
+
+
 class VLLMIPCWeightSynchronizer:
     """The trainer's side of the refit; the loop only calls ``sync_weights()``.
 
@@ -298,10 +312,8 @@ class VLLMIPCWeightSynchronizer:
     def _bucket_bytes(self, device: torch.device) -> int:
         if self.bucket_bytes is not None:
             return self.bucket_bytes
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            return max(64 << 20, int(free * self.bucket_memory_fraction))
-        return 512 << 20
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        return staging_bucket_bytes(free, self.bucket_memory_fraction)
 
     def _payload(self, bucket: PackedBucket) -> dict[str, Any]:
         payload: dict[str, Any] = {"manifest": bucket.manifest.to_wire()}
@@ -329,7 +341,12 @@ class VLLMIPCWeightSynchronizer:
             names.extend(b.manifest.names)
             nbytes += b.manifest.nbytes
             buckets += 1
+            del b  # the staging buffer must not outlive its bucket
         self.engine.collective_rpc("pivotrl_finish_update", args=(names,))
+        if device.type == "cuda":
+            # give the staging buffer and the trainer's cached blocks back before the KV cache wakes
+            torch.cuda.empty_cache()
+            torch.cuda.ipc_collect()
         self.engine.finish_weight_update()
         self.version, self._stale = version, False
         secs = time.perf_counter() - t0

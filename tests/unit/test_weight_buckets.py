@@ -87,3 +87,13 @@ def test_errors_name_the_problem():
         pack_into(torch.zeros(4, dtype=torch.uint8), m, [torch.ones(2)])
     with pytest.raises(TypeError, match="cannot be sent"):
         plan_buckets([("c", (2,), torch.complex64)], 1024)
+
+
+def test_staging_bucket_is_capped_for_the_kv_cache():
+    from pivotrl_nemo.weight_sync.vllm_sync import STAGING_BUCKET_CAP, staging_bucket_bytes
+
+    # 30% of 80 GiB free would be a 24 GiB staging buffer held while the KV cache wakes: capped
+    assert staging_bucket_bytes(80 << 30, 0.3) == STAGING_BUCKET_CAP == 1 << 30
+    assert staging_bucket_bytes(1 << 30, 0.3) == int((1 << 30) * 0.3)
+    assert staging_bucket_bytes(10 << 20, 0.3) == 64 << 20  # a floor: tiny buckets cost a round trip each
+    assert staging_bucket_bytes(None, 0.3) == 512 << 20
