@@ -102,6 +102,7 @@ def validate(cfg: PivotRLConfig) -> None:
     _check_choice(VERIFIERS, cfg.verifier.name, allow_empty=True)
     _check_choice(ENGINES, cfg.rollout.engine)
     if cfg.rollout.engine == "vllm":
+        _check_vllm_layout(cfg)
         import torch  # lazy: about a second that only these device checks need
 
         _check(
@@ -163,8 +164,34 @@ def _check_ood(d: DataConfig) -> None:
         _check(False, key, f"{message} (for data.ood_source={d.ood_source!r})")
 
 
+def _check_vllm_layout(cfg: PivotRLConfig) -> None:
+    """Layouts the colocated vLLM engine cannot run (checked before the device check, so that a
+    CPU machine reports them too)."""
+    tp, world = cfg.rollout.vllm.tensor_parallel_size, world_size()
+    _check(
+        tp == 1 or world == 1,
+        "rollout.vllm.tensor_parallel_size",
+        f"must be 1 when the job has several ranks (world size {world}), got {tp}: under torchrun each vLLM "
+        f"engine runs in-process (vLLM's external_launcher) and ranks [k*{tp}, (k+1)*{tp}) form one engine's "
+        "tensor-parallel group, every rank of which must call generate with the same prompts; but rollouts "
+        "are sampled by the first rank of each model-parallel group alone, on its own data-parallel shard "
+        "of the prompts (algorithms.pivot_rl._rollouts), so generation would hang. Set "
+        "rollout.vllm.tensor_parallel_size=1 (one engine per GPU) and shard the trainer with parallel.*",
+    )
+
+
 def _check_model_controls(cfg: PivotRLConfig) -> None:
     m = cfg.model
+    _check(
+        not (m.moe_grouped_gemm and m.num_experts > 0),
+        "model.moe_grouped_gemm",
+        "grouped-GEMM experts are not supported yet: Transformer Engine's TEGroupedMLP holds each layer's "
+        "experts as experts.linear_fc1.weight{i} / linear_fc2.weight{i} (i = the expert's index on its EP "
+        "rank), which the megatron <-> HF name mapping (models.megatron.hf.mapping) and the full-state stream "
+        "(models.megatron.sharding: global expert names, EP fan-out) do not translate, so the first weight "
+        "sync, HF export or HF import would fail. Set model.moe_grouped_gemm=false (SequentialMLP experts, "
+        "the same function)",
+    )
     _check(
         not m.moe_grouped_gemm or m.transformer_impl != "local",
         "model.moe_grouped_gemm",

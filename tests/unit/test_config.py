@@ -53,6 +53,46 @@ def test_vllm_engine_refused_without_gpu_and_vllm():
         load_config(["rollout=vllm"])
 
 
+def test_vllm_tensor_parallel_across_ranks_is_refused_naming_the_key(monkeypatch):
+    """Under torchrun a vLLM TP group spans ranks that must all call generate with the same prompts;
+    the rollouts sample on each model-parallel group's first rank only, so this would hang."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError) as e:
+        load_config(["rollout=vllm", "rollout.vllm.tensor_parallel_size=2"])
+    msg = str(e.value)
+    assert "config key 'rollout.vllm.tensor_parallel_size'" in msg
+    assert "same prompts" in msg and "rollout.vllm.tensor_parallel_size=1" in msg
+
+
+def test_vllm_tensor_parallel_on_one_rank_is_not_the_layout_error(monkeypatch):
+    """One process has no SPMD group to hang: only the device check (on CPU) may refuse it."""
+    import importlib.util
+
+    import torch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    overrides = ["rollout=vllm", "rollout.vllm.tensor_parallel_size=2"]
+    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+        load_config(overrides)
+        return
+    with pytest.raises(ConfigError, match="config key 'rollout.engine'"):
+        load_config(overrides)
+
+
+def test_grouped_gemm_experts_are_refused_because_weight_sync_cannot_map_them():
+    """TE's grouped-GEMM expert names have no HF mapping: refuse at start-up, not at the first sync."""
+    from pivotrl_nemo.models.megatron.hf.mapping import megatron_tensor_kind
+
+    with pytest.raises(ValueError, match="grouped-GEMM"):  # what the first weight sync would hit
+        megatron_tensor_kind("decoder.layers.0.mlp.experts.linear_fc1.weight0")
+    for impl in ("transformer_engine", "auto", "local"):
+        with pytest.raises(ConfigError) as e:
+            load_config(["model.moe_grouped_gemm=true", f"model.transformer_impl={impl}"])
+        assert "config key 'model.moe_grouped_gemm'" in str(e.value)
+        assert "model.moe_grouped_gemm=false" in str(e.value) and "linear_fc1.weight{i}" in str(e.value)
+
+
 # ------------------------------------------------------------------ start-up validation of values
 
 
