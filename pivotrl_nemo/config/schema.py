@@ -298,8 +298,9 @@ class VLLMEngineConfig:
     """Tensor parallelism of each colocated engine."""
     gpu_memory_utilization: float = bounded(0.5, gt=0, le=1)
     """Fraction of GPU memory the engine may take while awake (the trainer shares the GPU)."""
-    sleep_level: int = bounded(1, ge=1, le=2)
-    """1 offloads weights and frees the KV cache while training runs; 2 discards the weights."""
+    sleep_level: int = bounded(2, ge=1, le=2)
+    """While training runs: 2 discards the weights and the KV cache (every step ends with a full
+    refit, so copying the weights to host and back, level 1, is wasted work); 1 offloads them."""
     enforce_eager: bool = False
     """Disable CUDA graphs (slower, less memory, easier debugging)."""
 

@@ -8,13 +8,16 @@ Lifecycle (RolloutEngine, see ``rollout.base``):
    ``enable_sleep_mode=True`` and the worker extension of ``weight_sync.vllm_sync``.
    Under torchrun with several ranks the engine uses vLLM's ``external_launcher`` executor: every
    rank builds its engine in-process (SPMD), ranks ``[k*tp, (k+1)*tp)`` form one engine's tensor
-   parallel group, and each group needs the same prompts. On one rank vLLM's default engine-core
-   process is used and weights travel by CUDA IPC.
+   parallel group, and each group needs the same prompts (the rollouts do not give it that, so
+   config validation refuses ``rollout.vllm.tensor_parallel_size > 1`` with several ranks). On one
+   rank vLLM's default engine-core process is used and weights travel by CUDA IPC.
 2. ``generate``: token ids in, ``Completion`` out (sampled token ids and their log-probs under the
    distribution actually sampled from: ``logprobs_mode="processed_logprobs"``, i.e. after
    temperature and top-p, as the importance ratios need). Wakes the engine if it sleeps.
-3. ``sleep()`` before the trainer's forward/backward: level 1 moves the weights to host memory
-   and drops the KV cache; level 2 drops both (use it when a full ``sync_weights`` always follows).
+3. ``sleep()`` before the trainer's forward/backward: level 2 (the default) drops the weights and
+   the KV cache, since a full ``sync_weights`` always follows (vLLM keeps the model's buffers
+   across it); level 1 copies the weights to host memory and back. ``generate`` refuses to run on
+   weights a level-2 sleep discarded until a complete refit has arrived.
 4. ``VLLMIPCWeightSynchronizer.sync_weights()`` after every optimizer step: wakes the weights only,
    streams the new ones, wakes the KV cache, resets the prefix cache.
 
@@ -24,6 +27,7 @@ imports vLLM until an engine is constructed.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -43,11 +47,12 @@ log = get_logger(__name__)
 _TAGS = ("weights", "kv_cache")
 
 
-def request_seed(seed: int | None, prompt_index: int) -> int | None:
-    """Per-prompt seed of a seeded call: distinct prompts must not share a random stream."""
+def request_seed(seed: int | None, prompt_index: int, n: int = 1) -> int | None:
+    """Per-prompt seed of a seeded call of ``n`` samples per prompt. vLLM seeds sample ``j`` of a
+    request as ``seed + j``, so prompts' seeds step by ``n``: no two sequences share a stream."""
     if seed is None:
         return None
-    return (int(seed) * 1_000_003 + prompt_index) % (2**63 - 1)
+    return ((int(seed) * 1_000_003 + prompt_index) * n) % (2**63 - 1)
 
 
 def sampled_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:
@@ -94,10 +99,27 @@ def default_executor() -> str | None:
     return "external_launcher" if env.world_size() > 1 else None
 
 
+def causal_lm_architecture(model_type: str) -> str:
+    """The transformers ``*ForCausalLM`` class name of ``model_type`` (e.g. ``Qwen3MoeForCausalLM``)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # lazy: transformers
+
+    arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if not arch:
+        raise ValueError(f"transformers has no causal-LM class for model_type {model_type!r}; vLLM could not generate")
+    return str(arch)
+
+
 def write_model_dir(hf_config: Any, tokenizer: Any, path: str | os.PathLike) -> str:
-    """An HF model directory vLLM can start from with ``load_format="dummy"`` (config + tokenizer only)."""
+    """An HF model directory vLLM can start from with ``load_format="dummy"`` (config + tokenizer only).
+
+    The written config always names the causal-LM class in ``architectures``: a bare config has
+    none (only a model's ``save_pretrained`` fills it in), and vLLM then falls back to the
+    model type's base ``*Model`` class, a pooling model that refuses ``generate``. ``hf_config``
+    itself is not modified."""
+    config = copy.deepcopy(hf_config)
+    config.architectures = [causal_lm_architecture(config.model_type)]
     os.makedirs(path, exist_ok=True)
-    hf_config.save_pretrained(path)
+    config.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 
@@ -115,7 +137,7 @@ class VLLMRolloutEngine:
         dtype: str = "bfloat16",
         max_model_len: int | None = None,
         seed: int = 0,
-        sleep_level: int = 1,
+        sleep_level: int = 2,
         load_format: str = "auto",
         executor: str | None = "auto",
         enforce_eager: bool = False,
@@ -140,6 +162,7 @@ class VLLMRolloutEngine:
         )
         self.stop_token_ids = [int(t) for t in stop_token_ids]
         self.sleep_level = sleep_level
+        self._weights_discarded = False  # a level-2 sleep dropped them; a complete refit restores them
         kwargs: dict[str, Any] = dict(
             model=model_path,
             tensor_parallel_size=tensor_parallel_size,
@@ -213,13 +236,18 @@ class VLLMRolloutEngine:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
         self.wake()
+        if self._weights_discarded:
+            raise RuntimeError(
+                "the vLLM engine slept at level 2 (weights discarded) and no weight sync has refilled them: "
+                "call the synchronizer's sync_weights() before generating, or use rollout.vllm.sleep_level=1"
+            )
         params = [
             VLLMSamplingParams(
                 n=n,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
-                seed=request_seed(sampling.seed, sampling.stream_key(i)),
+                seed=request_seed(sampling.seed, sampling.stream_key(i), n),
                 logprobs=0,
                 stop_token_ids=self.stop_token_ids,
                 skip_special_tokens=True,
@@ -239,6 +267,7 @@ class VLLMRolloutEngine:
         if not self._asleep:
             self.llm.sleep(level=self.sleep_level)
             self._asleep = set(_TAGS)
+            self._weights_discarded = self._weights_discarded or self.sleep_level == 2
 
     def wake(self, tags: Sequence[str] | None = None) -> None:
         """Re-allocate what ``sleep`` freed (all of it, or only ``tags``: 'weights', 'kv_cache')."""
@@ -260,3 +289,4 @@ class VLLMRolloutEngine:
         """After streaming: re-allocate the KV cache and forget prefixes cached under old weights."""
         self.wake(["kv_cache"])
         self.llm.reset_prefix_cache()
+        self._weights_discarded = False  # the extension checked that every engine parameter was loaded

@@ -11,6 +11,7 @@ bottom need vLLM and a GPU and skip elsewhere.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 from types import SimpleNamespace
 
@@ -44,11 +45,42 @@ CFG = ModelConfig(
 
 
 @pytest.fixture(scope="module")
-def hf_moe():
+def _hf_moe_once():
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(hf_config_for(CFG, vocab_size=128)).eval()
+
+
+@pytest.fixture
+def hf_moe(_hf_moe_once):
+    """A fresh copy per test: ``save_pretrained`` writes into the model's config (e.g. its
+    ``architectures``), which must not leak into the next test."""
+    return copy.deepcopy(_hf_moe_once)
+
+
+# --------------------------------------------------------------------------- model directory
+
+
+def test_model_dir_names_the_causal_lm_class_for_vllm(tmp_path):
+    """vLLM picks the model class from config.json's ``architectures``; a config that never went
+    through a model's ``save_pretrained`` has none, and vLLM would fall back to the base
+    ``Qwen3MoeModel`` (a pooling model, no ``generate``)."""
+    import json
+
+    from pivotrl_nemo.data.tokenizer import load_tokenizer
+    from pivotrl_nemo.rollout.vllm import write_model_dir
+
+    dense = dataclasses.replace(CFG, num_experts=0)
+    llama = dataclasses.replace(dense, qk_layernorm=False)
+    tokenizer = load_tokenizer("smollm2")
+    for cfg, arch in ((CFG, "Qwen3MoeForCausalLM"), (dense, "Qwen3ForCausalLM"), (llama, "LlamaForCausalLM")):
+        config = hf_config_for(cfg, vocab_size=128)
+        assert not config.architectures  # fresh: nothing filled it in
+        path = write_model_dir(config, tokenizer, tmp_path / arch)
+        with open(f"{path}/config.json") as f:
+            assert json.load(f)["architectures"] == [arch]
+        assert not config.architectures  # the caller's config is left as it was
 
 
 # --------------------------------------------------------------------------- names
@@ -235,6 +267,11 @@ def test_request_seeds_differ_per_prompt():
     assert request_seed(None, 3) is None
     seeds = {request_seed(11, i) for i in range(100)}
     assert len(seeds) == 100 and request_seed(11, 5) == request_seed(11, 5)
+    # vLLM seeds sample j of a request as seed + j: with n samples per prompt no two sequences of
+    # a call may share a stream
+    n = 8
+    streams = [request_seed(11, i, n) + j for i in range(100) for j in range(n)]
+    assert len(set(streams)) == len(streams)
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed: the missing-extra message is not reachable")
@@ -305,3 +342,42 @@ def test_vllm_engine_generates_sleeps_and_refits(hf_moe, tmp_path):
     engine.wake()
     (again,) = engine.generate([prompt], n=1, sampling=SamplingParams(temperature=0.0, max_new_tokens=8))
     assert again[0].token_ids == comps[0].token_ids
+
+
+class _SleepRecorder:
+    """The three ``vllm.LLM`` calls the engine's sleep / wake state machine makes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags):
+        self.calls.append(("wake_up", tuple(tags)))
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache",))
+
+
+def test_level_two_sleep_refuses_to_generate_until_a_refit(monkeypatch):
+    import sys
+    import types
+
+    from pivotrl_nemo.config.schema import VLLMEngineConfig
+    from pivotrl_nemo.rollout.base import SamplingParams
+    from pivotrl_nemo.rollout.vllm import VLLMRolloutEngine
+
+    assert VLLMEngineConfig().sleep_level == 2  # the default: every step ends with a full refit
+    engine = object.__new__(VLLMRolloutEngine)  # the state machine only; vLLM itself needs a GPU
+    engine.llm, engine.sleep_level, engine._asleep, engine._weights_discarded = _SleepRecorder(), 2, set(), False
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=dict))
+    engine.sleep()
+    engine.wake()  # a wake without a refit leaves uninitialised weights behind
+    with pytest.raises(RuntimeError, match="sync_weights"):
+        engine.generate([[1, 2]], 1, SamplingParams())
+    engine.sleep()
+    engine.wake_for_weight_update()
+    engine.finish_weight_update()  # what sync_weights does around a complete refit
+    assert not engine._weights_discarded
+    assert engine.llm.calls[:3] == [("sleep", 2), ("wake_up", ("weights", "kv_cache")), ("sleep", 2)]
