@@ -25,9 +25,9 @@ from ..domains.base import Environment
 from ..rollout.base import SamplingParams
 from ..utils.metrics import MetricsWriter
 from .advantages import compute_advantages
+from .batches import epoch_batches
 from .episodes import EpisodeRollout, play_episodes
 from .grpo_step import Sample, grpo_update
-from .pivot_rl import pivot_batches
 from .rl_loop import ValFn, run_rl_loop
 
 
@@ -69,7 +69,7 @@ def train_e2e(
     dp = dp or DataParallel(0, 1)
     if dp.size > 1:
         raise NotImplementedError("end-to-end RL runs on one data-parallel rank for now")
-    batches = pivot_batches(len(episodes), a.prompts_per_step, a.steps, a.seed)
+    batches = epoch_batches(len(episodes), a.prompts_per_step, a.steps, a.seed)
     s = cfg.rollout.sampling
 
     def step_fn(step: int) -> dict:

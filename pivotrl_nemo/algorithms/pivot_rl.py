@@ -8,7 +8,6 @@ SIGINT and rollout-turn counts are the shared loop's (``rl_loop.run_rl_loop``).
 
 from __future__ import annotations
 
-import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,26 +17,12 @@ from ..config.schema import PivotRLConfig
 from ..distributed.dp import DataParallel, ModelParallel, current_mp
 from ..utils.logging import get_logger
 from ..utils.metrics import MetricsWriter
+from .batches import epoch_batches
 from .grpo_step import grpo_step
 from .rl_loop import ValFn, run_rl_loop
 from .rollouts import TurnSampler
 
 log = get_logger(__name__)
-
-
-def pivot_batches(n_pivots: int, per_step: int, steps: int, seed: int) -> list[list[int]]:
-    """Pivot indices for every step: shuffled epochs, each pivot once per epoch."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    batches = []
-    for _ in range(steps):
-        while len(order) < per_step:
-            epoch = list(range(n_pivots))
-            rng.shuffle(epoch)
-            order.extend(epoch)
-        batches.append(order[:per_step])
-        del order[:per_step]
-    return batches
 
 
 def _step_metrics(m: dict, groups, t0: float, t1: float, t2: float, t3: float, lr: float) -> dict:
@@ -99,7 +84,7 @@ def train_pivot_rl(
     a = cfg.algorithm
     dp = dp or DataParallel(0, 1)
     mp = current_mp()
-    batches = pivot_batches(len(pivots), a.prompts_per_step, a.steps, a.seed)
+    batches = epoch_batches(len(pivots), a.prompts_per_step, a.steps, a.seed)
 
     def step_fn(step: int) -> dict:
         t0 = time.perf_counter()

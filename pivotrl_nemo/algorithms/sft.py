@@ -6,7 +6,6 @@ tokens in the whole batch, on the same megatron policy and the same prompts as P
 
 from __future__ import annotations
 
-import random
 import time
 
 import torch
@@ -16,6 +15,7 @@ from ..config.schema import SFTConfig
 from ..models.megatron.batching import chunks, make_batch
 from ..utils.logging import get_logger
 from ..utils.metrics import MetricsWriter
+from .batches import epoch_batches
 from .head import action_logprobs
 
 log = get_logger(__name__)
@@ -49,22 +49,6 @@ def sft_step(
     }
 
 
-def sft_batches(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
-    """Example indices of every step: shuffled epochs, each example once per epoch (a pure
-    function of the seed, so a resumed run sees the batches it would have seen)."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    out = []
-    for _ in range(steps):
-        if len(order) < batch_size:
-            perm = list(range(n_examples))
-            rng.shuffle(perm)
-            order.extend(perm)
-        out.append(order[:batch_size])
-        del order[:batch_size]
-    return out
-
-
 def train_sft(
     policy,
     examples: list[tuple[list[int], list[int]]],
@@ -83,7 +67,7 @@ def train_sft(
         bar = tqdm(total=cfg.steps, desc="sft", unit="step", dynamic_ncols=True)
     last: dict = {}
     policy.train()
-    for step, idx in enumerate(sft_batches(len(examples), cfg.batch_size, cfg.steps, cfg.seed), start=1):
+    for step, idx in enumerate(epoch_batches(len(examples), cfg.batch_size, cfg.steps, cfg.seed), start=1):
         last = sft_step(policy, [examples[i] for i in idx], pad_id, impl, micro_batch_size)
         metrics.log(step, last)
         if bar is not None:

@@ -152,8 +152,9 @@ def sft(arm: ArmContext) -> dict[str, Any]:
     """SFT continued from pi_0 on the same RL-split trajectories (every assistant turn's expert
     action), for as many optimizer steps on as many sequences per step as an RL arm; on the
     shared loop, so it checkpoints, resumes exactly and stops on SIGTERM like the RL arms."""
+    from pivotrl_nemo.algorithms.batches import epoch_batches
     from pivotrl_nemo.algorithms.rl_loop import run_rl_loop  # lazy: torch, megatron
-    from pivotrl_nemo.algorithms.sft import sft_batches, sft_step
+    from pivotrl_nemo.algorithms.sft import sft_step
     from pivotrl_nemo.config import to_yaml
     from pivotrl_nemo.pipeline.stages.sft import sft_examples
 
@@ -164,7 +165,7 @@ def sft(arm: ArmContext) -> dict[str, Any]:
     if not examples:
         raise UserError("sft arm: the rl split has no candidates to train on")
     policy = rt.pi0(c.sft_optim, steps)
-    batches = sft_batches(len(examples), batch, steps, a.seed)
+    batches = epoch_batches(len(examples), batch, steps, a.seed)
 
     def step_fn(step: int) -> dict[str, float]:
         picked = [examples[i] for i in batches[step - 1]]
