@@ -8,7 +8,10 @@ several samples of one candidate are not counted as independent evidence.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from tqdm import tqdm
 
 
 def paired_bootstrap_ci(
@@ -34,3 +37,24 @@ def bootstrap_ci(a: list[float], n_boot: int, seed: int, alpha: float = 0.05) ->
     means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def sampled_turn_scores(
+    sampler: Any,
+    rows: list[Any],
+    n: int,
+    sampling: Any,
+    seed: int,
+    temperature: float,
+    batch_size: int,
+    progress: bool = False,
+) -> list[float]:
+    """Per row, the mean reward of ``n`` actions sampled at ``temperature`` by ``sampler`` (a
+    ``TurnSampler``), ``batch_size`` sequences per engine call, batch ``i`` seeded ``seed + i``."""
+    per = max(1, batch_size // n)
+    scores: list[float] = []
+    starts = range(0, len(rows), per)
+    for i in tqdm(starts, desc="eval", unit="batch", dynamic_ncols=True) if progress else starts:
+        groups = sampler.sample_and_score(rows[i : i + per], n, sampling, seed=seed + i, temperature=temperature)
+        scores.extend(sum(g.rewards) / len(g.rewards) for g in groups)
+    return scores

@@ -80,6 +80,12 @@ def _init_default_group(backend: str) -> None:
     logger.info("torch.distributed: %s, rank %d of %d", backend, rank, world_size)
 
 
+def _expert_tensor_parallel_size(parallel_cfg: ParallelConfig) -> int:
+    """Expert TP with megatron's default resolved (null = TP, as in ``TransformerConfig``)."""
+    etp = parallel_cfg.expert_tensor_parallel_size
+    return parallel_cfg.tensor_model_parallel_size if etp is None else etp
+
+
 def _layout_matches(parallel_cfg: ParallelConfig) -> bool:
     from megatron.core import parallel_state as ps  # lazy: megatron
 
@@ -87,6 +93,7 @@ def _layout_matches(parallel_cfg: ParallelConfig) -> bool:
         ps.get_tensor_model_parallel_world_size() == parallel_cfg.tensor_model_parallel_size
         and ps.get_pipeline_model_parallel_world_size() == parallel_cfg.pipeline_model_parallel_size
         and ps.get_expert_model_parallel_world_size() == parallel_cfg.expert_model_parallel_size
+        and ps.get_expert_tensor_parallel_world_size() == _expert_tensor_parallel_size(parallel_cfg)
     )
 
 
@@ -128,6 +135,17 @@ def init_distributed(parallel_cfg: ParallelConfig, seed: int = 0) -> Distributed
             f"world size {world_size} is not divisible by tensor_model_parallel_size x "
             f"pipeline_model_parallel_size = {model_parallel}; change parallel.* or the number of ranks"
         )
+    expert_parallel = (
+        _expert_tensor_parallel_size(parallel_cfg)
+        * parallel_cfg.expert_model_parallel_size
+        * parallel_cfg.pipeline_model_parallel_size
+    )
+    if world_size % expert_parallel != 0:
+        raise ValueError(
+            f"world size {world_size} is not divisible by expert_tensor_parallel_size x "
+            f"expert_model_parallel_size x pipeline_model_parallel_size = {expert_parallel}; "
+            "change parallel.* or the number of ranks"
+        )
     if ps.model_parallel_is_initialized():
         if not _layout_matches(parallel_cfg):
             raise RuntimeError(
@@ -139,6 +157,9 @@ def init_distributed(parallel_cfg: ParallelConfig, seed: int = 0) -> Distributed
             tensor_model_parallel_size=parallel_cfg.tensor_model_parallel_size,
             pipeline_model_parallel_size=parallel_cfg.pipeline_model_parallel_size,
             expert_model_parallel_size=parallel_cfg.expert_model_parallel_size,
+            # the same expert TP the model's TransformerConfig gets (build.transformer_config), or
+            # the expert groups would be cut at TP while the experts are sharded at this size
+            expert_tensor_parallel_size=parallel_cfg.expert_tensor_parallel_size,
             create_gloo_process_groups=True,
         )
     seed_everything(seed)

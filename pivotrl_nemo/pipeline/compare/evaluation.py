@@ -30,14 +30,11 @@ log = get_logger(__name__)
 
 def sampled_scores(sampler: Any, rows: list[dict[str, Any]], cfg: PivotRLConfig, n: int, seed: int) -> list[float]:
     """Mean reward of ``n`` sampled actions per row at ``eval.temperature``."""
-    per = max(1, cfg.rollout.batch_size // n)
-    scores: list[float] = []
-    for i in range(0, len(rows), per):
-        groups = sampler.sample_and_score(
-            rows[i : i + per], n, cfg.rollout.sampling, seed=seed + i, temperature=cfg.eval.temperature
-        )
-        scores.extend(sum(g.rewards) / len(g.rewards) for g in groups)
-    return scores
+    from pivotrl_nemo.algorithms.evaluation import sampled_turn_scores  # lazy: numpy, tqdm
+
+    return sampled_turn_scores(
+        sampler, rows, n, cfg.rollout.sampling, seed, cfg.eval.temperature, cfg.rollout.batch_size
+    )
 
 
 def has_environment(cfg: PivotRLConfig) -> bool:

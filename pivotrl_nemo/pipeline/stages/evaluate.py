@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from tqdm import tqdm
-
-from pivotrl_nemo.algorithms.evaluation import paired_bootstrap_ci
+from pivotrl_nemo.algorithms.evaluation import paired_bootstrap_ci, sampled_turn_scores
 from pivotrl_nemo.data.pivot_row import PivotRow
 from pivotrl_nemo.data.pivots import load_pivot_rows
 from pivotrl_nemo.pipeline.runner import check_finished_state
@@ -17,18 +15,18 @@ from pivotrl_nemo.utils.io import atomic_write_json
 
 def turn_scores(ctx: StageContext, policy: Any, rows: list[dict[str, Any]]) -> list[float]:
     """Mean reward of ``eval.samples_per_candidate`` sampled actions per row."""
-    cfg, rt = ctx.cfg, ctx.runtime
+    cfg, rt, e = ctx.cfg, ctx.runtime, ctx.cfg.eval
     engine, _ = rt.engine_for(policy)
-    sampler = rt.sampler_for(engine)
-    e = cfg.eval
-    per = max(1, cfg.rollout.batch_size // e.samples_per_candidate)
-    scores: list[float] = []
-    for i in tqdm(range(0, len(rows), per), desc="eval", unit="batch", dynamic_ncols=True):
-        groups = sampler.sample_and_score(
-            rows[i : i + per], e.samples_per_candidate, cfg.rollout.sampling, seed=e.seed + i, temperature=e.temperature
-        )
-        scores.extend(sum(g.rewards) / len(g.rewards) for g in groups)
-    return scores
+    return sampled_turn_scores(
+        rt.sampler_for(engine),
+        rows,
+        e.samples_per_candidate,
+        cfg.rollout.sampling,
+        e.seed,
+        e.temperature,
+        cfg.rollout.batch_size,
+        progress=True,
+    )
 
 
 @stage(
