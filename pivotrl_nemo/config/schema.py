@@ -209,9 +209,11 @@ class SchemaVerifierConfig:
     ``uniqueItems: true`` are sets already. Every other array is ordered."""
     undeclared_prediction: str = choice("fail", "fail", "ignore")
     """A predicted argument the tool's schema does not declare and the expected call does not
-    give: 'fail' (executors reject unknown keyword arguments) or 'ignore'. Arguments the expected
-    call gives that the schema does not declare (values an executor injects, such as session
-    tokens) are never compared."""
+    give: 'fail' (executors reject unknown keyword arguments) or 'ignore'."""
+    undeclared_expected: str = choice("ignore", "ignore", "compare")
+    """An argument the expected call gives that the tool's schema does not declare: 'ignore'
+    (values an executor injects, such as session tokens, are not the policy's to produce) or
+    'compare' (for schemas known to be incomplete: it must be given and equal, as inferred)."""
     recognise_datetimes: bool = False
     """Strings that are ISO dates, times or date-times (or whose schema ``format`` says so) are
     compared as values: ``2023-09-12T08:00`` equals ``2023-09-12 08:00:00``; another day or

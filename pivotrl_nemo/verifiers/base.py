@@ -137,9 +137,9 @@ def check_acceptable(
     """Decide the arguments an expected call's ``acceptable`` lists cover.
 
     An argument the prediction gives passes when ``matches(value, alternative, name)`` holds for
-    one listed alternative other than ``OMITTED``; one it omits (or gives as ``""``) passes when
-    ``OMITTED`` is listed and the tool's schema does not list it in ``required`` (required wins,
-    as in BFCL's checker).
+    listed value (``OMITTED`` included, so an explicit ``""`` passes only where the rules let it
+    match ``""``); one it omits passes when ``OMITTED`` is listed and ``required`` (the tool
+    schema's) does not name it (required wins, as in BFCL's checker).
     Returns the predicted arguments the lists do not cover (for the verifier's own comparison)
     and the first failure as ``(category, detail)``, or None."""
     for name in sorted(acceptable):
@@ -153,9 +153,9 @@ def check_acceptable(
                 Category.WRONG_ARG_KEYS,
                 f"args.{name}: omitted, and omission is not among its acceptable values",
             )
-        if pred[name] == OMITTED and OMITTED in values:  # an explicit "" where omission is allowed (as BFCL's checker)
-            continue
-        if not any(matches(pred[name], v, name) for v in values if not (isinstance(v, str) and v == OMITTED)):
+        # a given value is compared with every listed one, "" included: an explicit "" passes where
+        # the verifier's rules let "" match "" (a string argument), as in BFCL's checker
+        if not any(matches(pred[name], v, name) for v in values):
             listed = clip(repr([v for v in values if v != OMITTED]), 80)
             return {}, (
                 Category.WRONG_ARGS,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from pivotrl_nemo.config.schema import PARALLEL_MODES
 from pivotrl_nemo.data.actions import ToolCall
-from pivotrl_nemo.verifiers.base import Category, Verdict, fail, ok
+from pivotrl_nemo.verifiers.base import Category, Verdict, clip, fail, ok
 
 CompareOne = Callable[[ToolCall, ToolCall], Verdict]
 """``(predicted call, expected call) -> Verdict`` of one pair."""
@@ -52,12 +52,14 @@ def match_calls(
         return fail(Category.WRONG_CALL_COUNT, f"{len(preds)} calls where {len(exps)} expected")
     candidates: list[list[int]] = []
     first_failure: list[Verdict | None] = []
-    for exp in exps:
+    passed: dict[tuple[int, int], str] = {}  # (expected, predicted) -> the pair's detail
+    for e, exp in enumerate(exps):
         row, failure = [], None
         for j, pred in enumerate(preds):
             v = compare_one(pred, exp)
             if v.passed:
                 row.append(j)
+                passed[(e, j)] = v.detail
             elif failure is None or (failure.category == Category.WRONG_TOOL and v.category != Category.WRONG_TOOL):
                 failure = v  # the first reason past the tool name explains the closest near miss
         candidates.append(row)
@@ -69,8 +71,9 @@ def match_calls(
     else:
         reward = 1.0 if matched == len(exps) else 0.0
     detail = f"matched {matched} of {len(exps)} expected calls with {len(preds)} predicted"
-    if reward >= 1.0:
-        return ok(detail)
+    if reward >= 1.0:  # each matched pair's own detail names the rules that decided it
+        pairs = "; ".join(passed[(e, p)] for p, e in sorted(matching.items(), key=lambda kv: kv[1]))
+        return ok(clip(f"{detail}: {pairs}", 400))
     matched_exps = set(matching.values())
     unmatched = [i for i in range(len(exps)) if i not in matched_exps]
     if not unmatched or matched == len(preds):

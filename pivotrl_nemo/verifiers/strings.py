@@ -120,7 +120,8 @@ def normalise(s: str, level: str) -> str:
 
 
 def _edit_similarity(a: list[str] | str, b: list[str] | str, threshold: float) -> float:
-    """``1 - levenshtein(a, b) / max(len)``, banded: returns 0.0 as soon as the threshold is out of reach."""
+    """``1 - levenshtein(a, b) / max(len)`` when that reaches ``threshold``, else 0.0. Banded: only
+    cells within the distance budget of the diagonal are computed, O(len * budget)."""
     n, m = len(a), len(b)
     longest = max(n, m)
     if longest == 0:
@@ -128,15 +129,21 @@ def _edit_similarity(a: list[str] | str, b: list[str] | str, threshold: float) -
     budget = int((1.0 - threshold) * longest + 1e-9)
     if abs(n - m) > budget:
         return 0.0
-    prev = list(range(m + 1))
+    big = budget + 1  # any distance past the budget
+    prev = {j: j for j in range(0, min(m, budget) + 1)}
     for i in range(1, n + 1):
-        cur = [i] + [0] * m
-        for j in range(1, m + 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
-        if min(cur) > budget:
+        lo, hi = max(0, i - budget), min(m, i + budget)
+        cur: dict[int, int] = {}
+        for j in range(lo, hi + 1):
+            if j == 0:
+                cur[j] = i
+                continue
+            cur[j] = min(prev.get(j, big) + 1, cur.get(j - 1, big) + 1, prev.get(j - 1, big) + (a[i - 1] != b[j - 1]))
+        if min(cur.values()) > budget:
             return 0.0
         prev = cur
-    return 1.0 - prev[m] / longest
+    dist = prev.get(m, big)
+    return 1.0 - dist / longest if dist <= budget else 0.0
 
 
 def text_similarity(pred: str, exp: str, metric: str, threshold: float) -> float:
@@ -171,12 +178,19 @@ def compare_strings(pred: str, exp: str, fmt: object, cfg: SchemaVerifierConfig)
     return _compare_text(rule, pred, exp, cfg)
 
 
+def normalised_equal(a: str, b: str, level: str) -> bool:
+    """``a`` equals ``b`` under ``string_normalisation`` ``level``; at 'case_space_punct' also when
+    only spaces differ (punctuation may split or join words: "gluten-free", "glutenfree")."""
+    p, e = normalise(a, level), normalise(b, level)
+    return p == e or (level == "case_space_punct" and p.replace(" ", "") == e.replace(" ", ""))
+
+
 def _compare_text(rule: str, pred: str, exp: str, cfg: SchemaVerifierConfig) -> tuple[str, str | None]:
     level = cfg.string_normalisation
     p, e = normalise(pred, level), normalise(exp, level)
     label = f"{rule}({level})"
-    if p == e or (level == "case_space_punct" and p.replace(" ", "") == e.replace(" ", "")):
-        return label, None  # punctuation may have split or joined words: "gluten-free", "glutenfree"
+    if normalised_equal(pred, exp, level):
+        return label, None
     if rule == "short_text":
         return label, "differs"
     if cfg.free_text_numbers_exact and sorted(_NUMBER.findall(pred)) != sorted(_NUMBER.findall(exp)):

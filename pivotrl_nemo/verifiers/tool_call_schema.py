@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
-from pivotrl_nemo.config.schema import PARALLEL_MODES, SchemaVerifierConfig, VerifierConfig
+from pivotrl_nemo.config.schema import SchemaVerifierConfig, VerifierConfig
 from pivotrl_nemo.data.actions import Action, ToolCall
 from pivotrl_nemo.data.pivot_row import PivotRow
 from pivotrl_nemo.verifiers.base import (
+    OMITTED,
     Category,
     Verdict,
     VerifierBase,
@@ -48,12 +50,12 @@ from pivotrl_nemo.verifiers.base import (
     ok,
 )
 from pivotrl_nemo.verifiers.matching import match_calls, maximum_matching
-from pivotrl_nemo.verifiers.strings import compare_strings, normalise
+from pivotrl_nemo.verifiers.strings import compare_strings, normalised_equal
 
 MAX_DEPTH = 32
 """Argument nesting deeper than this fails ``wrong_args`` (tool arguments nest a few levels)."""
-MAX_SET_ITEMS = 256
-"""Set-compared arrays longer than this must be equal in order (bounded matching cost)."""
+MAX_SET_ITEMS = 64
+"""Set-compared arrays longer than this must be equal in order (the pairing costs items**2 comparisons)."""
 
 _TYPE_ALIASES = {"dict": "object", "float": "number", "double": "number", "int": "integer", "long": "integer"}
 _TYPE_ALIASES.update({"str": "string", "bool": "boolean", "list": "array", "tuple": "array"})
@@ -95,6 +97,15 @@ class _Comparison:
         self.cfg, self.tool = cfg, tool
         self.rules: set[str] = set()
 
+    def attempt(self, compare: Callable[[], Failure | None]) -> Failure | None:
+        """``compare()``, keeping the rules it used only when it passed (a failed alternative,
+        branch or set pairing did not decide the verdict)."""
+        before = set(self.rules)
+        bad = compare()
+        if bad is not None:
+            self.rules = before
+        return bad
+
     def _named(self, names: list[str], name: str) -> bool:
         return name in names or f"{self.tool}.{name}" in names
 
@@ -109,7 +120,8 @@ class _Comparison:
             if isinstance(branches, list) and branches:
                 first: Failure | None = None
                 for branch in branches:
-                    bad = self.value(pred, exp, {**node, key: None, **branch}, path, name, depth + 1)
+                    merged = {**node, key: None, **branch} if isinstance(branch, dict) else {**node, key: None}
+                    bad = self.attempt(lambda m=merged: self.value(pred, exp, m, path, name, depth + 1))  # type: ignore[misc]
                     if bad is None:
                         return None
                     first = first or bad
@@ -118,15 +130,14 @@ class _Comparison:
             self.rules.add("enum")
             same = json_type(pred) == json_type(exp) and _canonical(pred) == _canonical(exp)
             if not self.cfg.exact_enums and isinstance(pred, str) and isinstance(exp, str):
-                level = self.cfg.string_normalisation
-                same = normalise(pred, level) == normalise(exp, level)
+                same = normalised_equal(pred, exp, self.cfg.string_normalisation)
             return None if same else (Category.WRONG_ARGS, f"{path}: {_clip(pred)} != {_clip(exp)} (enum)")
         inferred = ["number" if json_type(exp) == "integer" else json_type(exp)]
         allowed = schema_types(node) or inferred
         if not any(_fits(json_type(exp), t) for t in allowed):  # the expected value breaks its schema: trust the value
             allowed, node = inferred, {}
         kind = json_type(pred)
-        if kind == "number" and self.cfg.integral_floats and "integer" in allowed and float(pred).is_integer():
+        if kind == "number" and self.cfg.integral_floats and "integer" in allowed and pred.is_integer():
             kind = "integer"  # 5.0 for an integer, where the judge executes (integral_floats)
         chosen = next((t for t in allowed if _fits(kind, t)), None)
         if chosen is None:
@@ -172,19 +183,21 @@ class _Comparison:
         as_set = (node.get("uniqueItems") is True or self._named(self.cfg.set_arguments, name)) and not isinstance(
             items, list
         )
+        item_name = f"{name}[]"  # set_arguments names this array, not the arrays inside it
         if as_set and len(exp) <= MAX_SET_ITEMS:
             self.rules.add("set")
-            edges = [
-                [j for j, p in enumerate(pred) if self.value(p, e, items, f"{path}[]", name, depth + 1) is None]
-                for e in exp
-            ]
+
+            def pairs(p: Any, e: Any) -> bool:
+                return self.attempt(lambda: self.value(p, e, items, f"{path}[]", item_name, depth + 1)) is None
+
+            edges = [[j for j, p in enumerate(pred) if pairs(p, e)] for e in exp]
             matched = len(maximum_matching(edges))
             if matched == len(exp):
                 return None
             return Category.WRONG_ARGS, f"{path}: {matched} of {len(exp)} items matched (compared as a set)"
         self.rules.add("ordered_list")
         for i, (p, e) in enumerate(zip(pred, exp)):
-            bad = self.value(p, e, item_schema(i), f"{path}[{i}]", name, depth + 1)
+            bad = self.value(p, e, item_schema(i), f"{path}[{i}]", item_name, depth + 1)
             if bad is not None:
                 return bad
         return None
@@ -209,7 +222,11 @@ class _Comparison:
             props_for: dict[str, Any] = declared if isinstance(declared, dict) else {}
 
             def matches(p: Any, e: Any, arg: str) -> bool:
-                return self.value(p, e, props_for.get(arg), f"{path}.{arg}", arg, depth + 1) is None
+                prop = props_for.get(arg)
+                if isinstance(e, str) and e == OMITTED:  # the omission marker: "" only where a string may be ""
+                    types = schema_types(prop) if isinstance(prop, dict) else []
+                    return p == OMITTED and (not types or "string" in types)
+                return self.attempt(lambda: self.value(p, e, prop, _sub(path, arg), arg, depth + 1)) is None
 
             pred, bad = check_acceptable(pred, acceptable, matches, set(node.get("required") or []))
             if bad is not None:
@@ -223,17 +240,23 @@ class _Comparison:
         for key in sorted(set(exp) | set(pred)):
             sub, sub_name = _sub(path, key), (f"{name}.{key}" if name else key)
             if key not in props and top:  # nested undeclared keys are compared below, as inferred
-                if key in pred and key not in exp and self.cfg.undeclared_prediction == "fail":
-                    return Category.WRONG_ARG_KEYS, f"{sub}: not declared by the tool's schema"
-                self.rules.add("undeclared_ignored")
-                continue
+                if key in pred and key not in exp:
+                    if self.cfg.undeclared_prediction == "fail":
+                        return Category.WRONG_ARG_KEYS, f"{sub}: not declared by the tool's schema"
+                    self.rules.add("undeclared_ignored")
+                    continue
+                if key in exp and self.cfg.undeclared_expected == "ignore":
+                    self.rules.add("undeclared_ignored")
+                    continue
             prop = props.get(key)
             if key in pred and key in exp:
                 bad = self.value(pred[key], exp[key], prop, sub, sub_name, depth + 1)
             elif key in exp:
                 bad = self._omitted(exp[key], prop, key in required, sub, sub_name, depth)
-            elif acceptable is not None or prop is None:  # the possible-answer form lists every acceptable argument
+            elif acceptable is not None:  # the possible-answer form lists every acceptable argument
                 return Category.WRONG_ARG_KEYS, f"{sub}: given, and neither expected nor among the acceptable arguments"
+            elif prop is None:
+                return Category.WRONG_ARG_KEYS, f"{sub}: given, and neither expected nor declared by the schema"
             else:
                 bad = self._added(pred[key], prop, sub, sub_name, depth)
             if bad is not None:
@@ -283,13 +306,22 @@ class _Comparison:
 
 
 def _sub(path: str, key: str) -> str:
+    key = clip(key, 40)  # untrusted keys: details stay short
     return f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]"
 
 
 def _close(a: float, b: float, tol: float) -> bool:
-    if not (math.isfinite(a) and math.isfinite(b)):
+    """Equal numbers: two ints exactly (ids and timestamps are ints), else within a relative
+    ``tol``; an int too large for a float is never close to a float."""
+    if isinstance(a, int) and isinstance(b, int):
         return a == b
-    return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
+    try:
+        fa, fb = float(a), float(b)
+    except OverflowError:
+        return False
+    if not (math.isfinite(fa) and math.isfinite(fb)):
+        return fa == fb
+    return abs(fa - fb) <= tol * max(1.0, abs(fa), abs(fb))
 
 
 def _clip(v: Any, n: int = 60) -> str:
@@ -317,7 +349,7 @@ def compare_call(
         bad = comparison.object(
             json_normalised(pred.arguments), json_normalised(exp.arguments), schema, "args", "", 0, acceptable
         )
-    except (RecursionError, ValueError, TypeError) as e:
+    except (RecursionError, ValueError, TypeError, OverflowError) as e:
         return fail(Category.WRONG_ARGS, f"{pred.name}: arguments not comparable ({type(e).__name__})")
     if bad is not None:
         return fail(bad[0], f"{pred.name}: {bad[1]}")
@@ -331,8 +363,6 @@ class ToolCallSchemaVerifier(VerifierBase):
 
     def __init__(self, cfg: VerifierConfig | None = None) -> None:
         super().__init__(cfg)
-        if self.cfg.parallel_mode not in PARALLEL_MODES:
-            raise ValueError(f"unknown parallel_mode {self.cfg.parallel_mode!r}; choices: {list(PARALLEL_MODES)}")
         self.rules = self.cfg.schema
 
     def compare_calls(self, row: PivotRow, expected: Action, action: Action) -> Verdict:

@@ -411,3 +411,69 @@ def test_selected_by_config_and_default_for_jsonl():
     assert DOMAINS.get("jsonl").default_verifier == "tool_call_schema"
     with pytest.raises(Exception, match="verifier.schema.string_normalisation"):
         load_config(["verifier.name=tool_call_schema", "verifier.schema.string_normalisation=loose"])
+
+
+# ------------------------------------------------------------------ review findings (each was a hole)
+
+
+def test_explicit_empty_string_passes_only_where_a_string_may_be_empty():
+    tools = [
+        {
+            "type": "function",
+            "name": "calc",
+            "parameters": {
+                "type": "object",
+                "properties": {"n": {"type": "integer"}, "r": {"type": "number"}, "note": {"type": "string"}},
+                "required": ["n"],
+            },
+        }
+    ]
+    r = row({"n": 5, "r": 2.0}, name="calc", tools=tools, acceptable={"n": [5], "r": [2.0, ""], "note": [""]})
+    v = schema_v()
+    assert not v.verify(r, call("calc", n=5, r="")).passed  # "" is not a number (BFCL: type error)
+    assert v.verify(r, call("calc", n=5)).passed  # omitted: allowed by ""
+    assert v.verify(r, call("calc", n=5, note="")).passed  # "" for a string listed as "" (as BFCL)
+
+
+def test_integers_compare_exactly_and_huge_numbers_fail_cleanly():
+    assert not verdict({"amount": 1700000000000}, {"amount": 1700000000001}).passed  # ms timestamps
+    bare = [{"type": "function", "name": "g"}]
+    assert not verdict({"id": 1234567890123456}, {"id": 1234567890123457}, name="g", tools=bare).passed
+    huge = "<tool_call>" + '{"name": "ship", "arguments": {"amount": ' + "9" * 400 + "}}</tool_call>"
+    got = schema_v().verify(row({"amount": 1.5}), huge)  # no OverflowError out of the verifier
+    assert not got.passed
+
+
+def test_undeclared_expected_knob_and_nested_set_arguments():
+    exp = {"amount": 1, "session_token": "secret"}
+    strict_schema = schema_v(undeclared_expected="compare")
+    assert not verdict(exp, {"amount": 1, "session_token": "other"}, strict_schema).passed
+    assert verdict(exp, {"amount": 1, "session_token": "secret"}, strict_schema).passed
+    v = schema_v(set_arguments=["stops"])
+    nested = {"amount": 1, "stops": [["1", "2"], ["3", "4"]]}
+    assert verdict(nested, {"amount": 1, "stops": [["3", "4"], ["1", "2"]]}, v).passed
+    assert not verdict(nested, {"amount": 1, "stops": [["4", "3"], ["2", "1"]]}, v).passed  # inner arrays ordered
+
+
+def test_details_name_rules_of_batches_only_from_what_passed_and_stay_short():
+    r = row({"order_id": "A1"}, name="track")
+    r["expected_action"] = {
+        "type": "function_call_batch",
+        "calls": [
+            {"name": "track", "arguments": json.dumps({"order_id": "A1"})},
+            {"name": "ship", "arguments": json.dumps({"amount": 3})},
+        ],
+    }
+    both = call("ship", amount=3) + call("track", order_id="A1")
+    got = schema_v().verify(r, both)
+    assert got.passed and "number" in got.detail and "identifier" in got.detail
+    long_key = schema_v().verify(row({"amount": 1}), call(amount=1, **{"k" * 15000: 1}))
+    assert not long_key.passed and len(long_key.detail) < 300
+
+
+def test_set_pairing_and_free_text_stay_bounded_with_lenient_knobs():
+    v = schema_v(set_arguments=["stops"], free_text_metric="char_edit", free_text_threshold=0.5)
+    words = [" ".join(f"w{i}{j}" for j in range(12)) for i in range(64)]
+    started = time.perf_counter()
+    got = verdict({"amount": 1, "stops": words}, {"amount": 1, "stops": [w[::-1] for w in words]}, v)
+    assert not got.passed and time.perf_counter() - started < 10.0
