@@ -30,6 +30,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pivotrl_nemo.data.pivot_row import PivotRow
+from pivotrl_nemo.verifiers.tool_call_schema import schema_types
+
 Call = tuple[str, dict[str, Any]]
 
 EQUIVALENT_LOOKING: tuple[str, ...] = tuple(
@@ -85,17 +88,6 @@ def expected_calls(row: dict[str, Any]) -> tuple[list[Call], list[dict[str, Any]
     return calls, [e.get("acceptable_arguments") for e in entries]
 
 
-def tool_parameters(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Tool name -> JSON-schema parameters, from Responses-form or chat-form tools."""
-    out: dict[str, dict[str, Any]] = {}
-    for tool in row.get("responses_create_params", {}).get("tools", []) or []:
-        fn = tool.get("function", tool) if isinstance(tool.get("function"), dict) else tool
-        if isinstance(fn.get("name"), str):
-            params = fn.get("parameters")
-            out[fn["name"]] = params if isinstance(params, dict) else {}
-    return out
-
-
 def _strings(value: Any) -> Iterable[str]:
     if isinstance(value, str):
         yield value
@@ -133,11 +125,6 @@ class _Ctx:
 def _key(value: Any) -> str:
     """Type-strict identity (``5`` != ``5.0`` != ``True``)."""
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
-def _types(spec: dict[str, Any]) -> list[str]:
-    t = spec.get("type")
-    return [x for x in t if isinstance(x, str)] if isinstance(t, list) else [t] if isinstance(t, str) else []
 
 
 def _is_number(v: Any) -> bool:
@@ -346,7 +333,7 @@ def _add_default(ctx: _Ctx, rng: random.Random) -> Edit | None:
             if "default" in spec:
                 with_default.append((ci, p, spec["default"], "default"))
             else:
-                typ = next((t for t in _types(spec) if t in _PLACEHOLDERS), None)
+                typ = next((t for t in schema_types(spec) if t in _PLACEHOLDERS), None)
                 if typ is not None:
                     without.append((ci, p, _PLACEHOLDERS[typ], "placeholder"))
     options = with_default or without
@@ -361,7 +348,9 @@ def _int_for_float(ctx: _Ctx, rng: random.Random) -> Edit | None:
     integral = _edit_site(
         ctx, rng, lambda v, _: isinstance(v, float) and v.is_integer() and abs(v) < 1e15, lambda v, c, r: [int(v)]
     )
-    ints = _edit_site(ctx, rng, lambda v, spec: _is_int(v) and "number" in _types(spec), lambda v, c, r: [float(v)])
+    ints = _edit_site(
+        ctx, rng, lambda v, spec: _is_int(v) and "number" in schema_types(spec), lambda v, c, r: [float(v)]
+    )
     found = [e for e in (integral, ints) if e is not None]
     return rng.choice(found) if found else None
 
@@ -533,7 +522,7 @@ def _dup_one(v: list[Any], ctx: _Ctx, rng: random.Random) -> list[Any]:
 # Kinds that set one top-level argument to one of the options its value offers.
 _SITE_EDITS: dict[str, tuple[Pred, Options]] = {
     "float_for_int": (
-        lambda v, spec: _is_int(v) and "number" not in _types(spec),
+        lambda v, spec: _is_int(v) and "number" not in schema_types(spec),
         lambda v, c, r: [float(v)] if abs(v) < 2**53 else [],
     ),
     "string_case": (_str_pred, lambda s, c, r: _changed([s.lower(), s.upper(), s.title()], s)),
@@ -584,7 +573,7 @@ def candidates(
     if unknown:
         raise ValueError(f"unknown candidate kinds {unknown}; choices: {list(ALL_KINDS)}")
     calls, acceptable = expected_calls(row)
-    ctx = _Ctx(calls, acceptable, tool_parameters(row), other_strings)
+    ctx = _Ctx(calls, acceptable, PivotRow(row).tool_parameters(), other_strings)
     base = rng.getrandbits(64)
     out = []
     for kind in kinds:

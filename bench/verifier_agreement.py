@@ -29,6 +29,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -52,10 +53,12 @@ ac = importlib.util.module_from_spec(_spec)
 sys.modules["agreement_candidates"] = ac
 _spec.loader.exec_module(ac)
 
-TUNED = "tool_call_schema, judge= preset chosen on validation"
+TUNED = "tool_call_schema, judge= preset"
 VERIFIERS = ("tool_call_schema", TUNED, "tool_call_args", "strict")
 TARGET_KAPPA, TARGET_PRECISION = 0.90, 0.99
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
+TIE = 0.01
+"""Kappa differences within this on validation are noise at this size: the simpler setting wins."""
 
 
 @dataclass
@@ -70,18 +73,19 @@ class Labelled:
     completions: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, item: str, row: dict[str, Any], kind: str, completion: str, label: bool) -> None:
+    def add(self, item: str, row: dict[str, Any], kind: str, completion: str, label: bool, split_key: str) -> None:
         self.items.append(item)
-        self.splits.append(split_of(item))
+        self.splits.append(split_of(split_key))
         self.kinds.append(kind)
         self.labels.append(label)
         self.completions.append(completion)
         self.rows.append(row)
 
 
-def split_of(item_id: str) -> str:
-    """'val' or 'test', by a stable hash of the item id (half each)."""
-    return "val" if hashlib.sha256(item_id.encode()).digest()[0] % 2 == 0 else "test"
+def split_of(key: str) -> str:
+    """'val' or 'test', by a stable hash of ``key`` (half each): a single-turn item's question
+    (BFCL repeats some questions under other ids; they go to one half), a multi-turn trajectory id."""
+    return "val" if hashlib.sha256(key.encode()).digest()[0] % 2 == 0 else "test"
 
 
 # ---------------------------------------------------------------------------------- candidates
@@ -99,7 +103,7 @@ def single_turn(max_items: int, seed: int) -> Labelled:
     for item, row in zip(items, rows):
         for cand in ac.candidates(row, random.Random(f"{seed}/{item.id}"), other_strings=pool):
             valid, _ = ast_judge(item, cand.calls)
-            out.add(item.id, row, cand.kind, cand.completion, valid)
+            out.add(item.id, row, cand.kind, cand.completion, valid, json.dumps(item.messages, sort_keys=True))
     return out
 
 
@@ -128,6 +132,7 @@ def multi_turn(max_rows: int, seed: int) -> Labelled:
                 cand.kind,
                 cand.completion,
                 judge.verify(row, cand.completion).passed,
+                row["metadata"]["trajectory_id"],
             )
     return out
 
@@ -149,19 +154,23 @@ def kappa_pr(pred: np.ndarray, gold: np.ndarray) -> tuple[float, float, float, f
     return kappa, precision, recall, po
 
 
-def bootstrap_kappa(
+def bootstrap_ci(
     pred: np.ndarray, gold: np.ndarray, groups: np.ndarray, n_boot: int, seed: int
-) -> tuple[float, float]:
-    """95% interval of kappa, resampling items (all candidates of an item together)."""
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """95% intervals of kappa and of precision, resampling items (an item's candidates together:
+    they are not independent)."""
     uniq, inv = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
     rng = np.random.default_rng(seed)
-    stats = []
+    kappas, precisions = [], []
     for _ in range(n_boot):
         idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        stats.append(kappa_pr(pred[idx], gold[idx])[0])
-    lo, hi = np.nanpercentile(stats, [2.5, 97.5])
-    return float(lo), float(hi)
+        k, p, _, _ = kappa_pr(pred[idx], gold[idx])
+        kappas.append(k)
+        precisions.append(p)
+    k_lo, k_hi = np.nanpercentile(kappas, [2.5, 97.5])
+    p_lo, p_hi = np.nanpercentile(precisions, [2.5, 97.5])
+    return (float(k_lo), float(k_hi)), (float(p_lo), float(p_hi))
 
 
 def verdicts(data: Labelled, cfg: VerifierConfig, mask: np.ndarray) -> np.ndarray:
@@ -179,76 +188,81 @@ def _val_scores(data: Labelled, rules: SchemaVerifierConfig) -> dict[str, float]
     return {"kappa": k, "precision": p, "recall": r}
 
 
-def _better(a: dict[str, float], b: dict[str, float] | None) -> bool:
-    """Higher kappa among configs meeting the precision target; else higher precision."""
-    if b is None:
-        return True
-    a_ok, b_ok = a["precision"] >= TARGET_PRECISION, b["precision"] >= TARGET_PRECISION
-    if a_ok != b_ok:
-        return a_ok
-    return a["kappa"] > b["kappa"] if a_ok else a["precision"] > b["precision"]
-
-
 def sweep(datasets: list[Labelled]) -> tuple[SchemaVerifierConfig, list[dict[str, Any]]]:
-    """One free-text metric and threshold for every judge: the best worst-judge kappa on
-    validation among those with precision >= the target against every judge (ties: the stricter)."""
-    table, best, best_key = [], SchemaVerifierConfig(), (-1.0, 0.0)
+    """One free-text metric and threshold for every judge, at the default knobs: among settings
+    whose precision meets the target against every judge on validation, the strictest whose
+    worst-judge kappa is within ``TIE`` of the best."""
+    table: list[dict[str, Any]] = []
     for metric in FREE_TEXT_METRICS:
         for threshold in SWEEP_THRESHOLDS:
             rules = SchemaVerifierConfig(free_text_metric=metric, free_text_threshold=threshold)
-            entry: dict[str, Any] = {"metric": metric, "threshold": threshold}
+            entry: dict[str, Any] = {"metric": metric, "threshold": threshold, "rules": rules}
             entry.update({d.judge: _val_scores(d, rules) for d in datasets})
-            worst_k = min(entry[d.judge]["kappa"] for d in datasets)
-            ok = all(entry[d.judge]["precision"] >= TARGET_PRECISION for d in datasets)
-            key = (worst_k if ok else -1.0, threshold)
-            if key > best_key:
-                best, best_key = rules, key
             table.append(entry)
-    return best, table
+
+    def worst(e: dict[str, Any], key: str) -> float:
+        return min(e[d.judge][key] for d in datasets)
+
+    ok = [e for e in table if worst(e, "precision") >= TARGET_PRECISION] or table
+    best = max(worst(e, "kappa") for e in ok)
+    near = [e for e in ok if worst(e, "kappa") >= best - TIE]
+    chosen = max(near, key=lambda e: (e["threshold"], e["metric"] == "token_edit"))  # strictest, then the default
+    return chosen["rules"], [{k: v for k, v in e.items() if k != "rules"} for e in table]
 
 
-def judge_presets() -> dict[str, dict[str, Any]]:
-    """``verifier.schema`` overrides of each ``conf/judge/*.yaml`` preset, plus ``default`` (none)."""
+GRID: dict[str, tuple[Any, ...]] = {
+    "string_normalisation": ("exact", "case_space_punct"),
+    "exact_identifiers": (True, False),
+    "exact_enums": (True, False),
+    "recognise_datetimes": (False, True),
+    "integral_floats": (False, True),
+}
+"""The judge-semantics knobs swept on validation (20 distinct settings): what a judge normalises or accepts."""
+
+
+def knob_grid(base: SchemaVerifierConfig) -> dict[str, SchemaVerifierConfig]:
+    """Every setting of ``GRID`` on top of ``base``, named by its non-default knobs."""
+    default = SchemaVerifierConfig()
+    out: dict[str, SchemaVerifierConfig] = {}
+    for values in itertools.product(*GRID.values()):
+        knobs = dict(zip(GRID, values))
+        if knobs["string_normalisation"] == "exact" and not (knobs["exact_identifiers"] and knobs["exact_enums"]):
+            continue  # exact strings make the identifier and enum rules moot: the same verdicts
+        rules = dataclasses.replace(base, **knobs)
+        name = ", ".join(f"{k}={v}" for k, v in knobs.items() if getattr(default, k) != v) or "defaults"
+        out[name] = rules
+    return out
+
+
+def choose(scores: dict[str, dict[str, dict[str, float]]], judges: list[str]) -> str:
+    """The simplest grid setting (fewest knobs off their defaults) whose worst-judge kappa is within
+    ``TIE`` of the best, among those whose precision meets the target against every one of
+    ``judges`` (validation halves); else the most precise."""
+
+    def worst(name: str, key: str) -> float:
+        return min(scores[name][j][key] for j in judges)
+
+    ok = [n for n in scores if worst(n, "precision") >= TARGET_PRECISION]
+    if not ok:
+        return max(scores, key=lambda n: worst(n, "precision"))
+    best = max(worst(n, "kappa") for n in ok)
+    near = [n for n in ok if worst(n, "kappa") >= best - TIE]
+    return min(near, key=lambda n: (0 if n == "defaults" else n.count("=") + 1, -worst(n, "kappa")))
+
+
+def shipped_presets() -> dict[str, SchemaVerifierConfig]:
+    """``conf/judge/<name>.yaml`` as configs (their ``verifier.schema`` block over the defaults)."""
     from omegaconf import OmegaConf
 
-    presets: dict[str, dict[str, Any]] = {"default": {}}
+    out = {}
     for path in sorted((Path(__file__).parents[1] / "conf" / "judge").glob("*.yaml")):
-        presets[path.stem] = OmegaConf.to_container(OmegaConf.load(path))["verifier"]["schema"]  # type: ignore[index]
-    return presets
+        block = OmegaConf.to_container(OmegaConf.load(path))["verifier"]["schema"]  # type: ignore[index]
+        out[path.stem] = dataclasses.replace(SchemaVerifierConfig(), **block)
+    return out
 
 
-def preset_per_judge(
-    data: Labelled, base: SchemaVerifierConfig
-) -> tuple[str, SchemaVerifierConfig, list[dict[str, Any]]]:
-    """The ``judge=`` preset for one judge, chosen on its validation half: judges disagree on
-    strings (BFCL's AST checker normalises them, execution does not), so the string rules are
-    what a user sets for the judge their task is scored by."""
-    table: list[dict[str, Any]] = []
-    best_name, best, best_scores = "default", base, None
-    distinct: dict[str, SchemaVerifierConfig] = {}  # presets equal to the defaults are one column
-    for name, overrides in judge_presets().items():
-        rules = dataclasses.replace(base, **overrides)
-        same = next((n for n, r in distinct.items() if r == rules), None)
-        if same is not None:
-            distinct[f"{same} = {name}"] = distinct.pop(same)
-        else:
-            distinct[name] = rules
-    for name, rules in distinct.items():
-        scores = _val_scores(data, rules)
-        table.append({"preset": name, **scores})
-        if _better(scores, best_scores):
-            best_name, best, best_scores = name, rules, scores
-    return best_name, best, table
-
-
-def safe_preset(per_judge: dict[str, dict[str, Any]]) -> str:
-    """The preset a verifier that does not know its judge should use: the best worst-judge kappa
-    among presets whose precision meets the target against every judge (validation halves)."""
-    names = [e["preset"] for e in next(iter(per_judge.values()))["sweep"]]
-    scores = {n: [next(e for e in j["sweep"] if e["preset"] == n) for j in per_judge.values()] for n in names}
-    safe = [n for n in names if all(e["precision"] >= TARGET_PRECISION for e in scores[n])]
-    pool = safe or names
-    return max(pool, key=lambda n: min(e["kappa"] for e in scores[n]))
+PRESET_OF_JUDGE = {"ast": "ast", "bfcl_state": "execution"}
+"""The ``judge=`` preset meant for each judge of this benchmark."""
 
 
 def evaluate(data: Labelled, configs: dict[str, VerifierConfig], n_boot: int, seed: int) -> dict[str, Any]:
@@ -263,8 +277,9 @@ def evaluate(data: Labelled, configs: dict[str, VerifierConfig], n_boot: int, se
     for name, cfg in configs.items():
         pred = verdicts(data, cfg, mask)
         k, p, r, acc = kappa_pr(pred, gold)
-        lo, hi = bootstrap_kappa(pred, gold, groups, n_boot, seed)
-        result[name] = {"kappa": k, "kappa_ci95": [lo, hi], "precision": p, "recall": r, "accuracy": acc}
+        (lo, hi), (p_lo, p_hi) = bootstrap_ci(pred, gold, groups, n_boot, seed)
+        result[name] = {"kappa": k, "kappa_ci95": [lo, hi], "precision": p, "precision_ci95": [p_lo, p_hi]}
+        result[name].update(recall=r, accuracy=acc)
         result[name]["false_pass"] = int(np.sum(pred & ~gold))
         result[name]["false_fail"] = int(np.sum(~pred & gold))
         for kind, entry in per_kind.items():
@@ -273,46 +288,55 @@ def evaluate(data: Labelled, configs: dict[str, VerifierConfig], n_boot: int, se
     return result
 
 
+def _row(judge: str, res: dict[str, Any], name: str) -> str:
+    m = res[name]
+    k, p = m["kappa_ci95"], m["precision_ci95"]
+    return (
+        f"| {judge} | {res['n']} ({res['items']}) | `{name}` | {m['kappa']:.3f} [{k[0]:.3f}, {k[1]:.3f}] | "
+        f"{m['precision']:.3f} [{p[0]:.3f}, {p[1]:.3f}] | {m['recall']:.3f} | {m['false_pass']} | {m['false_fail']} |"
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Measured {report['date']} on {report['machine']}: `{report['command']}` ({report['seconds']:.0f} s).",
         "",
-        "| judge | candidates (items) | verifier | kappa [95% CI] | precision | recall | false passes | false fails |",
+        "| judge | candidates (items) | verifier | kappa [95% CI] | precision [95% CI] | recall | false passes | false fails |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for judge, res in report["judges"].items():
-        for name in report["verifiers"]:
-            m = res[name]
-            lines.append(
-                f"| {judge} | {res['n']} ({res['items']}) | `{name}` | {m['kappa']:.3f} [{m['kappa_ci95'][0]:.3f}, "
-                f"{m['kappa_ci95'][1]:.3f}] | {m['precision']:.3f} | {m['recall']:.3f} | {m['false_pass']} | {m['false_fail']} |"
-            )
-    lines += ["", "Targets for `tool_call_schema` (kappa >= 0.90, precision >= 0.99): " + report["targets"], ""]
-    lines += ["Agreement with the judge per candidate kind (test half; judge pass = share the judge accepts):", ""]
+        lines += [_row(judge, res, name) for name in report["verifiers"]]
+    lines += ["", f"Targets (kappa >= {TARGET_KAPPA}, precision >= {TARGET_PRECISION}): {report['targets']}", ""]
+    lines += [f"Chosen on the validation halves (the knobs of `GRID`, {len(report['grid'])} settings):", ""]
+    for judge, e in report["chosen_per_judge"].items():
+        same = "equals" if e["matches_preset"] else "DIFFERS FROM"
+        lines.append(f"- against `{judge}`: {e['setting']} ({same} `judge={e['preset']}`)")
+    safe = report["safe"]
+    lines.append(
+        f"- against every judge (the defaults): {safe['setting']} ({'equals' if safe['matches_defaults'] else 'DIFFERS FROM'} "
+        "the built-in defaults)"
+    )
+    lines += ["", "Agreement with the judge per candidate kind (test half; judge pass = share the judge accepts):", ""]
     header = "| judge | kind | n | judge pass | " + " | ".join(f"`{v}`" for v in report["verifiers"]) + " |"
     lines += [header, "|" + "---|" * (4 + len(report["verifiers"]))]
     for judge, res in report["judges"].items():
         for kind, e in res["per_kind"].items():
             cells = " | ".join(f"{e[v]:.2f}" for v in report["verifiers"])
             lines.append(f"| {judge} | {kind} | {e['n']} | {e['judge_pass']:.2f} | {cells} |")
-    lines += ["", "Free-text sweep of `tool_call_schema` (validation half):", ""]
     judges = list(report["judges"])
+    lines += ["", "Free-text sweep of `tool_call_schema` at the defaults (validation halves):", ""]
     lines += ["| metric | threshold | " + " | ".join(f"{j} kappa / precision" for j in judges) + " |"]
     lines += ["|" + "---|" * (2 + len(judges))]
     for e in report["sweep"]:
         cells = " | ".join(f"{e[j]['kappa']:.3f} / {e[j]['precision']:.3f}" for j in judges)
         lines.append(f"| {e['metric']} | {e['threshold']} | {cells} |")
-    lines += ["", f"Chosen on validation: {report['chosen']}.", ""]
-    lines += ["`judge=` preset (`conf/judge/`) per judge (validation half; kappa / precision):", ""]
-    names = [e["preset"] for e in next(iter(report["preset_per_judge"].values()))["sweep"]]
-    lines += ["| judge | " + " | ".join(names) + " | chosen |", "|" + "---|" * (len(names) + 2)]
-    for judge, e in report["preset_per_judge"].items():
-        cells = " | ".join(f"{x['kappa']:.3f} / {x['precision']:.3f}" for x in e["sweep"])
-        lines.append(f"| {judge} | {cells} | {e['preset']} |")
-    lines += [
-        "",
-        f"Safe against every judge (precision >= {TARGET_PRECISION} on both validation halves, best worst-judge kappa): `{report['safe_preset']}`.",
-    ]
+    lines += ["", f"Chosen: {report['chosen_free_text']}.", ""]
+    lines += ["Knob grid (validation halves; kappa / precision):", ""]
+    lines += ["| setting | " + " | ".join(judges) + " |", "|" + "---|" * (1 + len(judges))]
+    for name, per in report["grid"].items():
+        lines.append(
+            f"| {name} | " + " | ".join(f"{per[j]['kappa']:.3f} / {per[j]['precision']:.3f}" for j in judges) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -320,26 +344,35 @@ def run(single_items: int, multi_rows: int, seed: int = 0, n_boot: int = 200, co
     """The benchmark as a dict (``markdown`` renders it)."""
     started = time.perf_counter()
     datasets = [single_turn(single_items, seed), multi_turn(multi_rows, seed)]
-    chosen, table = sweep(datasets)
-    judges, per_judge = {}, {}
+    judges = [d.judge for d in datasets]
+    free_text, table = sweep(datasets)
+    grid = knob_grid(free_text)
+    scores = {name: {d.judge: _val_scores(d, rules) for d in datasets} for name, rules in grid.items()}
+    presets = shipped_presets()
+    chosen_per_judge, tuned = {}, {}
+    for judge in judges:
+        name = choose(scores, [judge])
+        tuned[judge] = grid[name]
+        preset = PRESET_OF_JUDGE[judge]
+        chosen_per_judge[judge] = {"setting": name, "preset": preset, "matches_preset": grid[name] == presets[preset]}
+    safe_name = choose(scores, judges)
+    safe = {"setting": safe_name, "matches_defaults": grid[safe_name] == SchemaVerifierConfig()}
+    results = {}
     for d in datasets:
-        preset, tuned, presets = preset_per_judge(d, chosen)
-        per_judge[d.judge] = {"preset": preset, "sweep": presets}
         configs = {
             "tool_call_schema": VerifierConfig(name="tool_call_schema"),
-            TUNED: VerifierConfig(name="tool_call_schema", schema=tuned),
+            TUNED: VerifierConfig(name="tool_call_schema", schema=presets[PRESET_OF_JUDGE[d.judge]]),
             "tool_call_args": VerifierConfig(name="tool_call_args"),
             "strict": VerifierConfig(name="strict"),
         }
-        judges[d.judge] = evaluate(d, configs, n_boot, seed)
+        results[d.judge] = evaluate(d, configs, n_boot, seed)
 
     def meets(name: str) -> bool:
         return all(
-            r[name]["kappa"] >= TARGET_KAPPA and r[name]["precision"] >= TARGET_PRECISION for r in judges.values()
+            r[name]["kappa"] >= TARGET_KAPPA and r[name]["precision"] >= TARGET_PRECISION for r in results.values()
         )
 
     met, met_default = meets(TUNED), meets("tool_call_schema")
-    safe = safe_preset(per_judge)
     default = SchemaVerifierConfig()
     return {
         "date": dt.date.today().isoformat(),
@@ -347,19 +380,20 @@ def run(single_items: int, multi_rows: int, seed: int = 0, n_boot: int = 200, co
         "command": command,
         "seconds": time.perf_counter() - started,
         "verifiers": list(VERIFIERS),
-        "judges": judges,
+        "judges": results,
         "sweep": table,
-        "chosen": f"free_text_metric={chosen.free_text_metric}, free_text_threshold={chosen.free_text_threshold}"
+        "chosen_free_text": f"free_text_metric={free_text.free_text_metric}, free_text_threshold={free_text.free_text_threshold}"
         + (
             " (the default)"
-            if (chosen.free_text_metric, chosen.free_text_threshold)
+            if (free_text.free_text_metric, free_text.free_text_threshold)
             == (default.free_text_metric, default.free_text_threshold)
             else " (NOT the default)"
         ),
-        "preset_per_judge": per_judge,
-        "safe_preset": safe,
-        "targets": f"{'met' if met else 'NOT met'} with the judge= preset chosen per judge on validation; "
-        f"{'met' if met_default else 'not met'} by the default config against every judge",
+        "grid": scores,
+        "chosen_per_judge": chosen_per_judge,
+        "safe": safe,
+        "targets": f"{'met' if met else 'NOT met'} by `tool_call_schema` with each judge's `judge=` preset; "
+        f"{'met' if met_default else 'not met'} by its defaults against every judge",
         "targets_met": met,
         "targets_met_default": met_default,
     }

@@ -182,17 +182,17 @@ class SchemaVerifierConfig:
     Judges disagree on strings: execution sees every character, BFCL's AST checker normalises
     case, spaces and punctuation everywhere. The defaults are the rules that stay precise (no
     reward for a call the judge rejects) against both, measured on the agreement benchmark:
-    strings exact (dates too), numbers by value. ``judge=ast`` (``conf/judge/``)
-    sets BFCL-style normalisation for tasks scored that way; ``judge=execution`` names the
-    defaults explicitly."""
+    strings exact (dates too), numbers by value. ``conf/judge/`` holds the rules chosen for each
+    kind of judge: ``judge=ast`` (BFCL-style normalisation), ``judge=execution`` (the defaults,
+    and an integral float is the int it equals)."""
 
     number_tolerance: float = bounded(1e-12, ge=0)
     """``number``: an int or a float equals the expected one when ``|a - b| <= tolerance *
     max(1, |a|, |b|)``. ``integer`` stays exact unless ``integral_floats``."""
     integral_floats: bool = False
-    """``integer``: a float with an integral value (``5.0``) passes for the int. Execution often
-    accepts it (Python compares and hashes by value) but not always (``range``, slicing), and
-    BFCL's AST checker never: measured, it costs more precision than it gains (docs/verifiers.md)."""
+    """``integer``: a float with an integral value (``5.0``) passes for the int. Execution mostly
+    accepts it (Python compares and hashes by value; not ``range`` or slicing), BFCL's AST
+    checker never: on for ``judge=execution``, off by default (docs/verifiers.md)."""
     optional_omitted: str = choice("default", *OMISSION_RULES)
     """An optional argument the expected call gives and the prediction omits. 'default': passes
     when the expected value equals the schema's ``default`` or the argument is in

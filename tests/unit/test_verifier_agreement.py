@@ -27,9 +27,10 @@ def test_smoke_run_prints_the_table_and_tool_call_schema_agrees(tmp_path, capsys
     assert (tmp_path / "agree.md").read_text() == printed
     ast, state = report["judges"]["ast"], report["judges"]["bfcl_state"]
     assert ast["n"] > 1000 and state["n"] > 300 and ast["items"] > 100
-    assert report["preset_per_judge"]["ast"]["preset"] == "ast"
-    assert report["preset_per_judge"]["bfcl_state"]["preset"] == "default = execution"  # the defaults are execution's
-    assert report["safe_preset"] == "default = execution"
+    # the shipped presets and defaults are what the validation halves choose
+    assert report["chosen_per_judge"]["ast"]["matches_preset"]
+    assert report["safe"]["matches_defaults"]
+    assert len(report["grid"]) == 20
     tuned = va.TUNED
     for judge in (ast, state):
         # nearly no reward for wrong calls (the full run's numbers, in docs/verifiers.md, are the measurement;
