@@ -1,5 +1,7 @@
 """Worker for test_checkpoint_reshard.py (``torchrun --nproc_per_node 2``, gloo): a dist checkpoint
-saved at TP=2 with sequence parallelism (MoE) or at EP=2 loads at TP=1 / EP=1 (DP=2).
+saved at TP=2 with sequence parallelism (MoE) or at EP=2 loads at TP=1 / EP=1 (DP=2); with
+megatron's DistributedOptimizer (state sharded over DP), one saved at DP=2 loads at DP=2 and one
+saved at EP=2 loads at TP=2 + SP.
 
 For each case, in one launch: build the tiny MoE policy at the source layout, take an optimizer
 step on batch A, save, record the full weights (``sharding.iter_full_state``), the loss on batch
@@ -12,6 +14,7 @@ comparison of the continuation would be vacuous. Every rank trains on the whole 
 averages identical gradients). Rank 0 saves {case: {...}}.
 """
 
+import contextlib
 import sys
 import time
 
@@ -19,9 +22,16 @@ import torch
 import torch.nn.functional as F
 
 VOCAB = 256
+DIST_OPT = dict(use_distributed_optimizer=True)
 CASES = [  # (name, source ParallelConfig kwargs, target kwargs)
     ("tp2_sp_moe_to_tp1", dict(tensor_model_parallel_size=2, sequence_parallel=True), dict()),
     ("ep2_to_ep1", dict(expert_model_parallel_size=2), dict()),
+    ("distopt_dp2", DIST_OPT, DIST_OPT),
+    (
+        "distopt_ep2_to_tp2_sp",
+        dict(DIST_OPT, expert_model_parallel_size=2),
+        dict(DIST_OPT, tensor_model_parallel_size=2, sequence_parallel=True),
+    ),
 ]
 
 
@@ -32,6 +42,27 @@ def _model_cfg(seed: int):
                        moe_ffn_hidden_size=32, moe_router_topk=2, seed=seed)
 
 
+@contextlib.contextmanager
+def _cuda_type_names():
+    """megatron's DistributedOptimizer refuses parameters whose ``type()`` does not name a CUDA
+    tensor ('torch.cuda.FloatTensor'), though the rest of it runs on CPU tensors over gloo; while
+    it is built, CPU tensors report the CUDA names (as in tests/unit/test_checkpoint.py)."""
+    original = torch.Tensor.type
+
+    def cuda_name(self, *args, **kwargs):
+        name = original(self, *args, **kwargs)
+        # under cpu_compat's TorchFunctionMode the call comes back through here: rename once
+        if args or kwargs or not isinstance(name, str) or ".cuda." in name:
+            return name
+        return name.replace("torch.", "torch.cuda.", 1)
+
+    torch.Tensor.type = cuda_name
+    try:
+        yield
+    finally:
+        torch.Tensor.type = original
+
+
 def _policy(parallel, seed: int):
     from pivotrl_nemo.config.schema import OptimConfig
     from pivotrl_nemo.distributed.setup import init_distributed
@@ -40,8 +71,9 @@ def _policy(parallel, seed: int):
     init_distributed(parallel, seed=0)
     # adam_eps=1 keeps the update ~ linear in the gradient (no amplification of summation-order
     # noise in tiny gradients), while still depending on the loaded moments and step count
-    return MegatronPolicy(_model_cfg(seed), VOCAB, OptimConfig(lr=1e-2, clip_grad=0.0, adam_eps=1.0, warmup_steps=3),
-                          parallel=parallel)
+    with _cuda_type_names() if parallel.use_distributed_optimizer else contextlib.nullcontext():
+        return MegatronPolicy(_model_cfg(seed), VOCAB, OptimConfig(lr=1e-2, clip_grad=0.0, adam_eps=1.0,
+                                                                   warmup_steps=3), parallel=parallel)
 
 
 def _batch(seed: int) -> torch.Tensor:

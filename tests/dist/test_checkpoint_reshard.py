@@ -1,5 +1,6 @@
 """A dist checkpoint saved at TP=2 + sequence parallelism (MoE) or at EP=2 loads at TP=1 / EP=1
-(2 gloo processes, DP=2 after the load): the same full weights, the same loss, and the same next
+(2 gloo processes, DP=2 after the load), and one of megatron's DistributedOptimizer saved at DP=2
+or EP=2 loads at DP=2 or TP=2 + SP: the same full weights, the same loss, and the same next
 optimizer step (Adam's moments and step resharded too). See checkpoint_reshard_worker.py."""
 
 import os
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 WORKER = Path(__file__).with_name("checkpoint_reshard_worker.py")
-CASES = ["tp2_sp_moe_to_tp1", "ep2_to_ep1"]
+CASES = ["tp2_sp_moe_to_tp1", "ep2_to_ep1", "distopt_dp2", "distopt_ep2_to_tp2_sp"]
 
 
 @pytest.fixture(scope="module")

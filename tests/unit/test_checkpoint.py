@@ -1,8 +1,10 @@
 """Dist checkpoints of the real megatron policy (tiny MoE, CPU/gloo, world of one): bit-exact round
-trip, tmp + rename, retention, weights-only loads and readable errors."""
+trip (megatron's non-distributed optimizer and its DistributedOptimizer), Adam's step, tmp +
+rename, retention, weights-only loads and readable errors."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -46,8 +48,34 @@ def dist_ctx():
     destroy()
 
 
-def _policy(seed: int = TINY.seed, model: ModelConfig = TINY) -> MegatronPolicy:
-    return MegatronPolicy(dataclasses.replace(model, seed=seed), VOCAB, OPTIM, total_steps=10)
+@contextlib.contextmanager
+def _cuda_type_names():
+    """megatron's DistributedOptimizer and its bf16 optimizer refuse parameters whose ``type()``
+    does not name a CUDA tensor ('torch.cuda.FloatTensor'), though the rest of them runs on CPU
+    tensors over gloo; while they are built, CPU tensors report the CUDA names."""
+    original = torch.Tensor.type
+
+    def cuda_name(self, *args, **kwargs):
+        name = original(self, *args, **kwargs)
+        # under cpu_compat's TorchFunctionMode the call comes back through here: rename once
+        if args or kwargs or not isinstance(name, str) or ".cuda." in name:
+            return name
+        return name.replace("torch.", "torch.cuda.", 1)
+
+    torch.Tensor.type = cuda_name  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.type = original  # type: ignore[method-assign]
+
+
+def _policy(seed: int = TINY.seed, model: ModelConfig = TINY, distributed: bool = False) -> MegatronPolicy:
+    model = dataclasses.replace(model, seed=seed)
+    if not distributed and model.params_dtype == "float32":
+        return MegatronPolicy(model, VOCAB, OPTIM, total_steps=10)
+    parallel = ParallelConfig(use_distributed_optimizer=distributed)
+    with _cuda_type_names():
+        return MegatronPolicy(model, VOCAB, OPTIM, total_steps=10, parallel=parallel)
 
 
 def _batch(seed: int) -> torch.Tensor:
@@ -63,8 +91,8 @@ def _train_step(policy: MegatronPolicy, ids: torch.Tensor) -> float:
     return float(loss.detach())
 
 
-def _trained(steps: int) -> MegatronPolicy:
-    policy = _policy()
+def _trained(steps: int, distributed: bool = False) -> MegatronPolicy:
+    policy = _policy(distributed=distributed)
     for i in range(steps):
         _train_step(policy, _batch(i))
     return policy
@@ -77,6 +105,21 @@ def _weights(policy: MegatronPolicy) -> dict[str, torch.Tensor]:
 def _optimizer_tensors(policy: MegatronPolicy) -> dict[tuple, torch.Tensor]:
     state = policy.optimizer.state_dict()["state"]
     return {(i, k): v.clone() for i, s in state.items() if isinstance(s, dict) for k, v in s.items()}
+
+
+def _torch_adam_states(policy: MegatronPolicy) -> list[dict]:
+    """Each parameter's torch Adam state under any megatron optimizer (the DistributedOptimizer's
+    ``state_dict`` leaves the per-parameter state out), in parameter order."""
+    subs = getattr(policy.optimizer, "chained_optimizers", None) or [policy.optimizer]
+    return [sub.optimizer.state[p] for sub in subs for g in sub.optimizer.param_groups for p in g["params"]]
+
+
+def _adam_steps(policy: MegatronPolicy) -> set[float]:
+    return {float(s["step"]) for s in _torch_adam_states(policy)}
+
+
+def _adam_tensors(policy: MegatronPolicy) -> dict[tuple, torch.Tensor]:
+    return {(i, k): v.clone() for i, s in enumerate(_torch_adam_states(policy)) for k, v in s.items()}
 
 
 def _rng() -> tuple:
@@ -241,6 +284,59 @@ def test_checkpoint_before_any_optimizer_step(tmp_path):
     _assert_equal_tensors(_weights(stepped), _weights(fresh))
     assert _train_step(stepped, _batch(3)) == _train_step(fresh, _batch(3))
     _assert_equal_tensors(_weights(stepped), _weights(fresh))
+
+
+def test_checkpoint_without_optimizer_state_into_bf16(tmp_path):
+    """A checkpoint saved before the first step has no optimizer state, so nothing brings the bf16
+    optimizer's fp32 main params to the loaded weights but the load itself: else its first step
+    starts from the policy's own initial weights and overwrites the loaded ones."""
+    fresh = _policy()
+    fresh.save(tmp_path)
+    bf16 = _policy(seed=99, model=dataclasses.replace(TINY, params_dtype="bfloat16"))
+    bf16.load(tmp_path)
+    _train_step(bf16, _batch(3))
+    _train_step(fresh, _batch(3))
+    got, ref = _weights(bf16), _weights(fresh)
+    worst = max(float((got[k].float() - ref[k]).abs().max()) for k in ref)
+    assert worst < 2e-2, f"the bf16 step did not continue from the loaded weights (max diff {worst:.3g})"
+
+
+@pytest.mark.parametrize("distributed", [False, True], ids=["optimizer", "distributed_optimizer"])
+def test_adam_step_survives_a_round_trip(tmp_path, distributed):
+    """Adam's bias correction continues after a resume. megatron's DistributedOptimizer hands the
+    step over in ``param_groups[*]['step']`` (as TE/Apex FusedAdam keep it), not in a sharded
+    entry; the non-distributed optimizer over torch Adam as 'common_step'."""
+    policy = _trained(2, distributed)
+    policy.save(tmp_path)
+    assert read_meta(tmp_path)["optimizer_state"] is True and _adam_steps(policy) == {2.0}
+    weights, optim = _weights(policy), _adam_tensors(policy)
+    assert any(k[1] == "exp_avg" for k in optim)
+    loss = _train_step(policy, _batch(5))
+    after = _weights(policy)
+
+    other = _policy(seed=99, distributed=distributed)  # a fresh optimizer: no state yet
+    other.load(tmp_path)
+    assert _adam_steps(other) == {2.0}, "the step restarted: bias correction as at the first step"
+    _assert_equal_tensors(_weights(other), weights)
+    _assert_equal_tensors(_adam_tensors(other), optim)
+    assert _train_step(other, _batch(5)) == loss
+    _assert_equal_tensors(_weights(other), after)
+    assert _adam_steps(other) == {3.0}
+
+
+def test_distributed_optimizer_checkpoint_before_any_step(tmp_path):
+    """megatron's DistributedOptimizer over torch AdamW cannot describe itself without state
+    (``state_dict`` asserts one step among its parameters'): saving before the first step and
+    loading into a fresh one both work, and continue exactly as the fresh optimizer does."""
+    fresh = _policy(distributed=True)
+    fresh.save(tmp_path)
+    other = _policy(seed=99, distributed=True)
+    other.load(tmp_path)
+    assert other.step_count == 0 and _adam_steps(other) == {0.0}
+    _assert_equal_tensors(_weights(other), _weights(fresh))
+    assert _train_step(other, _batch(3)) == _train_step(fresh, _batch(3))
+    _assert_equal_tensors(_weights(other), _weights(fresh))
+    assert _adam_steps(other) == _adam_steps(fresh) == {1.0}
 
 
 @pytest.mark.parametrize(

@@ -9,23 +9,27 @@ On disk, a checkpoint *root* holds one directory per saved step::
       step_00000020/         a complete megatron dist checkpoint:
         .metadata, __<rank>_<n>.distcp, metadata.json    megatron/torch DCP files
         meta.json            step, metrics, layout, time, model config, vocab size, extra,
-                             whether optimizer state was saved (none before the first step)
+                             whether optimizer state was saved (none before the first step
+                             but the DistributedOptimizer's zero state)
         config.yaml          the resolved run config (when the caller gave it)
       step_00000030.tmp/     a save in progress, or left by a kill: ignored, removed by the next save
 
 What a checkpoint holds: the model (``gpt.sharded_state_dict()``: every tensor by its global name,
 so a load at another TP / PP / EP layout reshards), the optimizer's per-parameter state (sharded
-the same way, see ``_optimizer_leaves``), and a common part (LR scheduler, optimizer step,
-``policy.step_count``, the caller's ``extra`` such as the loop's data cursor, the config YAML, the
-model config and vocab size). Each rank's RNG states (torch, CUDA, megatron's tracker, Python,
-numpy) are a ``ShardedObject`` keyed by global rank; they are restored only when the world
-layout matches the saved one (a resharded load logs that it skips them). ``load_optimizer=False``
+the same way, see ``optimizer_leaves``), and a common part (LR scheduler, Adam's step wherever
+the optimizer keeps it (``optimizer_step``), ``policy.step_count``, the caller's ``extra`` such
+as the loop's data cursor, the config YAML, the model config and vocab size). Each rank's RNG
+states (torch, CUDA, megatron's tracker, Python, numpy) are a ``ShardedObject`` keyed by global
+rank; they are restored only when the world layout matches the saved one (a resharded load logs
+that it skips them). ``load_optimizer=False``
 takes only the weights (any layout), e.g. pi_0 for a new RL run or an export.
 
 Requirements: every rank must see the same directory (a shared filesystem on several nodes).
 Checked on the CPU with megatron's non-distributed optimizer (TP=2+SP and EP=2 -> 1, see
-``tests/dist/test_checkpoint_reshard.py``); the DistributedOptimizer path (GPU) asks for its
-``fully_reshardable`` format but has not been run.
+``tests/dist/test_checkpoint_reshard.py``); the DistributedOptimizer's ``fully_reshardable``
+format with torch AdamW (as without TE/Apex) on the CPU too (world of one in
+``tests/unit/test_checkpoint.py``; DP=2 and EP=2 -> TP=2+SP in the reshard test), not yet on a GPU
+with TE's FusedAdam.
 
 Atomicity: every rank writes into ``step_N.tmp``; after megatron's closing barrier rank 0 adds
 ``meta.json``, renames the directory to ``step_N``, rewrites ``latest`` and only then deletes the
@@ -60,6 +64,12 @@ import torch
 import torch.distributed as dist
 
 from pivotrl_nemo.distributed.cpu_compat import cuda_to_cpu
+from pivotrl_nemo.models.megatron.optimizer_checkpoint import (
+    optimizer_leaves,
+    optimizer_step,
+    restore_optimizer,
+    sub_optimizers,
+)
 from pivotrl_nemo.utils.io import atomic_write_json, atomic_write_text
 from pivotrl_nemo.utils.logging import get_logger
 
@@ -251,57 +261,6 @@ def _rng_object(state: Any) -> Any:
     return ShardedObject(_RNG_KEY, state, (world,), (rank,), replica_id=0)
 
 
-def _sub_optimizers(optimizer: Any) -> list[Any]:
-    return list(getattr(optimizer, "chained_optimizers", None) or [optimizer])
-
-
-def _optimizer_leaves(policy: Any, model_sd: dict, is_loading: bool) -> tuple[list[Any], dict[str, Any]]:
-    """Each sub-optimizer's sharded state dict, and all of their sharded entries ``{"0": .., "1": ..}``
-    in traversal order (storage keys are not unique per rank: megatron stacks layers and experts
-    as shards of one key, so the container is numbered; what is stored is decided by each entry's
-    key and offsets, not by its place in the container).
-
-    Megatron chains one optimizer per parameter kind (dense, and expert parameters when EP > 1),
-    so the number of sub-optimizers depends on the layout; ``ChainedOptimizer.sharded_state_dict``
-    mirrors that structure. Saving only the sharded entries (per-parameter Adam moments, fp32 main
-    params: keys derived from the parameters' global names) and rebuilding every other field from
-    the optimizer being loaded into lets a checkpoint load at another EP / TP layout. The optimizer
-    step, the only non-sharded state that matters, is saved separately (``_optimizer_step``).
-    ``distrib_optim_sharding_type='fully_reshardable'`` picks the reshardable format of megatron's
-    DistributedOptimizer (the non-distributed optimizers ignore it).
-    """
-    from megatron.core.dist_checkpointing.dict_utils import nested_values  # lazy: megatron
-    from megatron.core.dist_checkpointing.mapping import ShardedBase  # lazy: megatron
-
-    structs: list[Any] = []
-    leaves: dict[str, Any] = {}
-    metadata = {"distrib_optim_sharding_type": "fully_reshardable"}
-    with cuda_to_cpu():
-        for sub in _sub_optimizers(policy.optimizer):
-            sd = sub.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)
-            structs.append(sd)
-            for leaf in nested_values(sd):
-                if isinstance(leaf, ShardedBase):
-                    leaves[str(len(leaves))] = leaf
-    return structs, leaves
-
-
-def _param_state(struct: dict) -> dict | None:
-    """The per-parameter ``state`` dict of the torch optimizer inside a megatron sub-optimizer's
-    state dict (top level for ``FP32Optimizer``, under 'optimizer' for the mixed-precision ones);
-    None where the layout is another (DistributedOptimizer: its step travels in its own entries)."""
-    inner = struct.get("optimizer")
-    inner = inner if isinstance(inner, dict) and "state" in inner else struct
-    state = inner.get("state")
-    return state if isinstance(state, dict) else None
-
-
-def _optimizer_step(structs: list[dict]) -> Any:
-    """Adam's step (megatron stores it once per sub-optimizer as 'common_step'; all are equal)."""
-    steps = [(_param_state(s) or {}).get("common_step") for s in structs]
-    return next((s for s in steps if s is not None), None)
-
-
 # ----------------------------------------------------------------------------- save
 
 
@@ -425,13 +384,13 @@ def save_checkpoint(
     _barrier()
 
     model_sd = policy.gpt.sharded_state_dict()
-    structs, leaves = _optimizer_leaves(policy, model_sd, is_loading=False)
+    structs, leaves = optimizer_leaves(policy, model_sd, is_loading=False)
     common = {
         "format": FORMAT_VERSION,
         "step": int(step),
         "step_count": int(policy.step_count),
         "scheduler": policy.scheduler.state_dict(),
-        "optimizer_step": _optimizer_step(structs),
+        "optimizer_step": optimizer_step(structs),
         "extra": dict(extra or {}),
         "config_yaml": config_yaml,
         "model_cfg": dataclasses.asdict(policy.model_cfg),
@@ -540,7 +499,7 @@ def load_checkpoint(policy: Any, path: str | os.PathLike, load_optimizer: bool =
     leaves: dict[str, Any] = {}
     same_layout = meta["layout"] == layout_of(policy)
     if load_optimizer and meta["optimizer_state"]:
-        structs, leaves = _optimizer_leaves(policy, model_sd, is_loading=True)
+        structs, leaves = optimizer_leaves(policy, model_sd, is_loading=True)
         request["optimizer"] = dict(leaves)
     if load_optimizer and same_layout:
         request["rng"] = _rng_object(None)
@@ -553,11 +512,13 @@ def load_checkpoint(policy: Any, path: str | os.PathLike, load_optimizer: bool =
         logger.info("loaded weights of %s (step %d)", d, meta["step"])
         return dict(common["extra"])
     if meta["optimizer_state"]:
-        _restore_optimizer(policy, structs, leaves, loaded["optimizer"], common["optimizer_step"])
+        restore_optimizer(policy, structs, leaves, loaded["optimizer"], common["optimizer_step"])
     else:  # saved before any optimizer step was taken (e.g. every group had zero reward variance)
-        for sub in _sub_optimizers(policy.optimizer):
+        for sub in sub_optimizers(policy.optimizer):
             if getattr(sub, "optimizer", None) is not None:
                 sub.optimizer.state.clear()
+        with cuda_to_cpu():
+            policy.optimizer.reload_model_params()  # mixed precision: fp32 main params from the loaded weights
     policy.scheduler.num_steps = 0  # load_state_dict *adds* the saved step count
     policy.scheduler.load_state_dict(common["scheduler"])
     policy.step_count = int(common["step_count"])
@@ -572,27 +533,3 @@ def load_checkpoint(policy: Any, path: str | os.PathLike, load_optimizer: bool =
         )
     logger.info("loaded checkpoint %s (policy step %d)", d, policy.step_count)
     return dict(common["extra"])
-
-
-def _restore_optimizer(
-    policy: Any, structs: list[dict], leaves: dict[str, Any], loaded: dict[str, Any], step: Any
-) -> None:
-    """Put the loaded optimizer entries back where ``_optimizer_leaves`` found them, set Adam's
-    step, and hand each sub-optimizer its state dict."""
-    from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace  # lazy: megatron
-    from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject, ShardedBase  # lazy: megatron
-
-    slot = {id(leaf): name for name, leaf in leaves.items()}
-
-    def fill(x: Any) -> Any:
-        if isinstance(x, ShardedBase):
-            return loaded[slot[id(x)]]
-        return x.unwrap() if isinstance(x, LocalNonpersistentObject) else x  # e.g. param_groups' params
-
-    with cuda_to_cpu():
-        for sub, sd in zip(_sub_optimizers(policy.optimizer), structs):
-            dict_list_map_inplace(fill, sd)
-            state = _param_state(sd)
-            if step is not None and state:  # a fresh optimizer has step 0, which megatron leaves out
-                state["common_step"] = step.clone() if isinstance(step, torch.Tensor) else step
-            sub.load_state_dict(sd)
