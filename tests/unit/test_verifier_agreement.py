@@ -33,9 +33,9 @@ def test_smoke_run_prints_the_table_and_tool_call_schema_agrees(tmp_path, capsys
     assert len(report["grid"]) == 20
     tuned = va.TUNED
     for judge in (ast, state):
-        # nearly no reward for wrong calls (the full run's numbers, in docs/verifiers.md, are the measurement;
-        # a 200-item sample sits within a few calls of the 0.99 target)
-        assert judge[tuned]["precision"] >= 0.98 and judge["tool_call_schema"]["precision"] >= 0.98
+        # (nearly) no reward for wrong calls; the full run's numbers, in docs/verifiers.md, are the
+        # measurement: this sample holds 32 trajectories, where 2 false passes cost 0.02 of precision
+        assert judge["tool_call_schema"]["precision"] >= 0.99 and judge[tuned]["precision"] >= 0.96
         assert judge[tuned]["kappa"] > judge["tool_call_args"]["kappa"] + 0.15
         assert judge[tuned]["kappa"] > judge["strict"]["kappa"]
         assert judge["strict"]["precision"] == 1.0  # exact match never passes a wrong call
