@@ -162,4 +162,6 @@ def grpo_update(
         "local_valid_tokens": float(sum(sum(x.keep) for x in samples)),
         "trained_sequences": trained_global,
         "trained_tokens": float(n if trained_global > 0 else 0),
+        # prompt + action tokens through the forward-backward (all ranks), for the throughput metric
+        "processed_tokens": float(dp.sum(sum(len(s.prompt) + len(s.action) for s in train))),
     }

@@ -31,7 +31,9 @@ def _step_metrics(m: dict, groups, t0: float, t1: float, t2: float, t3: float, l
     out = {f"train/{k}": v for k, v in m.items()}
     out.update(
         {
-            "train/tokens_per_s": m["trained_tokens"] / max(t2 - t1, 1e-9),  # tokens trained on, all ranks
+            # both rates, all ranks: the step processes prompts and actions, only action tokens carry loss
+            "train/trained_tokens_per_s": m["trained_tokens"] / max(t2 - t1, 1e-9),
+            "train/processed_tokens_per_s": m["processed_tokens"] / max(t2 - t1, 1e-9),
             "time/rollout_s": t1 - t0,
             "time/train_s": t2 - t1,
             "time/weight_sync_s": t3 - t2,

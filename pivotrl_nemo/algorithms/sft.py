@@ -27,6 +27,7 @@ def sft_step(
     """One optimizer step of cross-entropy on ``picked`` (prompt ids, action ids) examples."""
     t0 = time.perf_counter()
     total_tokens = sum(len(a) for _, a in picked)
+    processed = sum(len(p) + len(a) for p, a in picked)  # the forward pass runs on prompts too
     batches = [
         make_batch([picked[i][0] for i in mb], [picked[i][1] for i in mb], pad_id)
         for mb in chunks(len(picked), micro_batch_size)
@@ -43,7 +44,9 @@ def sft_step(
     return {
         "sft/loss": loss_sum,
         "sft/grad_norm": float(grad_norm),
-        "sft/tokens_per_s": total_tokens / (time.perf_counter() - t0),
+        # both rates, named: the step processes every token, but only action tokens carry loss
+        "sft/processed_tokens_per_s": processed / (time.perf_counter() - t0),
+        "sft/trained_tokens_per_s": total_tokens / (time.perf_counter() - t0),
         "sft/tokens": float(total_tokens),
         "sft/lr": policy.current_lr(),
     }

@@ -28,6 +28,8 @@ def test_first_ratio_is_one_only_when_pi_old_is_recomputed(source):
     # the fixture's engine log-probs are random numbers, far from the policy's own
     m = grpo_step(policy, w.fixed_groups(), AlgorithmConfig(micro_batch_size=3, old_logprobs=source), 0, 1.0, "torch")
     assert m["logprob_mismatch"] > 0.5  # the trainer-vs-engine gap is logged either way
+    # throughput counts both, named: prompts go through the forward pass, only actions carry loss
+    assert m["processed_tokens"] > m["trained_tokens"] > 0
     if source == "trainer":
         assert m["ratio_min"] == pytest.approx(1.0, abs=1e-5) and m["ratio_max"] == pytest.approx(1.0, abs=1e-5)
         assert m["clip_fraction"] == 0.0
