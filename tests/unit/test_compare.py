@@ -149,3 +149,19 @@ def test_sigterm_in_an_arm_exits_143_and_the_rerun_resumes_it(tmp_path, monkeypa
     assert (run / "compare" / "sft" / "seed0" / "done.json").exists()
     assert [r["step"] for r in read_metrics(unit / "train" / "metrics.jsonl")] == [1, 2]
     assert json.loads((unit / "done.json").read_text())["rollout_turns"] == 8
+
+
+def test_an_arm_retrains_only_when_a_setting_it_reads_changes():
+    from pivotrl_nemo.pipeline.compare.command import _train_fingerprint
+
+    def fps(*overrides):
+        cfg = load_config(list(overrides))
+        return {arm: _train_fingerprint(cfg, arm, "base") for arm in ARMS[1:]}
+
+    base = fps()
+    sft_changed = fps("compare.sft_steps=7")
+    e2e_changed = fps("compare.e2e_steps=7")
+    shared = fps("algorithm.clip_high=0.3")
+    assert {a for a in base if base[a] != sft_changed[a]} == {"sft"}
+    assert {a for a in base if base[a] != e2e_changed[a]} == {"e2e"}
+    assert all(base[a] != shared[a] for a in base)  # the shared RL sections still reach every arm

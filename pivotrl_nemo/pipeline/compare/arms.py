@@ -53,6 +53,38 @@ ArmFn = Callable[[ArmContext], dict[str, Any]]
 ARMS: Registry[ArmFn] = Registry("arm", "compare.arms")
 
 
+ArmSettings = Callable[[Any], list[Any]]
+"""``compare`` config -> the values of its settings an arm's training reads."""
+
+
+def reads(settings: ArmSettings) -> Callable[[ArmFn], ArmFn]:
+    """Declares which ``compare.*`` settings an arm's training reads: they (with the algorithm,
+    loss, rollout, verifier, profile and filter sections) make its fingerprint, so changing
+    another arm's settings does not retrain it. An arm that declares none depends on all of them
+    (``arm_settings``)."""
+
+    def mark(fn: ArmFn) -> ArmFn:
+        fn.settings = settings  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def _validation(c: Any) -> list[Any]:
+    return [c.val_every, c.val_max_candidates]
+
+
+def arm_settings(arm: str, cfg: PivotRLConfig) -> list[Any]:
+    """The ``compare.*`` values arm ``arm`` declared with ``reads``; every training setting when
+    it declared none (an arm from a plugin that does not say)."""
+    c = cfg.compare
+    declared = getattr(ARMS.get(arm), "settings", None)
+    if declared is not None:
+        return declared(c)
+    every = [c.sft_steps, c.sft_batch_size, c.sft_optim, c.e2e_steps, c.e2e_reward, c.e2e_turn_limit]
+    return every + [c.max_assistant_turns_per_user_turn, c.episode_check] + _validation(c)
+
+
 def _rl_rows(arm: ArmContext) -> list[dict[str, Any]]:
     rows, _ = load_pivot_rows(str(arm.base.layout.candidates("rl")), arm.cfg.data.skip_invalid)
     return rows
@@ -90,6 +122,7 @@ def _train_one_turn(arm: ArmContext, rows: list[dict[str, Any]], verifier: Any =
 
 
 @ARMS.register("pivotrl")
+@reads(_validation)
 def pivotrl(arm: ArmContext) -> dict[str, Any]:
     """PivotRL: GRPO on the filtered pivots (the base run's profile and filter)."""
     pivots, _ = load_pivot_rows(str(arm.base.layout.pivots), arm.cfg.data.skip_invalid)
@@ -99,6 +132,7 @@ def pivotrl(arm: ArmContext) -> dict[str, Any]:
 
 
 @ARMS.register("pivotrl_random_turns")
+@reads(_validation)
 def pivotrl_random_turns(arm: ArmContext) -> dict[str, Any]:
     """Ablation without the filter: as many turns as there are pivots, drawn uniformly from all
     extracted RL turns (seeded by the arm's seed), same steps; no profiling needed."""
@@ -116,6 +150,7 @@ def random_turns(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str
 
 
 @ARMS.register("pivotrl_strict_reward")
+@reads(_validation)
 def pivotrl_strict_reward(arm: ArmContext) -> dict[str, Any]:
     """Ablation without the functional reward: profiling, filtering and training all use the
     ``strict`` (string-match) verifier; evaluation stays functional like every arm's."""
@@ -148,6 +183,7 @@ def pivotrl_strict_reward(arm: ArmContext) -> dict[str, Any]:
 
 
 @ARMS.register("sft")
+@reads(lambda c: [c.sft_steps, c.sft_batch_size, c.sft_optim] + _validation(c))
 def sft(arm: ArmContext) -> dict[str, Any]:
     """SFT continued from pi_0 on the same RL-split trajectories (every assistant turn's expert
     action), for as many optimizer steps on as many sequences per step as an RL arm; on the
@@ -187,15 +223,13 @@ def sft(arm: ArmContext) -> dict[str, Any]:
     return {"rollout_turns": 0.0, "profile_turns": 0.0, "train_rows": len(examples), "tokens_trained": float(tokens)}
 
 
-def plays_episodes(fn: ArmFn) -> ArmFn:
-    """Marks an arm whose training plays whole episodes: the episode settings are part of its
-    configuration (``compare.episode_check``), not of the one-turn arms'."""
-    fn.plays_episodes = True  # type: ignore[attr-defined]
-    return fn
-
-
 @ARMS.register("e2e")
-@plays_episodes
+@reads(
+    lambda c: (
+        [c.e2e_steps, c.e2e_reward, c.e2e_turn_limit, c.max_assistant_turns_per_user_turn, c.episode_check]
+        + _validation(c)
+    )
+)
 def e2e(arm: ArmContext) -> dict[str, Any]:
     """End-to-end multi-turn GRPO on whole RL-split episodes in the domain's environment."""
     from pivotrl_nemo.algorithms.e2e import train_e2e  # lazy: torch, megatron

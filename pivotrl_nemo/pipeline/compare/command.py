@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pivotrl_nemo.config import ConfigError, PivotRLConfig, fingerprint, load_config
-from pivotrl_nemo.pipeline.compare.arms import ARMS, ArmContext
+from pivotrl_nemo.pipeline.compare.arms import ARMS, ArmContext, arm_settings
 from pivotrl_nemo.pipeline.compare.evaluation import evaluate_policy, validation_fn
 from pivotrl_nemo.pipeline.compare.table import write_comparison
 from pivotrl_nemo.pipeline.stage import StageContext, command
@@ -49,11 +49,9 @@ def units(cfg: PivotRLConfig) -> list[tuple[str, int]]:
 
 
 def _train_fingerprint(cfg: PivotRLConfig, arm: str, base_fp: str) -> str:
-    c = cfg.compare
-    training = [c.sft_steps, c.sft_batch_size, c.sft_optim, c.e2e_steps, c.e2e_reward, c.e2e_turn_limit]
-    training += [c.max_assistant_turns_per_user_turn, c.val_every, c.val_max_candidates]
-    if getattr(ARMS.get(arm), "plays_episodes", False):
-        training.append(c.episode_check)
+    """What an arm's training depends on: the shared RL sections and the ``compare.*`` settings
+    the arm declares it reads (``arms.reads``)."""
+    training = arm_settings(arm, cfg)
     return fingerprint(
         arm, cfg.algorithm, cfg.loss, cfg.rollout, cfg.verifier, cfg.profile, cfg.filter, training, base_fp
     )
