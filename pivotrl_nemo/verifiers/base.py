@@ -124,6 +124,19 @@ def unknown_tool_verdict(
     return None
 
 
+def decide_call(pred: ToolCall, exp: ToolCall) -> Verdict | None:
+    """The verdict when the tool name or undecodable arguments decide one call alone, else None
+    (the argument verifiers' shared first steps). Expected arguments that do not decode are a
+    data error (validation refuses such rows): ValueError."""
+    if pred.name != exp.name:
+        return fail(Category.WRONG_TOOL, f"called {clip(pred.name, 80)!r}, expected {exp.name!r}")
+    if pred.arguments is None:
+        return fail(Category.BAD_ARGUMENTS_JSON, f"{pred.name}: arguments do not decode as a JSON object")
+    if exp.arguments is None:
+        raise ValueError(f"expected arguments of {exp.name} are not a JSON object: {exp.raw_arguments[:80]!r}")
+    return None
+
+
 OMITTED = ""
 """In an ``acceptable_arguments`` list: the argument may be omitted (BFCL's possible-answer form)."""
 

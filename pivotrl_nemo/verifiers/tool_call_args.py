@@ -43,6 +43,7 @@ from pivotrl_nemo.verifiers.base import (
     VerifierBase,
     check_acceptable,
     clip,
+    decide_call,
     fail,
     json_normalised,
     ok,
@@ -125,12 +126,10 @@ def compare_call(
     pred: ToolCall, exp: ToolCall, float_tolerance: float = 1e-6, word_overlap_threshold: float = 0.1
 ) -> Verdict:
     """The single-call comparison: name, JSON decode, then the recursive argument comparison."""
-    if pred.name != exp.name:
-        return fail(Category.WRONG_TOOL, f"called {pred.name!r}, expected {exp.name!r}")
-    if pred.arguments is None:
-        return fail(Category.BAD_ARGUMENTS_JSON, f"{pred.name}: arguments do not decode as a JSON object")
-    if exp.arguments is None:
-        raise ValueError(f"expected arguments of {exp.name} are not a JSON object: {exp.raw_arguments[:80]!r}")
+    decided = decide_call(pred, exp)
+    if decided is not None:
+        return decided
+    assert pred.arguments is not None and exp.arguments is not None  # decide_call checked both
     try:
         pred_args, exp_args = json_normalised(pred.arguments), json_normalised(exp.arguments)
         if exp.acceptable is not None:

@@ -45,6 +45,7 @@ from pivotrl_nemo.verifiers.base import (
     VerifierBase,
     check_acceptable,
     clip,
+    decide_call,
     fail,
     json_normalised,
     ok,
@@ -336,12 +337,10 @@ def compare_call(
     pred: ToolCall, exp: ToolCall, schemas: dict[str, dict[str, Any]], cfg: SchemaVerifierConfig
 ) -> Verdict:
     """One predicted call against one expected call under ``schemas[exp.name]`` (when there is one)."""
-    if pred.name != exp.name:
-        return fail(Category.WRONG_TOOL, f"called {clip(pred.name, 80)!r}, expected {exp.name!r}")
-    if pred.arguments is None:
-        return fail(Category.BAD_ARGUMENTS_JSON, f"{pred.name}: arguments do not decode as a JSON object")
-    if exp.arguments is None:
-        raise ValueError(f"expected arguments of {exp.name} are not a JSON object: {exp.raw_arguments[:80]!r}")
+    decided = decide_call(pred, exp)
+    if decided is not None:
+        return decided
+    assert pred.arguments is not None and exp.arguments is not None  # decide_call checked both
     comparison = _Comparison(cfg, exp.name)
     schema = schemas.get(exp.name, {})
     acceptable = json_normalised(exp.acceptable) if exp.acceptable is not None else None
