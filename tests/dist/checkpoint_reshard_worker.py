@@ -20,6 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from cpu_types import cuda_type_names  # tests/dist, next to this script
 
 VOCAB = 256
 DIST_OPT = dict(use_distributed_optimizer=True)
@@ -42,27 +43,6 @@ def _model_cfg(seed: int):
                        moe_ffn_hidden_size=32, moe_router_topk=2, seed=seed)
 
 
-@contextlib.contextmanager
-def _cuda_type_names():
-    """megatron's DistributedOptimizer refuses parameters whose ``type()`` does not name a CUDA
-    tensor ('torch.cuda.FloatTensor'), though the rest of it runs on CPU tensors over gloo; while
-    it is built, CPU tensors report the CUDA names (as in tests/unit/test_checkpoint.py)."""
-    original = torch.Tensor.type
-
-    def cuda_name(self, *args, **kwargs):
-        name = original(self, *args, **kwargs)
-        # under cpu_compat's TorchFunctionMode the call comes back through here: rename once
-        if args or kwargs or not isinstance(name, str) or ".cuda." in name:
-            return name
-        return name.replace("torch.", "torch.cuda.", 1)
-
-    torch.Tensor.type = cuda_name
-    try:
-        yield
-    finally:
-        torch.Tensor.type = original
-
-
 def _policy(parallel, seed: int):
     from pivotrl_nemo.config.schema import OptimConfig
     from pivotrl_nemo.distributed.setup import init_distributed
@@ -71,7 +51,7 @@ def _policy(parallel, seed: int):
     init_distributed(parallel, seed=0)
     # adam_eps=1 keeps the update ~ linear in the gradient (no amplification of summation-order
     # noise in tiny gradients), while still depending on the loaded moments and step count
-    with _cuda_type_names() if parallel.use_distributed_optimizer else contextlib.nullcontext():
+    with cuda_type_names() if parallel.use_distributed_optimizer else contextlib.nullcontext():
         return MegatronPolicy(_model_cfg(seed), VOCAB, OptimConfig(lr=1e-2, clip_grad=0.0, adam_eps=1.0,
                                                                    warmup_steps=3), parallel=parallel)
 

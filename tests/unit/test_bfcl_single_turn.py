@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 from bfcl_rows import pivot_rows, trajectory
+from by_path import load_module
 
 from pivotrl_nemo.data.actions import action_from_expected, parse_completion
 from pivotrl_nemo.domains.bfcl import single_turn as st
@@ -24,16 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 CANDIDATES_PATH = REPO / "bench" / "agreement_candidates.py"
 
 
-def _load_candidates_module() -> Any:
-    spec = importlib.util.spec_from_file_location("agreement_candidates", CANDIDATES_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("agreement_candidates", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-ac = _load_candidates_module()
+ac = load_module("bench/agreement_candidates.py", "agreement_candidates")
 
 
 @cache

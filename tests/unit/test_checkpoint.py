@@ -4,7 +4,6 @@ rename, retention, weights-only loads and readable errors."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import random
@@ -13,6 +12,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from by_path import load_module
 
 from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from pivotrl_nemo.distributed.setup import destroy, init_distributed
@@ -48,25 +48,7 @@ def dist_ctx():
     destroy()
 
 
-@contextlib.contextmanager
-def _cuda_type_names():
-    """megatron's DistributedOptimizer and its bf16 optimizer refuse parameters whose ``type()``
-    does not name a CUDA tensor ('torch.cuda.FloatTensor'), though the rest of them runs on CPU
-    tensors over gloo; while they are built, CPU tensors report the CUDA names."""
-    original = torch.Tensor.type
-
-    def cuda_name(self, *args, **kwargs):
-        name = original(self, *args, **kwargs)
-        # under cpu_compat's TorchFunctionMode the call comes back through here: rename once
-        if args or kwargs or not isinstance(name, str) or ".cuda." in name:
-            return name
-        return name.replace("torch.", "torch.cuda.", 1)
-
-    torch.Tensor.type = cuda_name  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        torch.Tensor.type = original  # type: ignore[method-assign]
+_cuda_type_names = load_module("tests/dist/cpu_types.py", "cpu_types").cuda_type_names
 
 
 def _policy(seed: int = TINY.seed, model: ModelConfig = TINY, distributed: bool = False) -> MegatronPolicy:

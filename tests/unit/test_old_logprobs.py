@@ -1,21 +1,12 @@
 """algorithm.old_logprobs: pi_old recomputed by the trainer (default) makes the first PPO ratio
 exactly 1 whatever the engine reported; 'engine' uses the sampling log-probs as they came."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-WORKER = Path(__file__).resolve().parents[1] / "dist" / "grpo_dp_worker.py"
+from by_path import load_module
 
 
 def _worker():
-    spec = importlib.util.spec_from_file_location("grpo_dp_worker", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["grpo_dp_worker"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("tests/dist/grpo_dp_worker.py", "grpo_dp_worker")
 
 
 @pytest.mark.parametrize("source", ["trainer", "engine"])

@@ -1,20 +1,13 @@
 """bench/verifier_agreement.py: the smoke run prints its table and shows tool_call_schema agreeing
 with BFCL's judges far better than the paper's rule and exact match."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "verifier_agreement.py"
+from by_path import load_module
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("verifier_agreement", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["verifier_agreement"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("bench/verifier_agreement.py", "verifier_agreement")
 
 
 def test_smoke_run_prints_the_table_and_tool_call_schema_agrees(tmp_path, capsys):
