@@ -8,7 +8,10 @@ logged once). ``step_fn`` reports the assistant turns it generated as ``rollout/
 loop keeps their running total (``rollout/turns_cumulative``) in the checkpoint, so accuracy can
 be plotted against rollout turns across a resume. On SIGTERM (Slurm preemption or time limit) or
 SIGINT (Ctrl-C) the loop finishes the current step, checkpoints, writes ``PREEMPTED`` and raises
-``Preempted`` (exit code 143 or 130); re-running the same command resumes.
+``Preempted`` (exit code 143 or 130); re-running the same command resumes. With
+``algorithm.save_optimizer=false`` the final checkpoint (after step ``steps``) is weights-only;
+every earlier one keeps the optimizer. A run that raises ``steps`` and resumes from such a final
+checkpoint continues with a fresh optimizer and warns that this is not an exact resume.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tqdm import tqdm
 
 from ..config.schema import AlgorithmConfig
 from ..distributed.dp import DataParallel
-from ..models.megatron.checkpoint import Retention, find_latest
+from ..models.megatron.checkpoint import Retention, find_latest, read_meta
 from ..utils.io import atomic_write_json
 from ..utils.logging import get_logger
 from ..utils.metrics import MetricsWriter
@@ -59,10 +62,22 @@ def run_rl_loop(
     if find_latest(ckpt) is not None:
         # The loop step lives in the checkpoint itself: weights, optimizer, RNG and step are one
         # atomic directory rename (trainer_state.json is a human-readable copy).
-        extra = policy.load(ckpt)
+        weights_only = bool(read_meta(ckpt).get("weights_only", False))
+        extra = policy.load(ckpt, allow_weights_only=True)  # weights only: a fresh optimizer, warned
         start, turns = int(extra["loop_step"]) + 1, float(extra.get("rollout_turns", 0.0))
         synchronizer.sync_weights()
         log.info("%s: resumed from %s at step %d", desc, ckpt, start)
+        if weights_only and start <= a.steps:
+            log.warning(
+                "%s: %s is a weights-only final checkpoint (algorithm.save_optimizer=false); steps %d-%d "
+                "run with a fresh optimizer, so they are NOT an exact continuation of an uninterrupted "
+                "%d-step run (keep algorithm.save_optimizer=true for runs that may be extended)",
+                desc,
+                ckpt,
+                start,
+                a.steps,
+                a.steps,
+            )
     if metrics is not None:
         metrics.resume(start - 1)  # a fresh start (0) too: rows of a run killed before its first checkpoint
     bar = None
@@ -91,6 +106,8 @@ def run_rl_loop(
                     metrics=last,
                     config_yaml=config_yaml,
                     retention=Retention.from_config(a),
+                    # intermediate checkpoints are resume points: always with the optimizer
+                    save_optimizer=a.save_optimizer or step < a.steps,
                 )
                 if dp.is_main:
                     atomic_write_json(state_file, {"step": step, "rollout_turns": turns})

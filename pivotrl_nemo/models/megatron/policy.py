@@ -424,14 +424,17 @@ class MegatronPolicy:
         metrics: dict[str, Any] | None = None,
         config_yaml: str | None = None,
         retention: Any = None,
+        save_optimizer: bool = True,
     ) -> Path:
         """Write a dist checkpoint ``root/step_<step>`` (a collective: every rank calls it); returns it.
 
         ``step`` defaults to ``step_count``; ``extra`` (plain data, e.g. the loop's data cursor)
         comes back from ``load``; ``metrics`` are recorded and rank checkpoints for
         ``retention`` (a ``checkpoint.Retention``: the newest ``keep_last``, default 2, plus the
-        best by a metric); ``config_yaml`` is the resolved run config. See
-        ``models.megatron.checkpoint`` for the layout and the atomicity.
+        best by a metric); ``config_yaml`` is the resolved run config; ``save_optimizer=False``
+        writes a weights-only checkpoint (no optimizer state: for checkpoints that are only ever
+        loaded with ``load_optimizer=False``). See ``models.megatron.checkpoint`` for the layout
+        and the atomicity.
         """
         return save_checkpoint(
             self,
@@ -441,10 +444,16 @@ class MegatronPolicy:
             metrics=metrics,
             config_yaml=config_yaml,
             retention=retention,
+            save_optimizer=save_optimizer,
         )
 
-    def load(self, path: str | os.PathLike, load_optimizer: bool = True) -> dict[str, Any]:
+    def load(
+        self, path: str | os.PathLike, load_optimizer: bool = True, allow_weights_only: bool = False
+    ) -> dict[str, Any]:
         """Restore a checkpoint (a step directory, or a root: its latest) saved at any layout;
         returns the ``extra`` dict it was saved with. ``load_optimizer=False`` takes only the
-        weights (e.g. pi_0 from the SFT checkpoint): optimizer, schedule, step count and RNG stay."""
-        return load_checkpoint(self, path, load_optimizer=load_optimizer)
+        weights (e.g. pi_0 from the SFT checkpoint): optimizer, schedule, step count and RNG stay.
+        A weights-only checkpoint with ``load_optimizer=True`` raises ``CheckpointError`` unless
+        ``allow_weights_only``: then everything saved is restored and the optimizer starts fresh
+        (not an exact resume; a warning says so)."""
+        return load_checkpoint(self, path, load_optimizer=load_optimizer, allow_weights_only=allow_weights_only)
