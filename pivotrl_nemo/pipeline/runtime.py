@@ -8,12 +8,14 @@ distributed stack or megatron.
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
-from pivotrl_nemo.config.schema import OptimConfig, ParallelConfig, PivotRLConfig
+from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig, PivotRLConfig
 from pivotrl_nemo.distributed import env
 from pivotrl_nemo.pipeline.layout import RunLayout
-from pivotrl_nemo.registry import ENGINES
+from pivotrl_nemo.registry import ENGINES, MODEL_SOURCES
+from pivotrl_nemo.utils.errors import UserError
 from pivotrl_nemo.utils.logging import get_logger
 from pivotrl_nemo.verifiers.registry import build_verifier
 
@@ -25,6 +27,50 @@ def padded_vocab_size(n: int, multiple: int = 128) -> int:
     return ((n + multiple - 1) // multiple) * multiple
 
 
+VOCAB_PADDING_LIMIT = 1024
+"""Embedding rows may exceed the tokenizer's size by padding up to the next multiple of this
+(Qwen3: 151,669 tokens, 151,936 rows); more means another tokenizer's rows."""
+
+
+class VocabularyError(UserError, ValueError):
+    """The tokenizer, ``model.vocab_size`` and the initial checkpoint disagree on the vocabulary."""
+
+
+def vocabulary_rows(tokens: int, model: ModelConfig, checkpoint_rows: int | None = None) -> int:
+    """The policy's embedding rows, after the one vocabulary check: the tokenizer's ``tokens``,
+    the configured ``model.vocab_size`` (0: the tokenizer's padded to 128) and the rows of
+    ``model.init_checkpoint`` (``checkpoint_rows``) must agree (``VocabularyError`` naming all
+    three and the fix otherwise)."""
+    configured = model.vocab_size or None
+    rows = checkpoint_rows or configured or padded_vocab_size(tokens)
+    limit = padded_vocab_size(tokens, VOCAB_PADDING_LIMIT)
+    if (configured is None or checkpoint_rows is None or configured == checkpoint_rows) and tokens <= rows <= limit:
+        return rows
+    if model.tokenizer_vocab_size > 0:
+        tok = f"the domain BPE that build trains (model.tokenizer_vocab_size={model.tokenizer_vocab_size})"
+        fix = (
+            "set model.tokenizer_vocab_size=0 and model.tokenizer to the checkpoint's own tokenizer "
+            "(model_from=<the import's out dir> sets both)"
+        )
+    else:
+        tok = f"model.tokenizer={model.tokenizer}"
+        fix = "set model.tokenizer to the tokenizer the checkpoint was trained with"
+        if configured is not None and checkpoint_rows is not None and tokens <= checkpoint_rows <= limit:
+            fix = f"set model.vocab_size={checkpoint_rows} (the checkpoint's rows) or 0"
+    ckpt = (
+        f"model.init_checkpoint={model.init_checkpoint} has {checkpoint_rows} embedding rows"
+        if checkpoint_rows is not None
+        else "no model.init_checkpoint"
+    )
+    raise VocabularyError(
+        f"vocabulary mismatch: {tok} has {tokens} tokens, model.vocab_size={model.vocab_size}"
+        f"{' (0: the tokenizer size padded to 128)' if configured is None else ''} and {ckpt}. They "
+        f"must agree: rows >= the tokenizer's {tokens} tokens, padded at most to the next multiple "
+        f"of {VOCAB_PADDING_LIMIT} ({limit}), and model.vocab_size (when set) = the checkpoint's "
+        f"rows. Fix: {fix}"
+    )
+
+
 def single_rank_layout(cfg: PivotRLConfig) -> ParallelConfig:
     """The layout this process runs: ``cfg.parallel`` when launched among several ranks; in a
     process alone (build, SFT, eval, or a laptop run), the single-rank layout. Checkpoints
@@ -34,6 +80,12 @@ def single_rank_layout(cfg: PivotRLConfig) -> ParallelConfig:
         log.info("one process: running the single-rank layout instead of parallel=%s", p)
         return ParallelConfig()
     return p
+
+
+def checkpoint_exists(path: str) -> bool:
+    """Whether ``path`` is a complete checkpoint (a root with ``latest``, or a step directory)."""
+    p = Path(path)
+    return (p / "latest").is_file() or (p / "meta.json").is_file()
 
 
 class Runtime:
@@ -58,21 +110,34 @@ class Runtime:
         return load_tokenizer(self.cfg.model.tokenizer)
 
     @cached_property
-    def vocab_size(self) -> int:
-        """The policy's vocabulary: the tokenizer's, padded to a multiple of 128; or that of
-        ``model.init_checkpoint`` (an imported model keeps its own, e.g. Qwen3's 151,936)."""
-        init = self.cfg.model.init_checkpoint
-        if not init:
-            return padded_vocab_size(len(self.tokenizer))
-        from pivotrl_nemo.models.megatron.checkpoint import read_meta  # lazy: megatron
+    def init_checkpoint(self) -> str | None:
+        """``model.init_checkpoint``; for a registered model source (``model_from=<name>``)
+        imported from its Hugging Face folder by the first process that needs it."""
+        init, source = self.cfg.model.init_checkpoint, self.cfg.model_from
+        if init and source in MODEL_SOURCES and not checkpoint_exists(init):
+            if env.world_size() > 1:
+                raise UserError(
+                    f"model_from={source}: its megatron checkpoint {init} is made on first use by one "
+                    "process; run `pivotrl sft ...` (or any stage) once without torchrun first"
+                )
+            from pivotrl_nemo.pipeline.hf_commands import import_stage  # lazy: megatron, transformers
 
-        vocab = int(read_meta(init)["vocab_size"])
-        if vocab < len(self.tokenizer):
-            raise ValueError(
-                f"model.init_checkpoint={init} has a {vocab}-token vocabulary, smaller than the "
-                f"tokenizer's {len(self.tokenizer)} (model.tokenizer={self.cfg.model.tokenizer})"
-            )
-        return vocab
+            log.info("model_from=%s: importing it into %s (once)", source, init)
+            import_stage(self.cfg, MODEL_SOURCES.get(source).hf_folder(), init, overwrite=True)
+        return init
+
+    @cached_property
+    def vocab_size(self) -> int:
+        """The policy's embedding rows after the vocabulary check (``vocabulary_rows``): the
+        tokenizer's size padded to 128 for a model trained from scratch; an initial checkpoint's
+        own rows (e.g. Qwen3's 151,936)."""
+        init = self.init_checkpoint
+        rows = None
+        if init:
+            from pivotrl_nemo.models.megatron.checkpoint import read_meta  # lazy: megatron
+
+            rows = int(read_meta(init)["vocab_size"])
+        return vocabulary_rows(len(self.tokenizer), self.cfg.model, rows)
 
     @property
     def pad_id(self) -> int:
@@ -119,10 +184,17 @@ class Runtime:
             freeze_router=freeze_router,
         )
 
+    @property
+    def pi0_checkpoint(self) -> Path:
+        """Where pi_0 is: the sft stage's checkpoint, or with ``sft.steps=0`` the initial
+        checkpoint itself (the sft stage then writes none)."""
+        init = self.init_checkpoint if self.cfg.sft.steps == 0 else None
+        return Path(init) if init else self.layout.sft_checkpoint
+
     def pi0(self, optim: OptimConfig | None = None, total_steps: int = 1) -> Any:
-        """pi_0: a policy loaded from the sft stage's checkpoint (weights only)."""
+        """pi_0: a policy loaded from ``pi0_checkpoint`` (weights only)."""
         policy = self.new_policy(optim or self.cfg.algorithm.optim, total_steps=total_steps)
-        policy.load(self.layout.sft_checkpoint, load_optimizer=False)
+        policy.load(self.pi0_checkpoint, load_optimizer=False)
         return policy
 
     def engine_for(self, policy: Any) -> tuple[Any, Any]:

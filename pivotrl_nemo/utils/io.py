@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +157,49 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+SOURCE_RECORD = "source.json"
+"""The file in a cached directory that names what it was made from (see ``publish_dir``)."""
+
+
+def cached_dir_is_valid(directory: str | os.PathLike, record: dict[str, Any]) -> bool:
+    """Whether ``directory`` was published by ``publish_dir`` from exactly ``record``."""
+    marker = Path(directory) / SOURCE_RECORD
+    if not marker.is_file():
+        return False
+    try:
+        return bool(json.loads(marker.read_text()) == record)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def publish_dir(target: str | os.PathLike, fill: Callable[[Path], object], record: dict[str, Any]) -> Path:
+    """Make ``target`` a directory that ``fill(tmp)`` wrote, atomically: ``fill`` writes a temporary
+    directory next to it, ``record`` goes into its ``source.json``, then one rename publishes it
+    (an older copy is renamed away first). A reader sees the old directory, none, or the complete
+    new one; a racing writer that published first wins when its record is the same."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        fill(tmp)
+        (tmp / SOURCE_RECORD).write_text(json.dumps(record, indent=1))
+        stale = None
+        if target.exists():
+            stale = target.parent / f".{target.name}.stale-{os.getpid()}-{time.monotonic_ns()}"
+            os.rename(target, stale)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not cached_dir_is_valid(target, record):
+                raise
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -209,12 +209,14 @@ def test_import_cli_writes_a_checkpoint_that_trains_with_the_printed_overrides(t
     assert import_main(args) == 0
     text = capsys.readouterr().out
     assert "num_experts: 4" in text and "no tokenizer files" in text
-    line = text.split("hydra overrides for this model")[1].splitlines()[1]
-    overrides = shlex.split(line)
-    assert "model.num_experts=4" in overrides and "model.qk_layernorm=true" in overrides
+    line = text.split("train on it")[1].splitlines()[1]
+    overrides = [o for o in shlex.split(line) if o.startswith("model_from=")]
+    assert overrides == [f"model_from={out}"]  # one argument: the model.yaml next to the checkpoint
 
     cfg = load_config(overrides + [f"run_dir={tmp_path / 'run'}"])
     assert (cfg.model.hidden_size, cfg.model.moe_ffn_hidden_size, cfg.model.num_query_groups) == (48, 24, 2)
+    assert (cfg.model.num_experts, cfg.model.qk_layernorm, cfg.model.vocab_size) == (4, True, VOCAB)
+    assert cfg.model.init_checkpoint == str(out.resolve()) and cfg.model.tokenizer_vocab_size == 0
     policy = MegatronPolicy(cfg.model, VOCAB, OptimConfig())
     policy.load(out, load_optimizer=False)
     ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))

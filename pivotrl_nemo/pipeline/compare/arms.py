@@ -99,11 +99,11 @@ def _train_one_turn(arm: ArmContext, rows: list[dict[str, Any]], verifier: Any =
     policy = rt.pi0(cfg.algorithm.optim, cfg.algorithm.steps)
     if not rows:  # e.g. a strict reward under which pi_0 has no pivot: the arm's policy stays pi_0
         log.warning("%s: no rows to train on; its policy is pi_0", arm.out_dir.parent.name)
-        policy.save(arm.train_dir / "checkpoint", 0, extra={"loop_step": 0}, config_yaml="")
+        policy.save(arm.train_dir / "checkpoint", 0, extra={"loop_step": 0}, config_yaml="", save_optimizer=False)
         return {"rollout_turns": 0.0, "train_rows": 0, "note": "no rows to train on: the policy is pi_0"}
     engine, sync = rt.engine_for(policy)
     sampler = TurnSampler(engine, rt.tokenizer, cfg.data, verifier or rt.verifier)
-    with MetricsWriter(arm.train_dir) as mw:
+    with MetricsWriter(arm.train_dir, wandb=cfg.logging.wandb, run_config=cfg) as mw:
         train_pivot_rl(
             policy,
             sampler,
@@ -214,7 +214,7 @@ def sft(arm: ArmContext) -> dict[str, Any]:
         sync.sync_weights()  # SFT steps do not refresh the engine; validation needs the current weights
         return val(step) if val is not None else {}
 
-    with MetricsWriter(arm.train_dir) as mw:
+    with MetricsWriter(arm.train_dir, wandb=cfg.logging.wandb, run_config=cfg) as mw:
         run_rl_loop(
             policy, sync, step_fn, replace(a, steps=steps), arm.train_dir, mw, to_yaml(cfg),
             desc="sft", val_fn=val_fn if val is not None else None, val_every=c.val_every,
@@ -240,7 +240,7 @@ def e2e(arm: ArmContext) -> dict[str, Any]:
     make_env = environment_factory(cfg)
     policy = rt.pi0(cfg.algorithm.optim, cfg.algorithm.steps)
     engine, sync = rt.engine_for(policy)
-    with MetricsWriter(arm.train_dir) as mw:
+    with MetricsWriter(arm.train_dir, wandb=cfg.logging.wandb, run_config=cfg) as mw:
         last = train_e2e(
             policy,
             engine,

@@ -133,7 +133,7 @@ def run_compare(cfg: PivotRLConfig) -> dict[str, Any]:
             "pi0": {"train": {"rollout_turns": 0.0, "profile_turns": 0.0, "train_seconds": 0.0}, "evals": {}}
         }
         results["pi0"]["evals"][0] = eval_unit(
-            base, cfg, runner.layout.root / "compare" / "pi0", runner.layout.sft_checkpoint, sft_fp
+            base, cfg, runner.layout.root / "compare" / "pi0", runner.runtime.pi0_checkpoint, sft_fp
         )
         for arm, seed in todo:
             info = train_unit(base, cfg, arm, seed, base_fp)

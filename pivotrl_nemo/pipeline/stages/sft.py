@@ -52,17 +52,20 @@ def sft(ctx: StageContext) -> dict[str, Any]:
     from pivotrl_nemo.models.megatron.checkpoint import Retention
 
     cfg, rt = ctx.cfg, ctx.runtime
+    if cfg.sft.steps == 0 and rt.init_checkpoint:  # pi_0 is the initial checkpoint as it is
+        log.info("sft: sft.steps=0: pi_0 is %s; nothing to train or write", rt.init_checkpoint)
+        return {"examples": 0, "final_loss": None, "heldout_action_nll": None, "init_checkpoint": rt.init_checkpoint}
     cands = candidates_by_split(ctx)
     in_domain, ood_sft = sft_rows(ctx, cands)
     train_ex = sft_examples(ctx, in_domain + ood_sft)
     log.info("sft: %d examples (%d sft, %d ood_sft)", len(train_ex), len(in_domain), len(ood_sft))
     policy = rt.new_policy(cfg.sft.optim, total_steps=max(cfg.sft.steps, 1), freeze_router=False)
-    if cfg.model.init_checkpoint:
-        policy.load(cfg.model.init_checkpoint, load_optimizer=False)
-        log.info("sft: starting from %s", cfg.model.init_checkpoint)
+    if rt.init_checkpoint:
+        policy.load(rt.init_checkpoint, load_optimizer=False)
+        log.info("sft: starting from %s", rt.init_checkpoint)
     last: dict[str, Any] = {}
     if cfg.sft.steps > 0:
-        with MetricsWriter(ctx.layout.sft_dir) as mw:
+        with MetricsWriter(ctx.layout.sft_dir, wandb=cfg.logging.wandb, run_config=cfg) as mw:
             last = train_sft(
                 policy,
                 train_ex,
@@ -74,13 +77,15 @@ def sft(ctx: StageContext) -> dict[str, Any]:
             )
     held = cands.get("val") or cands.get("rl") or []
     nll = action_nll(policy, sft_examples(ctx, held[:64]), rt.pad_id) if held else None
-    # pi_0: one dist checkpoint (weights, optimizer, config); a re-run replaces it
+    # pi_0: one dist checkpoint (weights, config); a re-run replaces it. Weights only: every
+    # reader loads it with load_optimizer=False (an RL run starts a fresh optimizer from it)
     policy.save(
         ctx.layout.sft_checkpoint,
         policy.step_count,
         metrics=last,
         config_yaml=to_yaml(cfg),
         retention=Retention(keep_last=1),
+        save_optimizer=False,
     )
     return {
         "examples": len(train_ex),
@@ -88,5 +93,5 @@ def sft(ctx: StageContext) -> dict[str, Any]:
         "ood_sft_examples": len(ood_sft),
         "final_loss": last.get("sft/loss"),
         "heldout_action_nll": nll,
-        "init_checkpoint": cfg.model.init_checkpoint,
+        "init_checkpoint": rt.init_checkpoint,
     }

@@ -29,7 +29,7 @@ def train(ctx: StageContext) -> dict[str, Any]:
     ref = rt.pi0() if cfg.algorithm.kl_coef > 0 else None
     dp = current_dp()
     engine, sync = rt.engine_for(policy)
-    mw = MetricsWriter(layout.train_dir) if dp.is_main else None
+    mw = MetricsWriter(layout.train_dir, wandb=cfg.logging.wandb, run_config=cfg) if dp.is_main else None
     try:
         last = train_pivot_rl(
             policy, rt.sampler_for(engine), sync, pivots, cfg, layout.train_dir, mw, rt.pad_id, dp, ref_policy=ref

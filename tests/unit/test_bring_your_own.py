@@ -1,0 +1,140 @@
+"""Bring your own checkpoint: a random HF Llama through ``pivotrl import``'s model file, every
+stage, and ``pivotrl export run_dir=R`` with nothing else; the one vocabulary check; the run's
+saved configuration as the base of later commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pivotrl_nemo.cli import main
+from pivotrl_nemo.config import ConfigError, load_config
+from pivotrl_nemo.config.schema import ModelConfig
+from pivotrl_nemo.data.tokenizer import load_tokenizer
+from pivotrl_nemo.models.megatron.hf.sources import SMOLLM2, save_hf_folder
+from pivotrl_nemo.pipeline.runtime import VocabularyError, vocabulary_rows
+
+DATA = [
+    "experiment=tiny",
+    "data.max_trajectories=4",
+    "data.split_fractions={sft: 0.5, rl: 0.25, val: 0.0, test: 0.25}",
+    "data.max_prompt_tokens=768",
+    "data.max_history_items=1",
+]
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """A random tiny HF Llama with SmolLM2's tokenizer (49,152 tokens), imported by the CLI."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    work = tmp_path_factory.mktemp("byo")
+    torch.manual_seed(0)
+    hf_cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    hf = work / "hf"
+    hf.mkdir()
+    save_hf_folder(LlamaForCausalLM(hf_cfg).eval(), load_tokenizer("smollm2"), hf)
+    assert main(["import", f"hf_dir={hf}", f"out={work / 'import'}"]) == 0
+    return work
+
+
+def test_import_writes_one_model_file_with_only_the_keys_that_apply(imported):
+    keys = OmegaConf.to_container(OmegaConf.load(imported / "import" / "model.yaml"))
+    assert keys["hidden_size"] == 32 and keys["num_layers"] == 2 and keys["num_experts"] == 0
+    assert keys["vocab_size"] == 49152 and keys["tokenizer_vocab_size"] == 0
+    assert keys["init_checkpoint"] == str((imported / "import").resolve())
+    assert keys["tokenizer"] == str((imported / "hf").resolve())
+    assert not {"moe_ffn_hidden_size", "moe_router_topk", "params_dtype"} & set(keys)  # dense: no MoE keys
+
+
+def test_every_stage_then_export_with_run_dir_alone(imported, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(
+        [
+            "run",
+            *DATA,
+            f"model_from={imported / 'import'}",  # one argument, not 19 keys
+            f"run_dir={run}",
+            "sft.steps=2",
+            "algorithm.steps=1",
+            "algorithm.prompts_per_step=1",
+            "algorithm.group_size=2",
+            "profile.k=2",
+            "filter.min_variance=-1",
+            "eval.samples_per_candidate=1",
+            "stages=[build,extract,sft,profile,filter,train]",
+        ]
+    )
+    assert rc == 0
+    assert json.loads((run / ".stages" / "sft.json").read_text())["summary"]["init_checkpoint"] == str(
+        (imported / "import").resolve()
+    )
+    out = tmp_path / "hf_out"
+    # the README's form, with no model or tokenizer override: the run's config.yaml is the base
+    assert main(["export", f"run_dir={run}", "export.checkpoint=train", f"export.out={out}"]) == 0
+    exported = json.loads((out / "config.json").read_text())
+    assert exported["hidden_size"] == 32 and exported["vocab_size"] == 49152
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    # an override that would change the run's model is refused, naming the key
+    capsys.readouterr()
+    bad = main(["export", f"run_dir={run}", "model.hidden_size=64", "export.checkpoint=train", f"export.out={out}2"])
+    assert bad == 2
+    err = capsys.readouterr().err
+    assert "model.hidden_size" in err and "64" in err and "32" in err
+
+
+def test_the_quickstart_bpe_with_a_pretrained_checkpoint_is_refused_naming_the_numbers(imported):
+    with pytest.raises(ConfigError) as e:
+        load_config(["experiment=quickstart", f"model.init_checkpoint={imported / 'import'}"])
+    assert "model.tokenizer_vocab_size" in str(e.value) and "4096" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # model_from fixes it: an explicit override may not undo that
+        load_config(["experiment=quickstart", f"model_from={imported / 'import'}", "model.tokenizer_vocab_size=4096"])
+    assert "model.tokenizer_vocab_size" in str(e.value) and "4096" in str(e.value)
+    cfg = load_config(["experiment=quickstart", f"model_from={imported / 'import'}"])
+    assert cfg.model.tokenizer_vocab_size == 0 and cfg.model.vocab_size == 49152
+    # the runtime check (for configs built around validation): tokenizer, config and checkpoint rows
+    bpe = ModelConfig(tokenizer_vocab_size=4096, init_checkpoint="ckpt")
+    with pytest.raises(VocabularyError) as v:
+        vocabulary_rows(4096, bpe, 49152)
+    assert all(str(n) in str(v.value) for n in (4096, 49152)) and "tokenizer_vocab_size=0" in str(v.value)
+
+
+def test_vocabulary_padding_is_accepted_and_other_mismatches_are_not():
+    m = ModelConfig(init_checkpoint="ckpt")
+    assert vocabulary_rows(151669, m, 151936) == 151936  # Qwen3: padded rows
+    assert vocabulary_rows(4000, ModelConfig()) == 4096  # from scratch: padded to 128
+    with pytest.raises(VocabularyError, match="32000 embedding rows"):
+        vocabulary_rows(49152, m, 32000)  # fewer rows than tokens
+    with pytest.raises(VocabularyError, match="model.vocab_size=49152"):
+        vocabulary_rows(49152, ModelConfig(vocab_size=49152, init_checkpoint="ckpt"), 50176)
+    with pytest.raises(VocabularyError):
+        vocabulary_rows(30000, m, 49152)  # more rows than padding explains: another tokenizer's
+
+
+def test_smollm2_source_keys_are_the_ones_its_gguf_derives():
+    from transformers import AutoConfig
+
+    from pivotrl_nemo.data.tokenizer import smollm2_gguf_path
+    from pivotrl_nemo.models.megatron.hf.importer import model_config_from_hf
+
+    gguf = smollm2_gguf_path()
+    derived = model_config_from_hf(AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
+    keys = SMOLLM2.model_keys()
+    for k, v in keys.items():
+        if k not in ("name", "tokenizer", "tokenizer_vocab_size", "vocab_size", "init_checkpoint"):
+            assert getattr(derived, k) == v, k
+    assert keys["vocab_size"] == len(load_tokenizer("smollm2"))
+    cfg = load_config(["experiment=smollm2"])
+    assert cfg.model.hidden_size == 576 and cfg.model.init_checkpoint == keys["init_checkpoint"]
