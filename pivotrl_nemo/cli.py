@@ -4,8 +4,12 @@ pivotrl run experiment=quickstart              # every stage of the experiment, 
 pivotrl profile experiment=quickstart profile.k=16
 pivotrl validate runs/quickstart/pivots.jsonl  # check a pivot file, file:line: field: message
 pivotrl show-config experiment=quickstart      # the resolved configuration
-pivotrl export experiment=quickstart export.checkpoint=train export.out=hf_out  # HF safetensors
-pivotrl import hf_dir=/path/to/hf out=runs/x/sft/checkpoint   # HF folder -> megatron checkpoint
+pivotrl export run_dir=runs/quickstart export.checkpoint=train export.out=hf_out  # HF safetensors
+pivotrl import hf_dir=/path/to/hf out=ckpt/x       # HF folder -> megatron checkpoint + ckpt/x/model.yaml
+pivotrl run experiment=quickstart model_from=ckpt/x run_dir=runs/x   # train from it
+
+A command naming an existing run directory continues that run: its config.yaml is the base and
+the overrides go on top (``pipeline.run_config``).
 pivotrl <stage> --help                         # what a stage does, reads and writes
 
 Errors: a problem you can fix (bad data or configuration, stages out of order, no pivots, a path

@@ -1,17 +1,17 @@
 """Hugging Face checkpoints out of and into runs: the ``pivotrl export`` and ``pivotrl import`` commands.
 
-``pivotrl export [hydra overrides] export.checkpoint=train|sft export.out=DIR [export.overwrite=true]``
-writes a run's megatron checkpoint (the latest step of ``<run_dir>/<checkpoint>/checkpoint``) as a Hugging
-Face folder (``models.megatron.hf.exporter.export_hf``): safetensors, config.json,
-generation_config.json and the run's tokenizer. ``export.*`` keys are this command's own; the
-rest are the usual overrides that resolve ``run_dir`` and the tokenizer.
+``pivotrl export run_dir=R export.checkpoint=train|sft export.out=DIR [export.overwrite=true]``
+writes a run's megatron checkpoint (the latest step of ``<run_dir>/<checkpoint>/checkpoint``; pi_0
+for 'sft') as a Hugging Face folder (``models.megatron.hf.exporter.export_hf``): safetensors,
+config.json, generation_config.json and the run's tokenizer. ``export.*`` keys are this command's
+own; the run's saved configuration (``pipeline.run_config``) gives the model and tokenizer, and
+other overrides go on top of it (a layout, ``parallel.*``, under torchrun).
 
 ``pivotrl import hf_dir=HF_FOLDER out=CHECKPOINT_DIR [overwrite=true] [overrides]`` reads the HF
 config (``hf.importer.model_config_from_hf``), builds the megatron policy at the requested layout
 (``parallel.*`` overrides, under torchrun), loads the safetensors into it (each rank reads only
-its shards) and writes ``MegatronPolicy.save(out)``. It prints the derived model config and the
-``model.*`` overrides that train on the checkpoint (e.g. import to ``<run_dir>/sft/checkpoint``
-to start the RL stages from it).
+its shards) and writes ``MegatronPolicy.save(out)`` (weights only) and ``out/model.yaml``: the
+``model.*`` keys that describe the checkpoint, which ``model_from=out`` sets in a run.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def split_export_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
 
 @command(
     "export",
-    usage="pivotrl export [overrides] export.checkpoint=train|sft export.out=DIR [export.overwrite=true]",
+    usage="pivotrl export run_dir=R export.checkpoint=train|sft export.out=DIR [export.overwrite=true] [overrides]",
     help="write a run's sft or train checkpoint as a Hugging Face folder (safetensors, config, tokenizer)",
 )
 def export_main(args: list[str]) -> int:
@@ -123,8 +123,8 @@ def export_main(args: list[str]) -> int:
     unknown = sorted(set(own) - {"checkpoint", "out", "overwrite"})
     if unknown or "out" not in own:
         sys.stderr.write(
-            "usage: pivotrl export [overrides] export.checkpoint=train|sft export.out=DIR "
-            f"[export.overwrite=true]{'; unknown: ' + ', '.join(unknown) if unknown else ''}\n"
+            "usage: pivotrl export run_dir=R export.checkpoint=train|sft export.out=DIR "
+            f"[export.overwrite=true] [overrides]{'; unknown: ' + ', '.join(unknown) if unknown else ''}\n"
         )
         return 2
     cfg = _config_or_none(rest, of_run=True)

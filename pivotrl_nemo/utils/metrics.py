@@ -11,14 +11,26 @@ import math
 import os
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import UserError
 from .io import atomic_write_text
 from .logging import get_logger
 
-if TYPE_CHECKING:
-    from pivotrl_nemo.config.schema import WandbConfig
+
+class WandbConfig(Protocol):
+    """What the W&B sink reads of ``config.schema.WandbConfig`` (``logging.wandb.*``; utils sits
+    below config, so it names the fields, not the class)."""
+
+    enabled: bool
+    project: str
+    entity: str
+    name: str
+    group: str
+    tags: list[str]
+    mode: str
+    dir: str
+
 
 log = get_logger(__name__)
 

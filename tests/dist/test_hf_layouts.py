@@ -83,10 +83,10 @@ def _save_smollm2(work: Path) -> None:
     """SmolLM2-135M (GGUF, dequantised) as a safetensors folder, and transformers' next-token
     log-probs for a prompt."""
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
     from pivotrl_nemo.data.tokenizer import load_tokenizer, smollm2_gguf_path
+    from pivotrl_nemo.models.megatron.hf.sources import save_hf_folder
 
     gguf = smollm2_gguf_path()
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
@@ -95,11 +95,7 @@ def _save_smollm2(work: Path) -> None:
         ref = torch.log_softmax(hf(input_ids=ids).logits[:, -1].float(), dim=-1)
     out = work / "smollm2"
     out.mkdir()
-    save_file({k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"},  # tied
-              str(out / "model.safetensors"), metadata={"format": "pt"})
-    if hasattr(hf.config, "quantization_config"):
-        del hf.config.quantization_config
-    hf.config.save_pretrained(out)
+    save_hf_folder(hf, load_tokenizer("smollm2"), out)
     torch.save({"ids": ids, "ref": ref}, work / "smollm2_ref.pt")
 
 

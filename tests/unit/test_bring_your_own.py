@@ -15,7 +15,10 @@ from pivotrl_nemo.config import ConfigError, load_config
 from pivotrl_nemo.config.schema import ModelConfig
 from pivotrl_nemo.data.tokenizer import load_tokenizer
 from pivotrl_nemo.models.megatron.hf.sources import SMOLLM2, save_hf_folder
-from pivotrl_nemo.pipeline.runtime import VocabularyError, vocabulary_rows
+from pivotrl_nemo.pipeline.runtime import VocabularyError, padded_vocab_size, vocabulary_rows
+
+VOCAB = 1024
+"""The embedding rows of the imported model: experiment=tiny's BPE (1,024 tokens)."""
 
 DATA = [
     "experiment=tiny",
@@ -28,13 +31,16 @@ DATA = [
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
-    """A random tiny HF Llama with SmolLM2's tokenizer (49,152 tokens), imported by the CLI."""
+    """A random tiny HF Llama with its own small tokenizer (a 1,024-token BPE that ``build``
+    trains: a 49K vocabulary would make this test slow), imported by the CLI."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     work = tmp_path_factory.mktemp("byo")
+    assert main(["build", *DATA, f"run_dir={work / 'bpe'}"]) == 0  # experiment=tiny trains a domain BPE
+    tokenizer = load_tokenizer(str(work / "bpe" / "tokenizer"))
     torch.manual_seed(0)
     hf_cfg = LlamaConfig(
-        vocab_size=49152,
+        vocab_size=padded_vocab_size(len(tokenizer)),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -45,7 +51,7 @@ def imported(tmp_path_factory):
     )
     hf = work / "hf"
     hf.mkdir()
-    save_hf_folder(LlamaForCausalLM(hf_cfg).eval(), load_tokenizer("smollm2"), hf)
+    save_hf_folder(LlamaForCausalLM(hf_cfg).eval(), tokenizer, hf)
     assert main(["import", f"hf_dir={hf}", f"out={work / 'import'}"]) == 0
     return work
 
@@ -53,7 +59,7 @@ def imported(tmp_path_factory):
 def test_import_writes_one_model_file_with_only_the_keys_that_apply(imported):
     keys = OmegaConf.to_container(OmegaConf.load(imported / "import" / "model.yaml"))
     assert keys["hidden_size"] == 32 and keys["num_layers"] == 2 and keys["num_experts"] == 0
-    assert keys["vocab_size"] == 49152 and keys["tokenizer_vocab_size"] == 0
+    assert keys["vocab_size"] == VOCAB and keys["tokenizer_vocab_size"] == 0
     assert keys["init_checkpoint"] == str((imported / "import").resolve())
     assert keys["tokenizer"] == str((imported / "hf").resolve())
     assert not {"moe_ffn_hidden_size", "moe_router_topk", "params_dtype"} & set(keys)  # dense: no MoE keys
@@ -85,7 +91,7 @@ def test_every_stage_then_export_with_run_dir_alone(imported, tmp_path, capsys):
     # the README's form, with no model or tokenizer override: the run's config.yaml is the base
     assert main(["export", f"run_dir={run}", "export.checkpoint=train", f"export.out={out}"]) == 0
     exported = json.loads((out / "config.json").read_text())
-    assert exported["hidden_size"] == 32 and exported["vocab_size"] == 49152
+    assert exported["hidden_size"] == 32 and exported["vocab_size"] == VOCAB
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     # an override that would change the run's model is refused, naming the key
     capsys.readouterr()
@@ -103,7 +109,7 @@ def test_the_quickstart_bpe_with_a_pretrained_checkpoint_is_refused_naming_the_n
         load_config(["experiment=quickstart", f"model_from={imported / 'import'}", "model.tokenizer_vocab_size=4096"])
     assert "model.tokenizer_vocab_size" in str(e.value) and "4096" in str(e.value)
     cfg = load_config(["experiment=quickstart", f"model_from={imported / 'import'}"])
-    assert cfg.model.tokenizer_vocab_size == 0 and cfg.model.vocab_size == 49152
+    assert cfg.model.tokenizer_vocab_size == 0 and cfg.model.vocab_size == VOCAB
     # the runtime check (for configs built around validation): tokenizer, config and checkpoint rows
     bpe = ModelConfig(tokenizer_vocab_size=4096, init_checkpoint="ckpt")
     with pytest.raises(VocabularyError) as v:
