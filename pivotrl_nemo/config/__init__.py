@@ -74,7 +74,8 @@ def load_config(
         msg = str(e).splitlines()[0]
         raise ConfigError(f"config key '{key}': {msg}") from None
     _import_plugins(cfg.plugins)
-    apply_model_from(cfg, overrides)
+    if base is None or any(o.lstrip("+~").partition("=")[0] == "model_from" for o in overrides):
+        apply_model_from(cfg, overrides)  # a saved run's model.* values already are its source's
     _resolve_defaults(cfg)
     validate(cfg)
     return cfg

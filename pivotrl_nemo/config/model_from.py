@@ -30,7 +30,10 @@ RELABEL_KEYS = frozenset({"name"})
 def model_source_keys(spec: str) -> tuple[dict[str, Any], str]:
     """(the ``model.*`` keys ``spec`` names, where they came from)."""
     if spec in MODEL_SOURCES:
-        return dict(MODEL_SOURCES.get(spec).model_keys()), f"model source {spec!r}"
+        try:
+            return dict(MODEL_SOURCES.get(spec).model_keys()), f"model source {spec!r}"
+        except (FileNotFoundError, ImportError) as e:
+            raise ConfigError(f"config key 'model_from': model source {spec!r} is not available: {e}") from None
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / MODEL_FILE
@@ -63,6 +66,8 @@ def apply_model_from(cfg: PivotRLConfig, overrides: list[str]) -> None:
     if not cfg.model_from:
         return
     keys, origin = model_source_keys(cfg.model_from)
+    if cfg.model_from not in MODEL_SOURCES:  # saved absolute: later commands may run elsewhere
+        cfg.model_from = str(Path(cfg.model_from).expanduser().resolve())
     names = {f.name for f in fields(ModelConfig)}
     unknown = sorted(set(keys) - names)
     if unknown:

@@ -428,9 +428,9 @@ class AlgorithmConfig:
     (SmolLM2-135M: 1.6 GB vs 0.54 GB), 14 with bf16 (2 + 4 + 8) against 2. False writes the
     final checkpoint weights-only (what ``eval`` and ``export`` read); intermediate checkpoints
     (every ``save_every``, and a preemption's) always keep the optimizer: they are the resume
-    points. A later run that raises ``steps`` and resumes from a weights-only final checkpoint
-    continues with a fresh optimizer and logs a warning: weights, LR schedule, step count and
-    RNG carry over, Adam's moments and step restart, so it is not an exact resume."""
+    points. (Raising ``steps`` later re-runs training from pi_0: it is part of the train stage's
+    fingerprint. Should a resume ever start from a weights-only checkpoint, it continues with a
+    fresh optimizer and logs a warning: not an exact resume.)"""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
     seed: int = 0
     """Pivot sampling seed."""

@@ -55,7 +55,9 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _source_record(gguf: Path) -> dict[str, object]:
+def smollm2_source_record(gguf: Path | None = None) -> dict[str, object]:
+    """What is made from the SmolLM2 GGUF (its tokenizer, its HF folder) is valid while this holds."""
+    gguf = gguf or smollm2_gguf_path()
     st = gguf.stat()
     return {
         "gguf": str(gguf),
@@ -68,7 +70,7 @@ def _source_record(gguf: Path) -> dict[str, object]:
 def _load_smollm2(cache_dir: Path | None) -> PreTrainedTokenizerBase:
     gguf = smollm2_gguf_path()
     target = cache_dir if cache_dir is not None else cache_root() / "tokenizers" / "smollm2"
-    record = _source_record(gguf)
+    record = smollm2_source_record(gguf)
     if cached_dir_is_valid(target, record):
         t0 = time.perf_counter()
         tok = AutoTokenizer.from_pretrained(str(target), local_files_only=True)

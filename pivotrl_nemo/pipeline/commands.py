@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from pivotrl_nemo.config import ConfigError, load_config, to_yaml
+from pivotrl_nemo.config import ConfigError, to_yaml
 from pivotrl_nemo.data.pivots import validate_file
+from pivotrl_nemo.pipeline.run_config import load_run_config
 from pivotrl_nemo.pipeline.stage import command
 
 
@@ -50,9 +51,10 @@ def validate_main(args: list[str]) -> int:
 
 @command("show-config", usage="pivotrl show-config [overrides]", help="print the resolved configuration")
 def show_config_main(args: list[str]) -> int:
-    """Print the resolved configuration as YAML."""
+    """Print the resolved configuration as YAML (of the run ``run_dir=`` names, when it has one:
+    ``pipeline.run_config``)."""
     try:
-        cfg = load_config(args)
+        cfg = load_run_config(args)
     except ConfigError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

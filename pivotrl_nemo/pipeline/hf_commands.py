@@ -299,11 +299,11 @@ def import_main(args: list[str]) -> int:
             + "train on it (sft first, or sft.steps=0 to take it as pi_0 as it is) with:\n"
             + f"  pivotrl run experiment=... model_from={own['out']}\n"
         )
-        _warn_vocab(cfg.model.tokenizer if tokenizer_dir is not None else None, summary["vocab_size"])
+        _warn_vocab(cfg.model.tokenizer if tokenizer_dir is not None else None, summary["vocab_size"], own["out"])
     return 0
 
 
-def _warn_vocab(tokenizer_dir: str | None, vocab: int) -> None:
+def _warn_vocab(tokenizer_dir: str | None, vocab: int, out: str) -> None:
     """Run the start-up vocabulary check now (``runtime.vocabulary_rows``), so a tokenizer that
     does not fit the checkpoint is named at import, not at the first stage."""
     if tokenizer_dir is None:
@@ -315,8 +315,7 @@ def _warn_vocab(tokenizer_dir: str | None, vocab: int) -> None:
     from pivotrl_nemo.data.tokenizer import load_tokenizer  # lazy: transformers
 
     try:
-        vocabulary_rows(
-            len(load_tokenizer(tokenizer_dir)), ModelConfig(tokenizer=tokenizer_dir, vocab_size=vocab), vocab
-        )
+        model = ModelConfig(tokenizer=tokenizer_dir, vocab_size=vocab, init_checkpoint=str(out))
+        vocabulary_rows(len(load_tokenizer(tokenizer_dir)), model, vocab)
     except VocabularyError as e:
         sys.stdout.write(f"warning: {e}\n")

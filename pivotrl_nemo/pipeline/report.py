@@ -156,8 +156,7 @@ def _markdown(cfg, rep: dict, filt: dict, markers: dict) -> str:
         f"- trajectories: {build.get('trajectories')} ({build.get('tool_calls')} expert tool calls), split by "
         f"trajectory id: {build.get('by_split')}",
         f"- candidates per split: {rep['n_candidates_by_split']}",
-        f"- pi_0: SFT on the 'sft' split, {sft.get('examples')} turns; final loss {_fmt(sft.get('final_loss'))}, "
-        f"held-out action NLL per token {_fmt(sft.get('heldout_action_nll'))}",
+        _pi0_line(sft),
         "",
         "## Profiling and the pivot filter",
         "",
@@ -197,3 +196,15 @@ def _pts(x) -> str:
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def _pi0_line(sft: dict) -> str:
+    """How pi_0 was made: SFT (from scratch or from an initial checkpoint), or the checkpoint as is."""
+    init = sft.get("init_checkpoint")
+    if init and not sft.get("examples"):
+        return f"- pi_0: the initial checkpoint {init} as it is (sft.steps=0)"
+    start = f" from {init}" if init else ""
+    return (
+        f"- pi_0: SFT{start} on the 'sft' split, {sft.get('examples')} turns; final loss {_fmt(sft.get('final_loss'))}, "
+        f"held-out action NLL per token {_fmt(sft.get('heldout_action_nll'))}"
+    )

@@ -7,6 +7,7 @@ distributed stack or megatron.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pivotrl_nemo.distributed import env
 from pivotrl_nemo.pipeline.layout import RunLayout
 from pivotrl_nemo.registry import ENGINES, MODEL_SOURCES
 from pivotrl_nemo.utils.errors import UserError
+from pivotrl_nemo.utils.io import publish_dir
 from pivotrl_nemo.utils.logging import get_logger
 from pivotrl_nemo.verifiers.registry import build_verifier
 
@@ -113,17 +115,21 @@ class Runtime:
     def init_checkpoint(self) -> str | None:
         """``model.init_checkpoint``; for a registered model source (``model_from=<name>``)
         imported from its Hugging Face folder by the first process that needs it."""
-        init, source = self.cfg.model.init_checkpoint, self.cfg.model_from
-        if init and source in MODEL_SOURCES and not checkpoint_exists(init):
+        init, name = self.cfg.model.init_checkpoint, self.cfg.model_from
+        source = MODEL_SOURCES.get(name) if name in MODEL_SOURCES else None
+        if init and source is not None and Path(init) == source.checkpoint_dir() and not source.checkpoint_is_current():
             if env.world_size() > 1:
                 raise UserError(
-                    f"model_from={source}: its megatron checkpoint {init} is made on first use by one "
-                    "process; run `pivotrl sft ...` (or any stage) once without torchrun first"
+                    f"model_from={name}: its megatron checkpoint {init} is made on first use by one "
+                    "process; run `pivotrl sft ...` (or any stage) once without torchrun first, with "
+                    "PIVOTRL_CACHE on a file system every node sees"
                 )
             from pivotrl_nemo.pipeline.hf_commands import import_stage  # lazy: megatron, transformers
 
-            log.info("model_from=%s: importing it into %s (once)", source, init)
-            import_stage(self.cfg, MODEL_SOURCES.get(source).hf_folder(), init, overwrite=True)
+            log.info("model_from=%s: importing it into %s (once)", name, init)
+            hf = source.hf_folder()
+            fp32 = dataclasses.replace(self.cfg, model=dataclasses.replace(self.cfg.model, params_dtype="float32"))
+            publish_dir(init, lambda tmp: import_stage(fp32, hf, tmp, overwrite=True), source.record())
         return init
 
     @cached_property
@@ -131,12 +137,17 @@ class Runtime:
         """The policy's embedding rows after the vocabulary check (``vocabulary_rows``): the
         tokenizer's size padded to 128 for a model trained from scratch; an initial checkpoint's
         own rows (e.g. Qwen3's 151,936)."""
-        init = self.init_checkpoint
+        init = self.cfg.model.init_checkpoint
+        if init and self.cfg.model.vocab_size and not checkpoint_exists(init):
+            # not there (moved, or a model source not imported yet): the configured rows stand in
+            # for its own, and the stage that loads it imports or refuses it then
+            init = None
         rows = None
-        if init:
+        ready = self.init_checkpoint if init else None
+        if ready:
             from pivotrl_nemo.models.megatron.checkpoint import read_meta  # lazy: megatron
 
-            rows = int(read_meta(init)["vocab_size"])
+            rows = int(read_meta(ready)["vocab_size"])
         return vocabulary_rows(len(self.tokenizer), self.cfg.model, rows)
 
     @property

