@@ -159,3 +159,29 @@ MODEL_SOURCES: Registry[Any] = Registry(
 )
 """Pretrained models named by ``model_from=<name>`` (``models.megatron.hf.sources.ModelSource``):
 the ``model.*`` keys that describe one, and its Hugging Face folder, made on first use."""
+
+MODEL_ARCHS: Registry[Any] = Registry(
+    "model architecture",
+    "model.arch",
+    _builtins(
+        "pivotrl_nemo",
+        {"gpt": "models.megatron.build:construct_gpt", "hybrid": "models.megatron.hybrid:construct_hybrid"},
+    ),
+)
+"""Policy architecture families: ``construct(cfg, transformer_config, vocab_size, pre_process,
+post_process, pg_collection) -> megatron module`` (``models.megatron.build.build_model`` does the
+rest: process groups, seeding, device, router freezing)."""
+
+HF_FAMILIES: Registry[Any] = Registry(
+    "Hugging Face family",
+    "model.arch",
+    _builtins(
+        "pivotrl_nemo",
+        {
+            "gpt": "models.megatron.hf.importer:GPT_FAMILY",
+            "hybrid": "models.megatron.hf.nemotron_h:NEMOTRON_H_FAMILY",
+        },
+    ),
+)
+"""The Hugging Face twin of each ``MODEL_ARCHS`` entry (``models.megatron.hf.family.HFFamily``):
+its config, names and tensor layouts for import, export and weight sync."""

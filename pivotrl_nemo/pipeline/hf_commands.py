@@ -50,7 +50,7 @@ def export_stage(cfg: Any, run_dir: str | Path, which: str, out: str | Path, ove
     """
     # lazy: megatron and torch.distributed
     from pivotrl_nemo.distributed.setup import init_distributed
-    from pivotrl_nemo.models.megatron.build import build_gpt_model
+    from pivotrl_nemo.models.megatron.build import build_model
     from pivotrl_nemo.models.megatron.checkpoint import load_model_weights, read_meta
     from pivotrl_nemo.models.megatron.hf.exporter import export_hf
 
@@ -69,7 +69,7 @@ def export_stage(cfg: Any, run_dir: str | Path, which: str, out: str | Path, ove
     if rt.vocab_size != vocab:
         raise ValueError(f"checkpoint vocab_size {vocab} != the run tokenizer's padded {rt.vocab_size}")
     init_distributed(rt.parallel, seed=model_cfg.seed)
-    gpt = build_gpt_model(model_cfg, vocab, rt.parallel)
+    gpt = build_model(model_cfg, vocab, rt.parallel)
     load_model_weights(gpt, meta["path"], model_cfg, vocab)
     out = export_hf(gpt, model_cfg, rt.tokenizer, out, overwrite=overwrite)
     logger.info("exported %s checkpoint (step %s) of %s to %s", which, meta.get("step"), run_dir, out)

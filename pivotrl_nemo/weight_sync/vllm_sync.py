@@ -39,6 +39,7 @@ WORKER_EXTENSION_CLS = f"{__name__}.VLLMWeightSyncExtension"
 """What ``VLLMRolloutEngine`` passes as ``vllm.LLM(worker_extension_cls=...)``."""
 
 _FUSED_EXPERTS = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<kind>gate_up_proj|down_proj)$")
+_FUSED_UNGATED = re.compile(r"^(?P<prefix>.*\.mixer\.experts)\.(?P<kind>up_proj|down_proj)$")  # Nemotron-H
 
 
 # --------------------------------------------------------------------------- names
@@ -50,9 +51,18 @@ def to_checkpoint_names(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> It
     ``<p>.mlp.experts.gate_up_proj`` [E, 2I, H] becomes ``<p>.mlp.experts.{e}.gate_proj.weight``
     (rows :I) and ``.up_proj.weight`` (rows I:); ``<p>.mlp.experts.down_proj`` [E, H, I] becomes
     ``<p>.mlp.experts.{e}.down_proj.weight``: the inverse of transformers' own Qwen2/3-MoE
-    checkpoint conversion. Other names pass through. Outputs are views (no copies).
+    checkpoint conversion. Nemotron-H's ungated ``<p>.mixer.experts.up_proj`` [E, I, H] /
+    ``down_proj`` [E, H, I] become ``<p>.mixer.experts.{e}.up_proj.weight`` / ``down_proj.weight``
+    (vLLM maps its ``backbone.`` prefix to ``model.`` itself; written against vLLM 0.33's
+    ``nemotron_h.py``, not run until a GPU runs it). Other names pass through. Outputs are views
+    (no copies).
     """
     for name, t in named_tensors:
+        ungated = _FUSED_UNGATED.match(name)
+        if ungated is not None:
+            for e in range(t.shape[0]):
+                yield f"{ungated['prefix']}.{e}.{ungated['kind']}.weight", t[e]
+            continue
         m = _FUSED_EXPERTS.match(name)
         if m is None:
             yield name, t

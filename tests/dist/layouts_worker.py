@@ -1,5 +1,6 @@
 """Worker for test_layouts.py (``torchrun --nproc_per_node 2``): one GRPO step of the same tiny
-model on the same rollout batch under every parallel layout, against the single-rank step.
+model (dense, MoE, hybrid Mamba/attention/MoE) on the same rollout batch under every parallel
+layout, against the single-rank step.
 
 The reference is computed in the same launch: at the TP=PP=EP=1 layout every rank trains on the
 whole batch with a data-parallel view of size one, which is the single-rank computation (DDP
@@ -18,6 +19,11 @@ VOCAB = 128
 DENSE = dict(hidden_size=32, num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=8, ffn_hidden_size=64,
              num_experts=0)
 MOE = dict(DENSE, num_experts=4, moe_ffn_hidden_size=32, moe_router_topk=2)
+# Nemotron-H-like: every layer kind, Mamba heads / groups split over TP (in_proj and conv1d by blocks)
+HYBRID = dict(MOE, arch="hybrid", hybrid_layer_pattern="M*E-", num_layers=4, qk_layernorm=False,
+              position_embedding="none", mlp_activation="squared_relu", mamba_num_heads=4, mamba_head_dim=8,
+              mamba_state_dim=8, mamba_num_groups=2, mamba_chunk_size=8, moe_router_score_function="sigmoid",
+              moe_router_expert_bias=True, moe_shared_expert_ffn_hidden_size=32)
 
 LAYOUTS = [  # (name, model, ParallelConfig kwargs)
     ("dp2", MOE, dict()),
@@ -26,7 +32,10 @@ LAYOUTS = [  # (name, model, ParallelConfig kwargs)
     ("ep2", MOE, dict(expert_model_parallel_size=2)),
     ("pp2", MOE, dict(pipeline_model_parallel_size=2)),
     ("pp2_dense", DENSE, dict(pipeline_model_parallel_size=2)),
+    ("hybrid_tp2_sp", HYBRID, dict(tensor_model_parallel_size=2, sequence_parallel=True)),
+    ("hybrid_ep2", HYBRID, dict(expert_model_parallel_size=2)),
 ]
+KINDS = {"dense": DENSE, "moe": MOE, "hybrid": HYBRID}
 
 
 def _policy(model_kwargs: dict, parallel):
@@ -63,7 +72,7 @@ def main(out: str) -> None:
     from pivotrl_nemo.models.megatron import sharding
 
     refs = {}
-    for name, kind in (("dense", DENSE), ("moe", MOE)):
+    for name, kind in KINDS.items():
         policy = _policy(kind, ParallelConfig())
         init = _full(policy)
         m = _step(policy, DataParallel(0, 1))  # the whole batch: the single-rank step
@@ -71,7 +80,7 @@ def main(out: str) -> None:
         destroy(keep_default_group=True)
     results = {}
     for name, kind, kwargs in LAYOUTS:
-        init, ref_loss, ref_after = refs["moe" if kind is MOE else "dense"]
+        init, ref_loss, ref_after = refs[next(k for k, v in KINDS.items() if v is kind)]
         policy = _policy(kind, ParallelConfig(**kwargs))
         sharding.load_full_state(policy, lambda k: init[k])
         m = _step(policy, current_dp())

@@ -1,7 +1,7 @@
 """Hugging Face import / export / weight sync at TP, PP, EP > 1 (2 CPU ranks over gloo).
 
 One torchrun launch runs this file as a worker (``__main__``): rank 1 saves tiny random
-Qwen3-MoE / Qwen3 / Llama (tied) checkpoints with transformers while rank 0 turns SmolLM2-135M's
+Qwen3-MoE / Qwen3 / Llama (tied) / Nemotron-H (hybrid) checkpoints with transformers while rank 0 turns SmolLM2-135M's
 real weights into safetensors; then, for each layout (megatron re-initialised in between):
 
 * ``import_hf_checkpoint`` at that layout gives transformers' logits (fp32, atol 1e-4);
@@ -30,7 +30,7 @@ import pytest
 
 VOCAB = 256
 SEQ = 12
-MODELS = ("moe", "qwen3", "llama")
+MODELS = ("moe", "qwen3", "llama", "hybrid")
 LAYOUTS = {  # name -> ParallelConfig kwargs
     "single": {},
     "tp2sp": dict(tensor_model_parallel_size=2, sequence_parallel=True),
@@ -39,14 +39,22 @@ LAYOUTS = {  # name -> ParallelConfig kwargs
     "pp2": dict(pipeline_model_parallel_size=2),
 }
 CASES = {"moe": ("single", "tp2sp", "ep2", "pp2"), "qwen3": ("single", "tp2", "pp2"),
-         "llama": ("single", "tp2", "pp2")}
+         "llama": ("single", "tp2", "pp2"), "hybrid": ("single", "tp2sp", "ep2")}
 
 
 # --------------------------------------------------------------------------- worker
 
 
 def _hf_config(kind: str):
-    from transformers import LlamaConfig, Qwen3Config, Qwen3MoeConfig
+    from transformers import LlamaConfig, NemotronHConfig, Qwen3Config, Qwen3MoeConfig
+
+    if kind == "hybrid":  # Nemotron-H: every layer kind; time_step_min: see hf/nemotron_h.py
+        return NemotronHConfig(vocab_size=VOCAB, hidden_size=48, layers_block_type=["mamba", "attention", "moe", "mlp"],
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=12, intermediate_size=80,
+                               mamba_num_heads=4, mamba_head_dim=12, ssm_state_size=8, n_groups=2, chunk_size=8,
+                               n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
+                               moe_shared_expert_intermediate_size=32, layer_norm_epsilon=1e-5, initializer_range=0.08,
+                               max_position_embeddings=64, tie_word_embeddings=False, time_step_min=1e-9)
 
     common = dict(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, initializer_range=0.08,
@@ -68,8 +76,11 @@ def _save_tiny_models(work: Path) -> None:
         model = AutoModelForCausalLM.from_config(_hf_config(kind), dtype=torch.float32).eval()
         with torch.no_grad():  # norms start at one: make a norm mix-up visible
             for name, p in model.named_parameters():
-                if "norm" in name:
+                if "norm" in name or name.endswith(("A_log", ".D", "dt_bias")):
                     p.add_(0.3 * torch.randn_like(p))
+            for name, b in model.named_buffers():
+                if name.endswith("e_score_correction_bias"):
+                    b.copy_(0.05 * torch.randn_like(b))
         model.save_pretrained(work / kind, safe_serialization=True)
 
 

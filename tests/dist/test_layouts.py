@@ -1,5 +1,5 @@
 """TP=2, TP=2+SP with MoE, EP=2, PP=2 (megatron's 1F1B schedule) and DP=2, each over gloo with 2
-processes, give the single-rank GRPO step: the same loss and the same updated weights (Adam
+processes, and the hybrid (Nemotron-H-like) policy at TP=2+SP and EP=2, give the single-rank GRPO step: the same loss and the same updated weights (Adam
 configured so the update is ~ -10 x gradient, i.e. the same gradients, scale included)."""
 
 import os
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 WORKER = Path(__file__).with_name("layouts_worker.py")
-LAYOUTS = ["dp2", "tp2", "tp2_sp_moe", "ep2", "pp2", "pp2_dense"]
+LAYOUTS = ["dp2", "tp2", "tp2_sp_moe", "ep2", "pp2", "pp2_dense", "hybrid_tp2_sp", "hybrid_ep2"]
 
 
 @pytest.fixture(scope="module")

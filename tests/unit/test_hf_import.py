@@ -10,7 +10,7 @@ import torch
 
 from pivotrl_nemo.config.schema import ParallelConfig
 from pivotrl_nemo.distributed.setup import destroy, init_distributed
-from pivotrl_nemo.models.megatron.build import build_gpt_model
+from pivotrl_nemo.models.megatron.build import build_model
 from pivotrl_nemo.models.megatron.hf.importer import (
     HFImportError,
     import_hf_checkpoint,
@@ -106,7 +106,7 @@ def test_tiny_hf_checkpoint_imports_with_same_logits(make, tmp_path):
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
     # the in-memory state_dict (transformers' fused 3-D experts, tied lm_head listed) loads too
-    gpt2 = build_gpt_model(cfg, VOCAB)
+    gpt2 = build_model(cfg, VOCAB)
     load_hf_into_megatron(gpt2, hf.state_dict(), cfg)
     torch.testing.assert_close(_megatron_logits(gpt2, ids), theirs, atol=1e-4, rtol=0)
 
@@ -114,7 +114,7 @@ def test_tiny_hf_checkpoint_imports_with_same_logits(make, tmp_path):
 def test_strict_load_names_unknown_and_missing_keys():
     hf = _hf_model(_qwen3())
     cfg = model_config_from_hf(hf.config)
-    gpt = build_gpt_model(cfg, VOCAB)
+    gpt = build_model(cfg, VOCAB)
     state = dict(hf.state_dict())
     state["model.layers.0.self_attn.extra.weight"] = torch.zeros(1)
     del state["model.layers.1.mlp.down_proj.weight"]
@@ -152,7 +152,7 @@ def test_smollm2_real_weights_same_next_token_distribution():
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
     cfg = model_config_from_hf(hf.config, params_dtype="float32")
     assert not cfg.qk_layernorm and cfg.tie_word_embeddings and cfg.num_experts == 0
-    gpt = build_gpt_model(cfg, hf.config.vocab_size)
+    gpt = build_model(cfg, hf.config.vocab_size)
     load_hf_into_megatron(gpt, hf.state_dict(), cfg)
     tok = load_tokenizer("smollm2")
     ids = tok("The capital of France is", return_tensors="pt").input_ids

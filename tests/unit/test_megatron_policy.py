@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from pivotrl_nemo.distributed.setup import destroy, init_distributed
-from pivotrl_nemo.models.megatron.build import build_gpt_model
+from pivotrl_nemo.models.megatron.build import build_model
 from pivotrl_nemo.models.megatron.policy import MegatronPolicy
 
 VOCAB = 300
@@ -51,7 +51,7 @@ def _train_step(policy: MegatronPolicy, ids: torch.Tensor) -> tuple[float, float
 
 
 def test_gptmodel_returns_batch_first_logits():
-    model = build_gpt_model(TINY, VOCAB)
+    model = build_model(TINY, VOCAB)
     device = next(model.parameters()).device
     ids = _batch(3, 7).to(device)
     pos = torch.arange(7, device=device).unsqueeze(0).expand(3, 7)
@@ -65,8 +65,8 @@ def test_gptmodel_returns_batch_first_logits():
 
 
 def test_build_is_deterministic_given_the_seed():
-    a, b = build_gpt_model(TINY, VOCAB), build_gpt_model(TINY, VOCAB)
-    c = build_gpt_model(dataclasses.replace(TINY, seed=TINY.seed + 1), VOCAB)
+    a, b = build_model(TINY, VOCAB), build_model(TINY, VOCAB)
+    c = build_model(dataclasses.replace(TINY, seed=TINY.seed + 1), VOCAB)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert not torch.equal(a.decoder.layers[0].mlp.router.weight, c.decoder.layers[0].mlp.router.weight)
 
@@ -185,7 +185,7 @@ def test_sdpa_core_attention_equals_megatron_local_attention():
 
     from pivotrl_nemo.config.schema import ModelConfig, ParallelConfig
     from pivotrl_nemo.distributed.setup import init_distributed
-    from pivotrl_nemo.models.megatron.build import build_gpt_model
+    from pivotrl_nemo.models.megatron.build import build_model
 
     init_distributed(ParallelConfig(), seed=0)
     base = ModelConfig(
@@ -199,8 +199,8 @@ def test_sdpa_core_attention_equals_megatron_local_attention():
         moe_router_topk=2,
         seed=7,
     )
-    sdpa = build_gpt_model(dataclasses.replace(base, attention_backend="sdpa"), 256)
-    local = build_gpt_model(dataclasses.replace(base, attention_backend="local"), 256)
+    sdpa = build_model(dataclasses.replace(base, attention_backend="sdpa"), 256)
+    local = build_model(dataclasses.replace(base, attention_backend="local"), 256)
     local.load_state_dict(sdpa.state_dict())
     ids = torch.randint(0, 256, (3, 37))
     pos = torch.arange(37).expand(3, 37)

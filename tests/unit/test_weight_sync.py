@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from pivotrl_nemo.distributed.setup import destroy, init_distributed
+from pivotrl_nemo.models.megatron.hf.family import split_qkv
 from pivotrl_nemo.models.megatron.hf.mapping import (
     WeightLoadError,
     build_hf_model,
@@ -17,7 +18,6 @@ from pivotrl_nemo.models.megatron.hf.mapping import (
     hf_from_megatron_stream,
     load_named_tensors_into,
     megatron_to_hf,
-    split_qkv,
 )
 from pivotrl_nemo.models.megatron.policy import MegatronPolicy
 from pivotrl_nemo.models.megatron.sharding import iter_full_state

@@ -1,4 +1,6 @@
-"""Build the trained policy: a Qwen3-MoE-like megatron-core ``GPTModel`` on the local layer spec.
+"""Build the trained policy: ``build_model`` for every architecture family (``registry.MODEL_ARCHS``),
+and the ``gpt`` family itself: a Qwen3-MoE-like megatron-core ``GPTModel`` on the local layer spec
+(the ``hybrid`` family is ``models.megatron.hybrid``).
 
 Architecture (matching ``transformers``' Qwen3-MoE / Qwen3 so the HF twin in
 ``models.megatron.hf.mapping`` computes the same function): pre-norm RMSNorm, GQA self-attention
@@ -14,6 +16,7 @@ without changing parameter names that matter to ``hf.mapping``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any
 
@@ -39,6 +42,7 @@ def params_dtype(cfg: ModelConfig) -> torch.dtype:
 
 def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None) -> Any:
     """The megatron ``TransformerConfig`` for ``cfg`` under the ``parallel`` layout."""
+    from megatron.core.activations import squared_relu  # lazy: megatron (its own, so TE maps it)
     from megatron.core.transformer.transformer_config import TransformerConfig  # lazy: megatron
 
     parallel = parallel or ParallelConfig()
@@ -49,18 +53,29 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None)
         )
     dtype = params_dtype(cfg)
     moe = cfg.num_experts > 0
+    hybrid = cfg.arch == "hybrid"
     if moe and not 0 < cfg.moe_router_topk <= cfg.num_experts:
         raise ValueError(f"model.moe_router_topk={cfg.moe_router_topk} must be in [1, num_experts={cfg.num_experts}]")
+    if cfg.moe_router_expert_bias and cfg.moe_router_score_function != "sigmoid":
+        raise ValueError("model.moe_router_expert_bias=true needs model.moe_router_score_function=sigmoid")
     moe_kwargs: dict[str, Any] = {}
     if moe:
         moe_kwargs = dict(
             num_moe_experts=cfg.num_experts,
             moe_ffn_hidden_size=cfg.moe_ffn_hidden_size,
             moe_router_topk=cfg.moe_router_topk,
-            moe_router_score_function="softmax",
+            moe_router_score_function=cfg.moe_router_score_function,
             # False: top-k over logits, then softmax over the k logits == Qwen3-MoE's softmax over
-            # all experts, top-k, renormalise (norm_topk_prob=True).
+            # all experts, top-k, renormalise (norm_topk_prob=True). Sigmoid scores are always
+            # renormalised over the k chosen (Nemotron-H's norm_topk_prob=True).
             moe_router_pre_softmax=False,
+            moe_router_enable_expert_bias=cfg.moe_router_expert_bias,
+            moe_router_bias_update_rate=cfg.moe_router_bias_update_rate,
+            moe_router_topk_scaling_factor=None
+            if cfg.moe_router_topk_scaling_factor == 1.0
+            else cfg.moe_router_topk_scaling_factor,
+            moe_shared_expert_intermediate_size=cfg.moe_shared_expert_ffn_hidden_size or None,
+            moe_shared_expert_overlap=False,
             moe_router_load_balancing_type="aux_loss" if cfg.moe_aux_loss_coeff > 0 else "none",
             moe_aux_loss_coeff=cfg.moe_aux_loss_coeff,
             moe_router_dtype=None if cfg.moe_router_dtype == "none" else cfg.moe_router_dtype,
@@ -69,18 +84,33 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None)
             moe_permute_fusion=False,
             moe_router_fusion=False,
         )
+    hybrid_kwargs: dict[str, Any] = {}
+    if hybrid:
+        from pivotrl_nemo.models.megatron.hybrid import mamba_kernels_available  # lazy: no cycle at import
+
+        hybrid_kwargs = dict(
+            mamba_num_heads=cfg.mamba_num_heads,
+            mamba_head_dim=cfg.mamba_head_dim,
+            mamba_state_dim=cfg.mamba_state_dim,
+            mamba_num_groups=cfg.mamba_num_groups,
+            # the fused path needs the CUDA causal-conv1d and mamba-ssm kernels; the unfused path
+            # is what runs on the CPU (megatron: "not functionally tested for training" upstream;
+            # our parity tests cover it)
+            use_mamba_mem_eff_path=mamba_kernels_available(),
+        )
+    swiglu = cfg.mlp_activation == "swiglu"
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         num_attention_heads=cfg.num_attention_heads,
         num_query_groups=cfg.num_query_groups,
         kv_channels=cfg.head_dim,
-        ffn_hidden_size=cfg.ffn_hidden_size if not moe else cfg.moe_ffn_hidden_size,
+        ffn_hidden_size=cfg.ffn_hidden_size if hybrid or not moe else cfg.moe_ffn_hidden_size,
         normalization="RMSNorm",
         layernorm_epsilon=cfg.norm_epsilon,
         qk_layernorm=cfg.qk_layernorm,
-        gated_linear_unit=True,
-        activation_func=F.silu,
+        gated_linear_unit=swiglu,
+        activation_func=F.silu if swiglu else squared_relu,
         add_bias_linear=False,
         add_qkv_bias=False,
         hidden_dropout=0.0,
@@ -103,6 +133,7 @@ def transformer_config(cfg: ModelConfig, parallel: ParallelConfig | None = None)
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         **moe_kwargs,
+        **hybrid_kwargs,
     )
 
 
@@ -122,6 +153,36 @@ class ParallelRMSNorm(torch.nn.RMSNorm):
         super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
         weight: Any = self.weight  # megatron tags parameters with attributes torch's stubs do not declare
         weight.sequence_parallel = config.sequence_parallel
+
+
+@functools.cache
+def _policy_router_class() -> type:
+    from megatron.core.transformer.moe.router import TopKRouter  # lazy: megatron
+
+    class PolicyTopKRouter(TopKRouter):
+        """megatron-core 0.19.2's ``TopKRouter`` with its expert-bias token count fixed.
+
+        ``_apply_expert_bias`` masks the ``[tokens, experts]`` routing map with the ``[tokens]``
+        padding mask, a broadcast error as soon as a right-padded batch meets an expert-bias
+        (sigmoid, Nemotron-H) router. Same counting, with the mask broadcast per token.
+        """
+
+        def _apply_expert_bias(self, routing_map: torch.Tensor, padding_mask: torch.Tensor | None = None) -> None:
+            if self.enable_expert_bias and torch.is_grad_enabled():
+                with torch.no_grad():
+                    if padding_mask is not None:
+                        routing_map = routing_map & ~padding_mask.reshape(-1, 1)
+                    self.local_tokens_per_expert += routing_map.sum(dim=0)
+
+    return PolicyTopKRouter
+
+
+def with_policy_router(moe_spec: Any) -> Any:
+    """``moe_spec`` (megatron's MoE module spec: a partial of ``MoELayer``) with ``PolicyTopKRouter``."""
+    import dataclasses
+
+    submodules = dataclasses.replace(moe_spec.keywords["submodules"], router=_policy_router_class())
+    return functools.partial(moe_spec.func, *moe_spec.args, **(moe_spec.keywords | {"submodules": submodules}))
 
 
 def use_transformer_engine(cfg: ModelConfig) -> bool:
@@ -148,9 +209,12 @@ def layer_spec(cfg: ModelConfig) -> Any:
 
     experts = cfg.num_experts if cfg.num_experts > 0 else None
     if use_transformer_engine(cfg):
-        return specs.get_gpt_layer_with_transformer_engine_spec(
+        spec = specs.get_gpt_layer_with_transformer_engine_spec(
             num_experts=experts, moe_grouped_gemm=cfg.moe_grouped_gemm, qk_layernorm=cfg.qk_layernorm
         )
+        if experts:
+            spec.submodules.mlp = with_policy_router(spec.submodules.mlp)
+        return spec
     if cfg.moe_grouped_gemm:
         raise ValueError(
             "model.moe_grouped_gemm=true needs the Transformer Engine spec "
@@ -160,6 +224,8 @@ def layer_spec(cfg: ModelConfig) -> Any:
         num_experts=experts, moe_grouped_gemm=False, qk_layernorm=cfg.qk_layernorm, normalization="RMSNorm"
     )
     sub = spec.submodules
+    if experts:
+        sub.mlp = with_policy_router(sub.mlp)
     sub.input_layernorm = ParallelRMSNorm
     sub.pre_mlp_layernorm = ParallelRMSNorm
     if cfg.qk_layernorm:
@@ -202,7 +268,32 @@ def freeze_router(model: torch.nn.Module) -> int:
     return len(params)
 
 
-def build_gpt_model(
+def construct_gpt(
+    cfg: ModelConfig, config: Any, vocab_size: int, pre_process: bool, post_process: bool, pg_collection: Any
+) -> Any:
+    """``registry.MODEL_ARCHS['gpt']``: a GPTModel for ``cfg`` (called by ``build_model``)."""
+    from megatron.core.models.gpt import GPTModel  # lazy: megatron
+
+    if cfg.position_embedding != "rope":
+        raise ValueError("model.arch=gpt needs model.position_embedding=rope")
+    rotary_base = int(cfg.rotary_base) if float(cfg.rotary_base).is_integer() else cfg.rotary_base
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=block_spec(cfg, config, pg_collection.pp.rank()),
+        vocab_size=vocab_size,
+        max_sequence_length=cfg.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=False,
+        share_embeddings_and_output_weights=cfg.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_percent=1.0,
+        rotary_base=rotary_base,
+        pg_collection=pg_collection,
+    )
+
+
+def build_model(
     cfg: ModelConfig,
     vocab_size: int,
     parallel: ParallelConfig | None = None,
@@ -210,7 +301,7 @@ def build_gpt_model(
     pre_process: bool | None = None,
     post_process: bool | None = None,
 ) -> Any:
-    """A megatron-core ``GPTModel`` for ``cfg`` (weights initialised from ``cfg.seed``).
+    """The megatron-core model of ``cfg.arch`` (``registry.MODEL_ARCHS``), initialised from ``cfg.seed``.
 
     Requires ``distributed.setup.init_distributed`` first; ``pg_collection`` defaults to the
     process groups it initialized (``parallel_state``). Re-seeds torch and the
@@ -219,8 +310,9 @@ def build_gpt_model(
     stage: first and last.
     Freezes the routers when ``cfg.moe_router_freeze``.
     """
-    from megatron.core.models.gpt import GPTModel  # lazy: megatron
+    from pivotrl_nemo.registry import MODEL_ARCHS
 
+    construct = MODEL_ARCHS.get(cfg.arch)
     config = transformer_config(cfg, parallel)
     if pg_collection is None:
         from megatron.core.process_groups_config import ProcessGroupCollection  # lazy: megatron
@@ -237,23 +329,9 @@ def build_gpt_model(
     pre_process = pp.rank() == 0 if pre_process is None else pre_process
     post_process = pp.rank() == pp.size() - 1 if post_process is None else post_process
     seed_everything(cfg.seed)
-    rotary_base = int(cfg.rotary_base) if float(cfg.rotary_base).is_integer() else cfg.rotary_base
     # cuda_to_cpu: a tied output layer on a later pipeline stage calls .cuda() in the constructor
     with cuda_to_cpu():
-        model = GPTModel(
-            config=config,
-            transformer_layer_spec=block_spec(cfg, config, pg_collection.pp.rank()),
-            vocab_size=vocab_size,
-            max_sequence_length=cfg.max_position_embeddings,
-            pre_process=pre_process,
-            post_process=post_process,
-            parallel_output=False,
-            share_embeddings_and_output_weights=cfg.tie_word_embeddings,
-            position_embedding_type="rope",
-            rotary_percent=1.0,
-            rotary_base=rotary_base,
-            pg_collection=pg_collection,
-        )
+        model = construct(cfg, config, vocab_size, pre_process, post_process, pg_collection)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     if cfg.moe_router_freeze:
@@ -261,8 +339,10 @@ def build_gpt_model(
         logger.info("froze %d MoE router weight tensors", n)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
-        "built %s: %d layers, hidden %d, %d experts top-%d, vocab %d, %.2fM parameters",
+        "built %s (%s%s): %d layers, hidden %d, %d experts top-%d, vocab %d, %.2fM parameters",
         cfg.name,
+        cfg.arch,
+        f" {cfg.hybrid_layer_pattern}" if cfg.arch == "hybrid" else "",
         cfg.num_layers,
         cfg.hidden_size,
         cfg.num_experts,

@@ -17,13 +17,13 @@ import torch.distributed as dist
 
 
 class ExpertLoadTracker:
-    """Hooks the routers of ``gpt`` (a bare megatron GPTModel); see the module docstring."""
+    """Hooks the routers of ``gpt`` (a bare megatron GPTModel or HybridModel); see the module docstring."""
 
     def __init__(self, gpt: Any, num_layers: int, num_experts: int) -> None:
         self.counts = torch.zeros(num_layers, num_experts, dtype=torch.float64)
         self._handles = []
         for layer in gpt.decoder.layers:
-            router = getattr(layer.mlp, "router", None)
+            router = getattr(getattr(layer, "mlp", None), "router", None)  # Mamba / attention-only layers: none
             if router is not None:
                 index = int(layer.layer_number) - 1
                 self._handles.append(router.register_forward_hook(self._hook(index), with_kwargs=True))

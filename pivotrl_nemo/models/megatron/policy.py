@@ -43,7 +43,7 @@ import torch.distributed as dist
 from pivotrl_nemo.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from pivotrl_nemo.distributed.cpu_compat import cuda_to_cpu
 from pivotrl_nemo.models.megatron.batching import TokenBatch, gather_hidden
-from pivotrl_nemo.models.megatron.build import build_gpt_model, router_parameters
+from pivotrl_nemo.models.megatron.build import build_model, router_parameters
 from pivotrl_nemo.models.megatron.checkpoint import load_checkpoint, save_checkpoint
 from pivotrl_nemo.models.megatron.moe_stats import ExpertLoadTracker
 from pivotrl_nemo.utils.logging import get_logger
@@ -119,7 +119,7 @@ class MegatronPolicy:
             )
         freeze = model_cfg.moe_router_freeze if freeze_router is None else freeze_router
         cfg = dataclasses.replace(model_cfg, moe_router_freeze=freeze)
-        self._wrap(build_gpt_model(cfg, vocab_size, self.parallel, pg_collection=pg_collection))
+        self._wrap(build_model(cfg, vocab_size, self.parallel, pg_collection=pg_collection))
         self.step_count = 0
         """Optimizer steps taken (restored by ``load``)."""
 
@@ -170,7 +170,7 @@ class MegatronPolicy:
             )
         weights = self.gpt.state_dict()
         cfg = dataclasses.replace(self.model_cfg, moe_router_freeze=True)
-        gpt = build_gpt_model(cfg, self.vocab_size, self.parallel, pg_collection=self.pg_collection)
+        gpt = build_model(cfg, self.vocab_size, self.parallel, pg_collection=self.pg_collection)
         gpt.load_state_dict(weights, strict=True)
         gpt.train(self.gpt.training)
         self._wrap(gpt)

@@ -14,8 +14,13 @@ compare layouts) goes through the two functions here:
 
 How a tensor is split is read from megatron's own parameter attributes
 (``tensor_model_parallel``, ``partition_dim``; ``allreduce=False`` marks expert parameters,
-which split over the expert-TP group). One special case: a gated MLP's ``linear_fc1`` holds
-``[gate; up]`` and TP splits gate and up separately, so rank r holds ``[gate_r; up_r]``.
+which split over the expert-TP group). A tensor made of several blocks along the split dim is
+split block by block, so rank r holds ``[block0_r; block1_r; ...]``: a gated MLP's ``linear_fc1``
+(``[gate; up]``) and the Mamba mixer's ``in_proj`` (``[z, x, B, C, dt]``) and ``conv1d``
+(``[x, B, C]``; megatron's ``partition_sizes`` tag gives the local block sizes).
+
+Besides parameters, the router's ``expert_bias`` buffer (sigmoid routers, Nemotron-H) is part of
+the function and moves like a replicated parameter (``FUNCTION_BUFFERS``).
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ class Shard:
     global_name: str
     partition_dim: int | None
     """Dim split over ``group`` (None: replicated over TP)."""
-    glu: bool
-    """Gated fc1: split gate and up halves separately."""
+    blocks: tuple[int, ...] | None
+    """Local sizes of the blocks along ``partition_dim`` that are split separately (None: one)."""
     expert: bool
     """An expert weight (split over expert-TP, distributed over EP)."""
     group: Any
@@ -97,13 +102,37 @@ def global_name(gpt: BareGPT, local_name: str) -> str:
     return name
 
 
+FUNCTION_BUFFERS = ("mlp.router.expert_bias",)
+"""Buffers (name suffixes) that are weights of the function: moved, imported and exported with
+the parameters."""
+
+
+def named_tensors(gpt: BareGPT) -> dict[str, torch.Tensor]:
+    """This rank's parameters and ``FUNCTION_BUFFERS``, by local name."""
+    out: dict[str, torch.Tensor] = dict(gpt.named_parameters())
+    out.update({n: b for n, b in gpt.named_buffers() if n.endswith(FUNCTION_BUFFERS)})
+    return out
+
+
+def _blocks(name: str, p: torch.Tensor, glu: bool) -> tuple[int, ...] | None:
+    sizes = getattr(p, "partition_sizes", None)
+    if sizes is not None:
+        return tuple(int(x) for x in sizes)
+    if glu and name.endswith("linear_fc1.weight"):
+        half = p.shape[int(getattr(p, "partition_dim", 0))] // 2
+        return (half, half)
+    return None
+
+
 def shards(model: Any) -> list[Shard]:
-    """One ``Shard`` per parameter of this rank (tied output weights on later stages excluded)."""
+    """One ``Shard`` per parameter (and function buffer) of this rank (tied output weights on
+    later stages excluded)."""
     gpt = unwrap(model)
     pg = _pg(gpt)
     glu = bool(gpt.config.gated_linear_unit)
     out = []
-    for name, p in gpt.named_parameters():
+    tensors: dict[str, Any] = named_tensors(gpt)  # Any: megatron's partition tags are run-time attributes
+    for name, p in tensors.items():
         if name == "output_layer.weight" and getattr(gpt, "share_embeddings_and_output_weights", False):
             continue  # the tied copy on the last stage: the embedding is the tensor
         expert = getattr(p, "allreduce", True) is False
@@ -115,7 +144,7 @@ def shards(model: Any) -> list[Shard]:
                 name,
                 global_name(gpt, name),
                 dim,
-                glu and name.endswith("linear_fc1.weight"),
+                _blocks(name, p, glu) if split else None,
                 expert,
                 group if _size(group) > 1 else None,
             )
@@ -127,14 +156,11 @@ def slice_full(full: torch.Tensor, shard: Shard) -> torch.Tensor:
     """This rank's piece of ``full`` (the inverse of ``_gather_tp``)."""
     if shard.group is None or shard.partition_dim is None:
         return full
-    size, rank = shard.group.size(), shard.group.rank()
-    if shard.glu:
-        gate, up = full.chunk(2, dim=shard.partition_dim)
-        return torch.cat(
-            [gate.chunk(size, shard.partition_dim)[rank], up.chunk(size, shard.partition_dim)[rank]],
-            dim=shard.partition_dim,
-        )
-    return full.chunk(size, dim=shard.partition_dim)[rank]
+    size, rank, d = shard.group.size(), shard.group.rank(), shard.partition_dim
+    if shard.blocks:
+        parts = full.split([b * size for b in shard.blocks], dim=d)
+        return torch.cat([part.chunk(size, dim=d)[rank] for part in parts], dim=d)
+    return full.chunk(size, dim=d)[rank]
 
 
 @torch.no_grad()
@@ -142,7 +168,7 @@ def load_full_state(model: Any, source: Callable[[str], torch.Tensor]) -> int:
     """Copy every local parameter's slice of ``source(global_name)`` into the model; returns the
     number of tensors set. The tied output weight of a last pipeline stage takes the embedding."""
     gpt = unwrap(model)
-    params = dict(gpt.named_parameters())
+    params = named_tensors(gpt)
     n = 0
     for s in shards(gpt):
         p = params[s.local_name]
@@ -163,7 +189,7 @@ def load_full_state(model: Any, source: Callable[[str], torch.Tensor]) -> int:
                     "output_layer.weight",
                     "embedding.word_embeddings.weight",
                     0,
-                    False,
+                    None,
                     False,
                     _pg(gpt).tp if _pg(gpt).tp.size() > 1 else None,
                 ),
@@ -178,9 +204,9 @@ def _gather_tp(local: torch.Tensor, shard: Shard) -> torch.Tensor:
     parts = [torch.empty_like(local) for _ in range(shard.group.size())]
     dist.all_gather(parts, local.contiguous(), group=shard.group)
     d = shard.partition_dim
-    if shard.glu:
-        halves = [p.chunk(2, dim=d) for p in parts]
-        return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=d)
+    if shard.blocks:
+        per_rank = [p.split(list(shard.blocks), dim=d) for p in parts]
+        return torch.cat([r[i] for i in range(len(shard.blocks)) for r in per_rank], dim=d)
     return torch.cat(parts, dim=d)
 
 
@@ -202,7 +228,7 @@ def _ep_group(gpt: BareGPT) -> Any:
 def _stage_meta(gpt: BareGPT) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
     """(global name, full shape, dtype) of what ``_stage_tensors`` yields, in order, without
     communicating."""
-    params = dict(gpt.named_parameters())
+    params = named_tensors(gpt)
     ep = _ep_group(gpt)
     out: list[tuple[str, tuple[int, ...], torch.dtype]] = []
     for s in shards(gpt):
@@ -217,7 +243,7 @@ def _stage_meta(gpt: BareGPT) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
 
 def _stage_tensors(gpt: BareGPT) -> Iterator[tuple[str, torch.Tensor]]:
     """This stage's full tensors (collective over TP and EP), in ``_stage_meta`` order."""
-    params = dict(gpt.named_parameters())
+    params = named_tensors(gpt)
     ep = _ep_group(gpt)
     for s in shards(gpt):
         full = _gather_tp(params[s.local_name].detach(), s)

@@ -4,7 +4,7 @@ The inverse of ``hf.mapping.megatron_to_hf`` for the three families the policy c
 express: Llama (e.g. SmolLM2: no qk layernorm, usually tied embeddings), Qwen3 (dense, qk
 layernorm) and Qwen3-MoE (qk layernorm, softmax top-k routing with ``norm_topk_prob=True``).
 
-* ``model_config_from_hf(hf_config)`` -> the ``ModelConfig`` whose ``build_gpt_model`` computes
+* ``model_config_from_hf(hf_config)`` -> the ``ModelConfig`` whose ``build_model`` computes
   the same function.
 * ``HFSource(state, cfg)``: ``source(global megatron name) -> full tensor`` over any
   ``Mapping[str, Tensor]`` of HF-named tensors (a ``state_dict()``, or a ``SafetensorsState``
@@ -34,8 +34,15 @@ import torch.distributed as dist
 from safetensors import safe_open
 
 from pivotrl_nemo.config.schema import ModelConfig
-from pivotrl_nemo.models.megatron.build import build_gpt_model
-from pivotrl_nemo.models.megatron.hf.mapping import hf_layer_prefix, hf_name_of, megatron_tensor_kind
+from pivotrl_nemo.models.megatron.build import build_model
+from pivotrl_nemo.models.megatron.hf.family import HFFamily, fuse_qkv
+from pivotrl_nemo.models.megatron.hf.mapping import (
+    gpt_hf_config_for,
+    gpt_hf_from_megatron_stream,
+    hf_layer_prefix,
+    hf_name_of,
+    megatron_tensor_kind,
+)
 from pivotrl_nemo.models.megatron.sharding import load_full_state, shards, unwrap
 from pivotrl_nemo.utils.logging import get_logger
 
@@ -73,7 +80,25 @@ def _dtype_name(hf_config: Any) -> str:
     return "float32"
 
 
+def _family_of(model_type: Any) -> Any:
+    from pivotrl_nemo.registry import HF_FAMILIES
+
+    for _, family in HF_FAMILIES.items():
+        if model_type in family.model_types:
+            return family
+    supported = [t for _, f in HF_FAMILIES.items() for t in f.model_types]
+    raise HFImportError(f"model_type={model_type!r}; supported: {', '.join(supported)}")
+
+
 def model_config_from_hf(hf_config: Any, params_dtype: str | None = None) -> ModelConfig:
+    """The ``ModelConfig`` equivalent to a transformers config of any registered family
+    (``registry.HF_FAMILIES``: Llama / Qwen3 / Qwen3-MoE, Nemotron-H). ``params_dtype`` defaults
+    to the checkpoint's dtype (float32 if unset)."""
+    family = _family_of(getattr(hf_config, "model_type", None))
+    return family.from_hf_config(hf_config, params_dtype or _dtype_name(hf_config))
+
+
+def gpt_model_config_from_hf(hf_config: Any, params_dtype: str | None = None) -> ModelConfig:
     """The ``ModelConfig`` equivalent to a transformers ``LlamaConfig`` / ``Qwen3Config`` /
     ``Qwen3MoeConfig``. ``params_dtype`` defaults to the checkpoint's dtype (float32 if unset).
 
@@ -164,24 +189,6 @@ class SafetensorsState(Mapping):
 
 
 # --------------------------------------------------------------------------- tensor families
-
-
-def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
-    """HF ``q_proj``/``k_proj``/``v_proj`` weights -> megatron's ``linear_qkv.weight``, interleaved
-    per query group ``[q_g (heads_per_group * d), k_g (d), v_g (d)]`` (inverse of ``split_qkv``)."""
-    groups, d = cfg.num_query_groups, cfg.head_dim
-    per_group = cfg.num_attention_heads // groups
-    hidden = q.shape[-1]
-    if q.shape[0] != groups * per_group * d or k.shape[0] != groups * d or v.shape[0] != groups * d:
-        raise HFImportError(
-            f"q/k/v rows {q.shape[0]}/{k.shape[0]}/{v.shape[0]} do not match "
-            f"{cfg.num_attention_heads} heads, {groups} groups, head_dim {d}"
-        )
-    grouped = torch.cat(
-        [q.reshape(groups, per_group, d, hidden), k.reshape(groups, 1, d, hidden), v.reshape(groups, 1, d, hidden)],
-        dim=1,
-    )
-    return grouped.reshape(groups * (per_group + 2) * d, hidden)
 
 
 def fuse_gate_up(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -302,6 +309,16 @@ class HFSource:
         return self._get(keys[0])
 
 
+GPT_FAMILY = HFFamily(
+    model_types=SUPPORTED_MODEL_TYPES,
+    hf_config_for=gpt_hf_config_for,
+    to_hf=gpt_hf_from_megatron_stream,
+    source=HFSource,
+    from_hf_config=gpt_model_config_from_hf,
+)
+"""``registry.HF_FAMILIES['gpt']``."""
+
+
 def _local_global_names(gpt: Any) -> list[str]:
     """The global names this rank's parameters need (a tied output layer on a last stage without
     the embedding reads the embedding)."""
@@ -315,7 +332,7 @@ def _local_global_names(gpt: Any) -> list[str]:
 def load_hf_into_megatron(model: Any, state: Mapping[str, torch.Tensor], cfg: ModelConfig) -> int:
     """Copy HF-named tensors (Llama / Qwen3 / Qwen3-MoE names) into this rank's shards of ``model``.
 
-    ``model``: a GPTModel from ``build_gpt_model(cfg, vocab, parallel)`` at any TP / PP / EP
+    ``model``: a GPTModel from ``build_model(cfg, vocab, parallel)`` at any TP / PP / EP
     layout (bare, DDP-wrapped or a ``MegatronPolicy``). Each rank reads only the HF tensors of
     the parameters it holds and keeps its slice (``sharding.load_full_state``); values are cast to
     each parameter's dtype. No communication: call it on every rank. Raises ``HFImportError``
@@ -323,15 +340,17 @@ def load_hf_into_megatron(model: Any, state: Mapping[str, torch.Tensor], cfg: Mo
     cannot find, the megatron parameters they leave unset, and mis-shaped tensors. Returns how
     many local tensors were set.
     """
+    from pivotrl_nemo.registry import HF_FAMILIES
+
     gpt = unwrap(model)
-    source = HFSource(state, cfg)
+    source = HF_FAMILIES.get(cfg.arch).source(state, cfg)
     problems: list[str] = []
     missing: list[str] = []
     unset: list[str] = []
     for name in _local_global_names(gpt):
         try:
             keys = source.keys_for(name)
-        except HFImportError as e:
+        except ValueError as e:  # HFImportError, or a family's unmapped name
             problems.append(str(e))
             continue
         absent = [k for k in keys if k not in state]
@@ -407,7 +426,7 @@ def import_hf_checkpoint(
     vocab = vocab_size or hf_config.vocab_size
     if vocab != hf_config.vocab_size:
         raise HFImportError(f"vocab_size={vocab} != the checkpoint's {hf_config.vocab_size}")
-    model = build_gpt_model(cfg, vocab, parallel)
+    model = build_model(cfg, vocab, parallel)
     n = load_hf_checkpoint_into(model, hf_dir, cfg)
     logger.info("imported %s (%s) from %s: %d local tensors", cfg.name, hf_config.model_type, hf_dir, n)
     return cfg, model

@@ -5,7 +5,7 @@ exporter (``hf.exporter``), weight sync (``weight_sync``) and the in-process rol
 (``rollout.hf``). Llama / Qwen3 / Qwen3-MoE.
 
 ``hf_config_for`` gives the ``transformers`` config of the twin model that computes the same
-function as ``build_gpt_model(cfg, vocab_size)``; ``megatron_to_hf`` yields the twin's tensors by
+function as ``build_model(cfg, vocab_size)``; ``megatron_to_hf`` yields the twin's tensors by
 name. Names are those of the *in-memory* modules of transformers 5.23 (``named_parameters()``):
 its Qwen3-MoE keeps each layer's experts fused as 3-D parameters ``mlp.experts.gate_up_proj``
 ``[E, 2*I, H]`` (gate rows first, then up) and ``mlp.experts.down_proj`` ``[E, H, I]``, and the
@@ -41,12 +41,30 @@ import torch
 
 from pivotrl_nemo.config.schema import ModelConfig
 from pivotrl_nemo.models.megatron.build import params_dtype
+from pivotrl_nemo.models.megatron.hf.family import split_qkv
 from pivotrl_nemo.models.megatron.sharding import iter_full_state
 
 # --------------------------------------------------------------------------- config
 
 
 def hf_config_for(
+    cfg: ModelConfig,
+    vocab_size: int,
+    bos_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+) -> Any:
+    """The ``transformers`` config of the HF twin of ``build_model(cfg, vocab_size)``, for any
+    ``cfg.arch`` (``registry.HF_FAMILIES``)."""
+    from pivotrl_nemo.registry import HF_FAMILIES
+
+    family = HF_FAMILIES.get(cfg.arch)
+    return family.hf_config_for(
+        cfg, vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id
+    )
+
+
+def gpt_hf_config_for(
     cfg: ModelConfig,
     vocab_size: int,
     bos_token_id: int | None = None,
@@ -127,25 +145,6 @@ def build_hf_model(cfg: ModelConfig, vocab_size: int, tokenizer: Any = None) -> 
 
 
 # --------------------------------------------------------------------------- tensor families
-
-
-def split_qkv(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """megatron's fused ``linear_qkv.weight`` -> HF ``(q_proj, k_proj, v_proj)`` weights.
-
-    megatron interleaves per query group: ``[q_g (heads_per_group * d), k_g (d), v_g (d)]`` for
-    g = 0..groups-1; HF stacks all q heads, then all k heads, then all v heads.
-    """
-    groups, d = cfg.num_query_groups, cfg.head_dim
-    per_group = cfg.num_attention_heads // groups
-    hidden = qkv.shape[-1]
-    expected = groups * (per_group + 2) * d
-    if qkv.shape[0] != expected:
-        raise ValueError(f"linear_qkv rows {qkv.shape[0]} != groups*(heads/group+2)*head_dim = {expected}")
-    grouped = qkv.reshape(groups, per_group + 2, d, hidden)
-    q = grouped[:, :per_group].reshape(groups * per_group * d, hidden)
-    k = grouped[:, per_group].reshape(groups * d, hidden)
-    v = grouped[:, per_group + 1].reshape(groups * d, hidden)
-    return q, k, v
 
 
 def split_gate_up(fc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,6 +263,15 @@ class _LayerExperts:
 def hf_from_megatron_stream(
     named_full_tensors: Iterable[tuple[str, torch.Tensor]], cfg: ModelConfig
 ) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(global megatron name, full tensor)`` -> ``(hf_name, tensor)`` of ``cfg.arch``'s HF twin."""
+    from pivotrl_nemo.registry import HF_FAMILIES
+
+    yield from HF_FAMILIES.get(cfg.arch).to_hf(named_full_tensors, cfg)
+
+
+def gpt_hf_from_megatron_stream(
+    named_full_tensors: Iterable[tuple[str, torch.Tensor]], cfg: ModelConfig
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Convert a stream of ``(global megatron name, full tensor)`` (``sharding.iter_full_state``)
     into ``(hf_name, tensor)`` of the HF twin, in stream order.
 
@@ -342,13 +350,15 @@ class WeightLoadError(ValueError):
 def load_named_tensors_into(model: torch.nn.Module, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
     """Copy HF-named tensors into ``model``'s parameters in place; returns how many were copied.
 
-    Every parameter of ``model`` (``named_parameters()``, tied weights once) must be covered
-    exactly once, with the same shape; values are cast to the parameter's dtype and device.
+    Every parameter of ``model`` (``named_parameters()``, tied weights once) and every persistent
+    buffer must be covered exactly once, with the same shape; values are cast to the parameter's dtype and device.
     Raises ``WeightLoadError`` naming the missing, unexpected, duplicated or mis-shaped keys.
     Tensors are copied as they stream in, so after an error the model is partly updated and must
     be reloaded before use.
     """
-    params = dict(model.named_parameters())
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
+    persistent = set(model.state_dict())  # buffers that are weights (Nemotron-H's expert bias)
+    params.update({n: b for n, b in model.named_buffers() if n in persistent})
     seen: set[str] = set()
     unexpected: list[str] = []
     duplicated: list[str] = []
