@@ -133,3 +133,57 @@ class ModelConfig:
     a random init; with ``sft.steps=0`` it is pi_0 as is (the sft stage then does no work). Its
     vocabulary size is the policy's. The model.* keys must describe it: ``model_from`` sets them
     all (``pivotrl import`` writes the file it reads)."""
+
+
+MOE_KEYS = (
+    "moe_ffn_hidden_size",
+    "moe_router_topk",
+    "moe_router_score_function",
+    "moe_router_expert_bias",
+    "moe_router_topk_scaling_factor",
+    "moe_shared_expert_ffn_hidden_size",
+)
+"""Architecture keys that mean something only for an MoE model (``num_experts > 0``)."""
+HYBRID_KEYS = (
+    "hybrid_layer_pattern",
+    "mamba_num_heads",
+    "mamba_head_dim",
+    "mamba_state_dim",
+    "mamba_num_groups",
+    "mamba_conv_kernel",
+    "mamba_chunk_size",
+)
+"""Architecture keys that mean something only for ``arch='hybrid'``."""
+RUN_CHOICES = ("params_dtype", "init_method_std", "moe_aux_loss_coeff")
+"""``ARCH_KEYS`` that are the run's choices (dtype, init, loss weights), not the checkpoint's."""
+ARCH_KEYS = (
+    "name",
+    "arch",
+    "hidden_size",
+    "num_layers",
+    "num_attention_heads",
+    "num_query_groups",
+    "head_dim",
+    "qk_layernorm",
+    "ffn_hidden_size",
+    "mlp_activation",
+    "position_embedding",
+    "num_experts",
+    *MOE_KEYS,
+    *HYBRID_KEYS,
+    "max_position_embeddings",
+    "rotary_base",
+    "norm_epsilon",
+    "tie_word_embeddings",
+    *RUN_CHOICES,
+)
+"""The ``model.*`` fields a Hugging Face config determines (``hf.importer.model_config_from_hf``)."""
+IDENTITY_KEYS = (
+    "tokenizer",
+    "tokenizer_vocab_size",
+    "vocab_size",
+    *(k for k in ARCH_KEYS if k not in RUN_CHOICES + ("name", "max_position_embeddings", "mamba_chunk_size")),
+    "init_checkpoint",
+)
+"""``model.*`` keys that make a run's checkpoints what they are (fixed once a run has a config):
+the architecture except labels, run choices and what changes numerics only."""

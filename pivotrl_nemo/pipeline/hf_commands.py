@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from pivotrl_nemo.config import ConfigError, load_config
 from pivotrl_nemo.config.model_from import MODEL_FILE
+from pivotrl_nemo.config.model_schema import ARCH_KEYS, HYBRID_KEYS, MOE_KEYS, RUN_CHOICES
 from pivotrl_nemo.config.schema import ModelConfig
 from pivotrl_nemo.distributed import env
 from pivotrl_nemo.pipeline.layout import RunLayout
@@ -148,28 +149,6 @@ IMPORT_USAGE = (
     "[overrides: parallel.*, model.params_dtype=..., ...]\n"
 )
 
-ARCH_KEYS = (
-    "name",
-    "hidden_size",
-    "num_layers",
-    "num_attention_heads",
-    "num_query_groups",
-    "head_dim",
-    "qk_layernorm",
-    "ffn_hidden_size",
-    "num_experts",
-    "moe_ffn_hidden_size",
-    "moe_router_topk",
-    "moe_aux_loss_coeff",
-    "max_position_embeddings",
-    "rotary_base",
-    "norm_epsilon",
-    "init_method_std",
-    "tie_word_embeddings",
-    "params_dtype",
-)
-"""The ``model.*`` fields ``model_config_from_hf`` derives from an HF config (plus the tokenizer)."""
-
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -192,16 +171,11 @@ def model_overrides(model_cfg: Any, tokenizer_dir: str | Path | None = None) -> 
     return out
 
 
-MOE_KEYS = ("moe_ffn_hidden_size", "moe_router_topk")
-"""Architecture keys that mean something only for an MoE model (``num_experts > 0``)."""
-RUN_CHOICES = ("params_dtype", "init_method_std", "moe_aux_loss_coeff")
-"""``ARCH_KEYS`` that are the run's choices (dtype, init, loss weights), not the checkpoint's."""
-
-
 def model_file_keys(model_cfg: Any, vocab: int, out: str | Path, tokenizer_dir: str | Path | None) -> dict[str, Any]:
     """What ``model.yaml`` (``config.model_from.MODEL_FILE``) next to an imported checkpoint says:
     the architecture keys that apply to it, its tokenizer and vocabulary, and the checkpoint."""
-    skip = set(RUN_CHOICES) | (set(MOE_KEYS) if model_cfg.num_experts == 0 else set())
+    skip = set(RUN_CHOICES) | set(MOE_KEYS if model_cfg.num_experts == 0 else ())
+    skip |= set(HYBRID_KEYS if model_cfg.arch != "hybrid" else ())
     keys: dict[str, Any] = {k: getattr(model_cfg, k) for k in ARCH_KEYS if k not in skip}
     if tokenizer_dir is not None:
         keys["tokenizer"] = str(Path(tokenizer_dir).resolve())

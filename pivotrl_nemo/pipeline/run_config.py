@@ -22,29 +22,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pivotrl_nemo.config import ConfigError, PivotRLConfig, load_config
+from pivotrl_nemo.config.model_schema import IDENTITY_KEYS
 from pivotrl_nemo.pipeline.layout import RunLayout
-
-IDENTITY_KEYS = (
-    "tokenizer",
-    "tokenizer_vocab_size",
-    "vocab_size",
-    "hidden_size",
-    "num_layers",
-    "num_attention_heads",
-    "num_query_groups",
-    "head_dim",
-    "qk_layernorm",
-    "ffn_hidden_size",
-    "num_experts",
-    "moe_ffn_hidden_size",
-    "moe_router_topk",
-    "rotary_base",
-    "norm_epsilon",
-    "tie_word_embeddings",
-    "init_checkpoint",
-)
-"""``model.*`` keys that make a run's checkpoints what they are: fixed once the run has a config."""
-
 
 PER_COMMAND = ("stages", "log_level")
 """Top-level keys that belong to one command, not to the run: never taken from the saved config."""

@@ -277,3 +277,48 @@ def test_vllm_checkpoint_names_match_the_saved_nemotron_h_checkpoint(hf_model, i
     ours = dict(to_checkpoint_names(megatron_to_hf(model, cfg)))
     assert sorted(ours) == sorted(saved)
     assert all(torch.equal(ours[k], saved[k]) for k in saved)
+
+
+def test_import_cli_writes_a_hybrid_checkpoint_that_model_from_rebuilds(hf_model, tmp_path, capsys):
+    """``pivotrl import`` of a Nemotron-H folder writes model.yaml with the hybrid keys; a run
+    configured by ``model_from=`` alone builds the same model and loads its weights."""
+    from pivotrl_nemo.config import load_config
+    from pivotrl_nemo.models.megatron.policy import MegatronPolicy
+    from pivotrl_nemo.pipeline.hf_commands import import_main
+
+    hf_model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    out = tmp_path / "ckpt"
+    assert (
+        import_main(
+            [
+                f"hf_dir={tmp_path / 'hf'}",
+                f"out={out}",
+                f"run_dir={tmp_path / 'run'}",
+                "data.max_prompt_tokens=32",
+                "rollout.sampling.max_new_tokens=16",
+            ]
+        )
+        == 0
+    )
+    assert "hybrid_layer_pattern: M*E-" in capsys.readouterr().out
+    cfg = load_config(
+        [
+            f"model_from={out}",
+            f"run_dir={tmp_path / 'run'}",
+            "data.max_prompt_tokens=32",
+            "rollout.sampling.max_new_tokens=16",
+        ]
+    )
+    m = cfg.model
+    assert (m.arch, m.hybrid_layer_pattern, m.mamba_num_heads, m.moe_shared_expert_ffn_hidden_size) == (
+        "hybrid",
+        "M*E-",
+        8,
+        48,
+    )
+    policy = MegatronPolicy(m, VOCAB, OptimConfig())
+    policy.load(out, load_optimizer=False)
+    policy.eval()
+    ids, _ = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(policy.forward_logits(ids), hf_model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
