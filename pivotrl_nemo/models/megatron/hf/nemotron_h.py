@@ -153,7 +153,7 @@ def hf_config_for(cfg: ModelConfig, vocab_size: int, **token_ids: Any) -> Any:
     from transformers import NemotronHConfig  # lazy: transformers
 
     ids = {k: v for k, v in token_ids.items() if v is not None}
-    return NemotronHConfig(
+    config = NemotronHConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
         layers_block_type=[PATTERN_TO_HF[s] for s in cfg.hybrid_layer_pattern],
@@ -185,6 +185,7 @@ def hf_config_for(cfg: ModelConfig, vocab_size: int, **token_ids: Any) -> Any:
         attention_bias=False,
         **ids,
     )
+    return config  # vLLM reads the pattern through transformers' hybrid_override_pattern property
 
 
 def model_config_from_hf(hf_config: Any, params_dtype: str) -> ModelConfig:
