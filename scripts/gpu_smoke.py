@@ -9,6 +9,8 @@
 3. Training: GRPO steps in bf16 with the fused Triton log-prob kernel (``loss.impl=triton``) and,
    when asked, megatron's distributed optimizer; the loss must be finite and the weights move.
 4. Checkpoint round trip: save a megatron dist checkpoint, load it into a fresh policy, same loss.
+5. Hybrid conversion: a tiny random Nemotron-H through megatron's HybridModel with mamba-ssm's
+   kernels (skipped, and said so, where mamba-ssm is not installed).
 
 Writes ``OUT_DIR/gpu_smoke.json`` and prints a summary; exits non-zero on any failed check.
 Every number in the JSON is measured in this run.
@@ -97,6 +99,41 @@ def check_conversion(work: Path) -> dict:
     return {"max_abs_logit_diff": diff, "ok": diff < 1e-3}
 
 
+def check_hybrid_conversion(work: Path) -> dict:
+    """A tiny random Nemotron-H (Mamba-2, attention, MoE, MLP) through megatron's HybridModel on
+    CUDA: mamba-ssm's kernels and the fused Mamba path, the TE hybrid spec when TE is importable;
+    logits against transformers' on the same GPU. Recorded as skipped without mamba-ssm."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, NemotronHConfig  # lazy: transformers
+
+    if importlib.util.find_spec("mamba_ssm") is None:
+        return {"ok": True, "skipped": "mamba-ssm is not installed (pip install '.[gpu]' or an NGC image)"}
+    config = NemotronHConfig(
+        vocab_size=512, hidden_size=128, layers_block_type=["mamba", "attention", "moe", "mlp"],
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, intermediate_size=256, mamba_num_heads=8,
+        mamba_head_dim=32, ssm_state_size=16, n_groups=2, chunk_size=64, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=64, moe_shared_expert_intermediate_size=64, time_step_min=1e-9,
+    )  # fmt: skip
+    hf_dir = work / "tiny_nemotron_h"
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(hf_dir)
+    cfg, gpt = import_hf_checkpoint(hf_dir, params_dtype="float32")
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).cuda().eval()
+    ids = torch.randint(0, 512, (2, 128), device="cuda")
+    pos = torch.arange(128, device="cuda").expand(2, 128)
+    with torch.no_grad():
+        ours = gpt.eval()(ids, pos, None).float()
+        theirs = hf(ids).logits.float()
+    diff = float((ours - theirs).abs().max())
+    fused = bool(gpt.config.use_mamba_mem_eff_path)
+    return {
+        "max_abs_logit_diff": diff,
+        "fused_mamba_path": fused,
+        "te_spec": use_transformer_engine(cfg),
+        "ok": diff < 1e-3,
+    }
+
+
 def check_training(work: Path, steps: int, distributed_optimizer: bool) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "dist"))
     from grpo_dp_worker import fixed_groups  # here: importable only once tests/dist is on sys.path
@@ -171,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         init_distributed(ParallelConfig(), seed=0)
         for name, fn in (
             ("conversion", lambda: check_conversion(Path(tmp))),
+            ("hybrid_conversion", lambda: check_hybrid_conversion(Path(tmp))),
             ("training", lambda: check_training(Path(tmp) / "a", args.steps, False)),
             ("training_distributed_optimizer", lambda: check_training(Path(tmp) / "b", args.steps, True)),
         ):

@@ -285,6 +285,14 @@ def _check_arch(cfg: PivotRLConfig) -> None:
     if not hybrid:
         return
     _check(not m.qk_layernorm, "model.qk_layernorm", "Nemotron-H attention has no qk layernorm: set false")
+    import torch  # lazy: about a second that only these device checks need
+
+    _check(
+        not torch.cuda.is_available() or importlib.util.find_spec("mamba_ssm") is not None,
+        "model.arch",
+        "'hybrid' on a GPU needs mamba-ssm's kernels (pip install '.[gpu]' or an NGC image); the torch "
+        "scan that stands in for them is registered on CPU-only machines",
+    )
     for key, message in hybrid_pattern_problems(m):
         _check(False, key, message)
     p = cfg.parallel
