@@ -25,11 +25,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
 import torch
 from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import LinearAttentionLayer
 
 from pivotrl_nemo.config.schema import PivotRLConfig
 from pivotrl_nemo.models.megatron.hf.mapping import build_hf_model, load_named_tensors_into
@@ -93,6 +94,18 @@ def _inverse_cdf(logp: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     u = uniforms.to(device=cdf.device, dtype=torch.float64) * cdf[:, -1]
     idx = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1)
     return idx.clamp_(max=logp.shape[-1] - 1)
+
+
+def select_cache_rows(cache: Any, rows: torch.Tensor) -> None:
+    """Keep only batch rows ``rows`` of a ``DynamicCache``, in place, for every kind of layer:
+    attention layers (``batch_select_indices``) and the Mamba layers of hybrid models (their conv
+    and SSM states; transformers' ``LinearAttentionLayer`` has only ``reorder_cache``, which is
+    the same row selection)."""
+    for layer in cache.layers:
+        if isinstance(layer, LinearAttentionLayer):  # Mamba states (and any attention part with them)
+            layer.reorder_cache(rows)
+        else:
+            layer.batch_select_indices(rows)
 
 
 class HFRolloutEngine:
@@ -217,7 +230,7 @@ class HFRolloutEngine:
         logits = out.logits[:, -1, :]
         rows = torch.tensor([unique[i] for i, _ in batch], dtype=torch.long, device=device)
         if len(uprompts) != len(batch) or not torch.equal(rows, torch.arange(len(batch), device=device)):
-            cache.batch_select_indices(rows)
+            select_cache_rows(cache, rows)
             logits, mask = logits[rows], mask[rows]
         next_pos = torch.tensor([len(prompts[i]) for i, _ in batch], dtype=torch.long, device=device)
 
@@ -242,7 +255,7 @@ class HFRolloutEngine:
                 break
             if len(keep) != len(active):
                 keep_t = torch.tensor(keep, dtype=torch.long, device=device)
-                cache.batch_select_indices(keep_t)
+                select_cache_rows(cache, keep_t)
                 mask, next_pos, tok = mask[keep_t], next_pos[keep_t], tok[keep_t]
                 active = [active[k] for k in keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)

@@ -374,3 +374,32 @@ def test_tiny_hybrid_preset_validates_and_bad_keys_are_named():
     ]:
         with pytest.raises(ConfigError, match=f"config key '{re.escape(key)}'"):
             load_config(overrides)
+
+
+def test_hf_engine_decodes_the_hybrid_twin_with_left_padding_and_early_stops(hf_model):
+    """The in-process rollout engine on a Nemotron-H: prompts of different lengths (left-padded
+    prefill), several samples each, sequences leaving the batch at a stop token (the Mamba conv
+    and SSM states are cut with the attention cache); every sampling log-prob equals the one of
+    an unpadded full forward."""
+    from pivotrl_nemo.rollout.base import SamplingParams
+    from pivotrl_nemo.rollout.hf import HFRolloutEngine
+
+    class Tok:
+        pad_token_id = 0
+
+        def decode(self, ids, skip_special_tokens=False):
+            return " ".join(map(str, ids))
+
+    stops = list(range(236, 256))  # ~8% of the vocabulary: some samples stop early, at different steps
+    eng = HFRolloutEngine(hf_model, Tok(), batch_size=5, stop_token_ids=stops)
+    prompts = [[3, 17, 42, 9, 100, 7, 55, 20, 21], [8, 9], [10, 11, 12, 13]]
+    results = eng.generate(prompts, 3, SamplingParams(temperature=1.0, max_new_tokens=8, seed=3))
+    finishes = {c.finish_reason for comps in results for c in comps}
+    assert finishes == {"stop", "length"}, finishes
+    for prompt, comps in zip(prompts, results):
+        for c in comps:
+            with torch.no_grad():
+                logits = hf_model(input_ids=torch.tensor([prompt + c.token_ids])).logits[0].float()
+            logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+            ref = logp[torch.arange(len(c.token_ids)), torch.tensor(c.token_ids)]
+            assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-4), (c.logprobs, ref.tolist())
