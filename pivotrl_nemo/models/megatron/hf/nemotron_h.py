@@ -29,7 +29,8 @@ plus ``embedding.word_embeddings`` / ``decoder.final_norm`` / ``output_layer`` -
 Semantics that differ and are handled: Nemotron-H has no RoPE (``position_embedding='none'``);
 its router is sigmoid, top-k on score + bias, renormalised, times ``routed_scaling_factor``
 (megatron: ``moe_router_score_function='sigmoid'``, expert bias, ``topk_scaling_factor``);
-megatron's gated norm uses eps 1e-5 like HF's default. One difference remains: transformers'
+megatron fixes its Mamba gated norms' eps at 1e-5, HF's default (a checkpoint with another
+``layer_norm_epsilon`` differs by that eps in those norms only). One more difference: transformers'
 mixer clamps ``softplus(dt + dt_bias)`` from below at ``time_step_min`` (it ignores
 ``time_step_limit``), megatron does not clamp. The two compute the same function wherever a head's
 step is at least ``time_step_min`` (1e-3 in Nemotron-H checkpoints); below it the HF twin takes a
