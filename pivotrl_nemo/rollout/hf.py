@@ -103,7 +103,7 @@ def select_cache_rows(cache: Any, rows: torch.Tensor) -> None:
     the same row selection)."""
     for layer in cache.layers:
         if isinstance(layer, LinearAttentionLayer):  # Mamba states (and any attention part with them)
-            layer.reorder_cache(rows)
+            layer.reorder_cache(cast(torch.LongTensor, rows))
         else:
             layer.batch_select_indices(rows)
 

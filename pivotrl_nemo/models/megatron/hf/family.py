@@ -18,6 +18,15 @@ import torch
 from pivotrl_nemo.config.schema import ModelConfig
 
 
+def read_hf_tensor(state: Mapping[str, torch.Tensor], key: str, index: int | None = None) -> torch.Tensor:
+    """``state[key]``, or its row ``index`` (a 3-D expert tensor's expert), read alone from disk
+    when ``state`` has ``get_index`` (``importer.SafetensorsState``)."""
+    if index is None:
+        return state[key]
+    get_index = getattr(state, "get_index", None)
+    return get_index(key, index) if callable(get_index) else state[key][index]
+
+
 @dataclass(frozen=True)
 class HFFamily:
     """The Hugging Face twin of one policy architecture family."""

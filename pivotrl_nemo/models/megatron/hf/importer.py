@@ -35,7 +35,7 @@ from safetensors import safe_open
 
 from pivotrl_nemo.config.schema import ModelConfig
 from pivotrl_nemo.models.megatron.build import build_model
-from pivotrl_nemo.models.megatron.hf.family import HFFamily, fuse_qkv
+from pivotrl_nemo.models.megatron.hf.family import HFFamily, fuse_qkv, read_hf_tensor
 from pivotrl_nemo.models.megatron.hf.mapping import (
     gpt_hf_config_for,
     gpt_hf_from_megatron_stream,
@@ -290,10 +290,7 @@ class HFSource:
 
     def _get(self, key: str, index: int | None = None) -> torch.Tensor:
         self.used.add(key)
-        if index is None:
-            return self.state[key]
-        get_index = getattr(self.state, "get_index", None)
-        return get_index(key, index) if callable(get_index) else self.state[key][index]
+        return read_hf_tensor(self.state, key, index)
 
     def __call__(self, global_name: str) -> torch.Tensor:
         """The full megatron tensor ``global_name`` (``sharding`` global naming)."""

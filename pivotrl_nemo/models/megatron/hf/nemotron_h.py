@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from pivotrl_nemo.config.schema import ModelConfig
-from pivotrl_nemo.models.megatron.hf.family import HFFamily, fuse_qkv, split_qkv
+from pivotrl_nemo.models.megatron.hf.family import HFFamily, fuse_qkv, read_hf_tensor, split_qkv
 from pivotrl_nemo.models.megatron.hf.importer import HFImportError
 
 PATTERN_TO_HF = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
@@ -361,10 +361,7 @@ class NemotronHSource:
 
     def _get(self, key: str, index: int | None = None) -> torch.Tensor:
         self.used.add(key)
-        if index is None:
-            return self.state[key]
-        get_index = getattr(self.state, "get_index", None)
-        return get_index(key, index) if callable(get_index) else self.state[key][index]
+        return read_hf_tensor(self.state, key, index)
 
     def __call__(self, global_name: str) -> torch.Tensor:
         kind = classify(global_name)
