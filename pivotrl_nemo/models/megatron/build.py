@@ -268,6 +268,11 @@ def freeze_router(model: torch.nn.Module) -> int:
     return len(params)
 
 
+def rotary_base(cfg: ModelConfig) -> int | float:
+    """``cfg.rotary_base`` as megatron's rotary embedding takes it (an int when it is whole)."""
+    return int(cfg.rotary_base) if float(cfg.rotary_base).is_integer() else cfg.rotary_base
+
+
 def construct_gpt(
     cfg: ModelConfig, config: Any, vocab_size: int, pre_process: bool, post_process: bool, pg_collection: Any
 ) -> Any:
@@ -276,7 +281,6 @@ def construct_gpt(
 
     if cfg.position_embedding != "rope":
         raise ValueError("model.arch=gpt needs model.position_embedding=rope")
-    rotary_base = int(cfg.rotary_base) if float(cfg.rotary_base).is_integer() else cfg.rotary_base
     return GPTModel(
         config=config,
         transformer_layer_spec=block_spec(cfg, config, pg_collection.pp.rank()),
@@ -288,7 +292,7 @@ def construct_gpt(
         share_embeddings_and_output_weights=cfg.tie_word_embeddings,
         position_embedding_type="rope",
         rotary_percent=1.0,
-        rotary_base=rotary_base,
+        rotary_base=rotary_base(cfg),
         pg_collection=pg_collection,
     )
 

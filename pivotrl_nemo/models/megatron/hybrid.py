@@ -18,6 +18,7 @@ norm of ``pivotrl_nemo.kernels.ssd_reference`` in their place.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,12 @@ import torch
 
 from pivotrl_nemo.config.schema import ModelConfig
 from pivotrl_nemo.config.validate import hybrid_pattern_problems
-from pivotrl_nemo.models.megatron.build import ParallelRMSNorm, use_transformer_engine, with_policy_router
+from pivotrl_nemo.models.megatron.build import (
+    ParallelRMSNorm,
+    rotary_base,
+    use_transformer_engine,
+    with_policy_router,
+)
 
 
 def _local_stack_spec(cfg: ModelConfig) -> Any:
@@ -131,6 +137,7 @@ def stack_spec(cfg: ModelConfig) -> Any:
     return _local_stack_spec(cfg)
 
 
+@functools.cache  # one class, however many policies are built
 def _policy_model_class() -> type:
     from megatron.core.models.hybrid.hybrid_model import HybridModel  # lazy: megatron
 
@@ -182,7 +189,6 @@ def construct_hybrid(
         raise ValueError("; ".join(f"{key}: {message}" for key, message in problems))
     if pg_collection.pp.size() > 1:
         raise ValueError("arch=hybrid with pipeline parallelism is not supported yet (PP=1)")
-    rotary_base = int(cfg.rotary_base) if float(cfg.rotary_base).is_integer() else cfg.rotary_base
     model = _policy_model_class()(
         config=config,
         hybrid_stack_spec=stack_spec(cfg),
@@ -194,7 +200,7 @@ def construct_hybrid(
         parallel_output=False,
         share_embeddings_and_output_weights=cfg.tie_word_embeddings,
         position_embedding_type=cfg.position_embedding,
-        rotary_base=rotary_base,
+        rotary_base=rotary_base(cfg),
         pg_collection=pg_collection,
     )
     stack = model.decoder
