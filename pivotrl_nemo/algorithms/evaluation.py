@@ -8,6 +8,7 @@ several samples of one candidate are not counted as independent evidence.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ def bootstrap_ci(a: list[float], n_boot: int, seed: int, alpha: float = 0.05) ->
 
 def sampled_turn_scores(
     sampler: Any,
-    rows: list[Any],
+    rows: Sequence[Any],
     n: int,
     sampling: Any,
     seed: int,

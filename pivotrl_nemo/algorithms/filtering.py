@@ -8,6 +8,7 @@ or too strong (most all-1).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 
 from ..config.schema import FilterConfig
 from ..data.pivot_row import PivotRow, RowLike
@@ -24,20 +25,27 @@ def _profile(row: PivotRow) -> dict:
     return p
 
 
-def filter_pivots(rows: list[RowLike], cfg: FilterConfig) -> tuple[list[RowLike], dict]:
-    """Split profiled rows into pivots; returns (pivots, summary). Pivots are the rows as given."""
-    pivots = []
-    reasons: Counter = Counter()
-    by_type: dict[str, Counter] = defaultdict(Counter)
-    for row in rows:
-        view = PivotRow.of(row)
+class PivotFilter:
+    """The filter applied one row at a time (``keep(row)``), so a stage can stream a file of any
+    size through it; ``summary()`` is what ``filter_pivots`` returns beside the pivots."""
+
+    def __init__(self, cfg: FilterConfig) -> None:
+        self.cfg, self.n, self.kept, self.mean_sum = cfg, 0, 0, 0.0
+        self.reasons: Counter = Counter()
+        self.by_type: dict[str, Counter] = defaultdict(Counter)
+
+    def keep(self, row: RowLike) -> bool:
+        """Whether ``row`` (a profiled row) is a pivot; counts it either way."""
+        cfg, view = self.cfg, PivotRow.of(row)
         p = _profile(view)
         kind = view.expected_type
-        by_type[kind]["candidates"] += 1
+        self.n += 1
+        self.mean_sum += p["mean"]
+        self.by_type[kind]["candidates"] += 1
         if is_pivot(p, cfg):
-            pivots.append(row)
-            by_type[kind]["kept"] += 1
-            continue
+            self.kept += 1
+            self.by_type[kind]["kept"] += 1
+            return True
         if p["variance"] <= cfg.min_variance:
             reason = (
                 "zero_variance_all_fail"
@@ -46,18 +54,27 @@ def filter_pivots(rows: list[RowLike], cfg: FilterConfig) -> tuple[list[RowLike]
             )
         else:
             reason = "too_easy"
-        reasons[reason] += 1
-        by_type[kind][reason] += 1
-    n = len(rows)
-    zero_var = sum(v for k, v in reasons.items() if k.startswith("zero_variance"))
-    summary = {
-        "candidates": n,
-        "pivots": len(pivots),
-        "kept_fraction": len(pivots) / n if n else 0.0,
-        "zero_variance_fraction": zero_var / n if n else 0.0,
-        "dropped": dict(reasons),
-        "by_action_type": {k: dict(v) for k, v in by_type.items()},
-        "mean_pass_rate": sum(_profile(PivotRow.of(r))["mean"] for r in rows) / n if n else 0.0,
-        "rule": f"variance > {cfg.min_variance} and mean < {cfg.lambda_diff}",
-    }
-    return pivots, summary
+        self.reasons[reason] += 1
+        self.by_type[kind][reason] += 1
+        return False
+
+    def summary(self) -> dict:
+        n, cfg = self.n, self.cfg
+        zero_var = sum(v for k, v in self.reasons.items() if k.startswith("zero_variance"))
+        return {
+            "candidates": n,
+            "pivots": self.kept,
+            "kept_fraction": self.kept / n if n else 0.0,
+            "zero_variance_fraction": zero_var / n if n else 0.0,
+            "dropped": dict(self.reasons),
+            "by_action_type": {k: dict(v) for k, v in self.by_type.items()},
+            "mean_pass_rate": self.mean_sum / n if n else 0.0,
+            "rule": f"variance > {cfg.min_variance} and mean < {cfg.lambda_diff}",
+        }
+
+
+def filter_pivots(rows: Iterable[RowLike], cfg: FilterConfig) -> tuple[list[RowLike], dict]:
+    """Split profiled rows into pivots; returns (pivots, summary). Pivots are the rows as given."""
+    f = PivotFilter(cfg)
+    pivots = [row for row in rows if f.keep(row)]
+    return pivots, f.summary()

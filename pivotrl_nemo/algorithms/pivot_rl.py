@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import to_yaml
@@ -69,7 +70,7 @@ def train_pivot_rl(
     policy,
     sampler: TurnSampler,
     synchronizer,
-    pivots: list[dict],
+    pivots: Sequence[dict],
     cfg: PivotRLConfig,
     out_dir: Path,
     metrics: MetricsWriter | None,

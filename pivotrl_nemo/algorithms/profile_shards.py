@@ -19,19 +19,20 @@ rank), or both (array task x rank); none of them: one shard.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config.schema import ProfileConfig, SamplingConfig
+from ..data.jsonl_index import id_hash
+from ..data.row_store import ids_of, select
 from ..distributed import env
 from ..utils.io import JsonlAppender, atomic_write_json
 from ..utils.logging import get_logger
@@ -60,15 +61,17 @@ class ShardSpec:
 
 
 def shard_of(row_id: str, num_shards: int) -> int:
-    """The shard of a candidate: a stable hash of its id (same on every machine and Python run)."""
-    digest = hashlib.blake2b(row_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % num_shards
+    """The shard of a candidate: a stable hash of its id (same on every machine and Python run;
+    ``load_pivot_rows(..., shard=)`` reads a shard's rows from a file by the same hash)."""
+    return id_hash(row_id) % num_shards
 
 
-def shard_rows(rows: list[dict], shard_index: int, num_shards: int) -> list[dict]:
-    """The rows of shard ``shard_index`` of ``num_shards``, in input order."""
+def shard_rows(rows: Sequence[dict], shard_index: int, num_shards: int) -> Sequence[dict]:
+    """The rows of shard ``shard_index`` of ``num_shards``, in input order (a ``PivotRows``
+    subset for a ``PivotRows``: nothing is parsed)."""
     ShardSpec(shard_index, num_shards)
-    return [r for r in rows if shard_of(r["id"], num_shards) == shard_index]
+    ids = ids_of(rows)
+    return select(rows, [j for j, rid in enumerate(ids) if shard_of(rid, num_shards) == shard_index])
 
 
 def shard_from_env(environ: Mapping[str, str] | None = None) -> ShardSpec:
@@ -110,7 +113,7 @@ class _CountingSampler:
 
 
 def profile_shard(
-    rows: list[dict],
+    rows: Sequence[dict],
     sampler: ScoringSampler,
     cfg: ProfileConfig,
     sampling: SamplingConfig,
@@ -169,7 +172,7 @@ def profile_shard(
 
 
 def profile_missing_shards(
-    rows: list[dict],
+    rows: Sequence[dict],
     sampler: ScoringSampler,
     cfg: ProfileConfig,
     sampling: SamplingConfig,
@@ -215,7 +218,9 @@ def _few(ids: list[str], k: int = 10) -> str:
     return ", ".join(ids[:k]) + (f", ... ({len(ids)} in all)" if len(ids) > k else "")
 
 
-def merge_profiles(rows: list[dict], shard_dir: str | os.PathLike, num_shards: int | None = None) -> dict[str, dict]:
+def merge_profiles(
+    rows: Sequence[dict], shard_dir: str | os.PathLike, num_shards: int | None = None
+) -> dict[str, dict]:
     """{row id: profile} from every shard log; raises ProfileMergeError naming missing,
     duplicated, unknown (not a candidate) and misplaced (in the wrong shard) ids."""
     shard_dir = Path(shard_dir)
@@ -227,7 +232,7 @@ def merge_profiles(rows: list[dict], shard_dir: str | os.PathLike, num_shards: i
                 f"{sorted(layouts) or 'none'}; pass num_shards or remove stale shards"
             )
         num_shards = layouts.pop()
-    ids = [r["id"] for r in rows]
+    ids = ids_of(rows)
     known = set(ids)
     found: dict[str, list[tuple[int, dict]]] = defaultdict(list)
     unknown, misplaced = [], []

@@ -7,12 +7,14 @@ already in the log, and finishes with exactly one profile per candidate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from tqdm import tqdm
 
 from ..config.schema import ProfileConfig, SamplingConfig
+from ..data.row_store import ids_of
 from ..utils.io import JsonlAppender
 from ..utils.logging import get_logger
 from .rollouts import ScoredGroup
@@ -35,7 +37,7 @@ def summarize_rewards(rewards: list[float]) -> tuple[float, float]:
 
 
 def profile_candidates(
-    rows: list[dict],
+    rows: Sequence[dict],
     sampler: ScoringSampler,
     cfg: ProfileConfig,
     sampling: SamplingConfig,
@@ -46,7 +48,8 @@ def profile_candidates(
 ) -> dict[str, dict]:
     """Profile every row not yet in ``log_path``; returns {row id: profile} for all rows."""
     done = {r["id"]: r for r in JsonlAppender.repair(log_path)}
-    todo = [(i, r) for i, r in enumerate(rows) if r["id"] not in done]
+    ids = ids_of(rows)
+    todo = [i for i, rid in enumerate(ids) if rid not in done]
     if done:
         log.info("profile: resuming, %d of %d candidates already profiled", len(rows) - len(todo), len(rows))
     bar = None
@@ -56,8 +59,9 @@ def profile_candidates(
         for start in range(0, len(todo), chunk_candidates):
             chunk = todo[start : start + chunk_candidates]
             # The seed depends on the first candidate's index, not on how far a previous run got.
-            groups = sampler.sample_and_score([r for _, r in chunk], cfg.k, sampling, seed=cfg.seed + chunk[0][0])
-            for (_, row), g in zip(chunk, groups):
+            chunk_rows = [rows[i] for i in chunk]  # parsed here, one chunk at a time (PivotRows)
+            groups = sampler.sample_and_score(chunk_rows, cfg.k, sampling, seed=cfg.seed + chunk[0])
+            for row, g in zip(chunk_rows, groups):
                 mean, var = summarize_rewards(g.rewards)
                 rec = {
                     "id": row["id"],
@@ -74,7 +78,7 @@ def profile_candidates(
                 bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    return {r["id"]: done[r["id"]] for r in rows}
+    return {rid: done[rid] for rid in ids}
 
 
 def attach_profile(row: dict, prof: dict) -> dict:

@@ -6,6 +6,8 @@ exactly the same prompts and the same verifier.
 
 from __future__ import annotations
 
+from array import array
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..config.schema import DataConfig, SamplingConfig
@@ -29,19 +31,31 @@ class ScoredGroup:
         return [v.reward for v in self.verdicts]
 
 
+PROMPT_CACHE_ROWS = 8192
+"""Rendered prompts kept per sampler (least recently used dropped): training revisits its
+pivots every epoch, profiling sees each candidate once, so an unbounded cache would grow with the
+data (a 2K-token prompt is 8 KB here, as int32)."""
+
+
 class TurnSampler:
-    """Renders rows once (cached by row id) and samples + scores one-turn actions."""
+    """Renders rows (cached by row id, ``PROMPT_CACHE_ROWS`` at most) and samples + scores
+    one-turn actions."""
 
     def __init__(self, engine: RolloutEngine, tokenizer, data_cfg: DataConfig, verifier: Verifier) -> None:
         self.engine, self.tokenizer, self.data_cfg, self.verifier = engine, tokenizer, data_cfg, verifier
-        self._prompt_cache: dict[str, list[int]] = {}
+        self._prompt_cache: OrderedDict[str, array] = OrderedDict()
 
     def prompt_ids(self, row: RowLike) -> list[int]:
         view = PivotRow.of(row)
         key = view.id
-        if key not in self._prompt_cache:
-            self._prompt_cache[key] = render_prompt_ids(view, self.tokenizer, self.data_cfg)
-        return self._prompt_cache[key]
+        ids = self._prompt_cache.get(key)
+        if ids is None:
+            ids = self._prompt_cache[key] = array("i", render_prompt_ids(view, self.tokenizer, self.data_cfg))
+            if len(self._prompt_cache) > PROMPT_CACHE_ROWS:
+                self._prompt_cache.popitem(last=False)
+        else:
+            self._prompt_cache.move_to_end(key)
+        return list(ids)
 
     def sample_and_score(
         self,

@@ -251,24 +251,3 @@ def validate_file(path: str) -> ValidationReport:
         rep.by_action[row["expected_action"]["type"]] += 1
         rep.by_depth[int(row["metadata"].get("depth", 0))] += 1
     return rep
-
-
-def load_pivot_rows(path: str, skip_invalid: bool = False) -> tuple[list[dict], int]:
-    """Rows of a pivot file; stops at the first bad row (file:line: field: message) unless
-    ``skip_invalid``, which returns (valid rows, number skipped). Row ids must be unique (they
-    key prompt caches and profile resumption)."""
-    rows, skipped = [], 0
-    seen: dict[str, int] = {}
-    for lineno, row in iter_jsonl(path, yield_errors=True):
-        problems = [(row.field, row.message)] if isinstance(row, DataError) else validate_pivot_row(row)
-        if not problems and row["id"] in seen:
-            problems = [("id", f"duplicate of the row at line {seen[row['id']]}")]
-        elif not problems:
-            seen[row["id"]] = lineno
-        if problems:
-            if not skip_invalid:
-                raise DataError(path, lineno, *problems[0])
-            skipped += 1
-            continue
-        rows.append(row)
-    return rows, skipped

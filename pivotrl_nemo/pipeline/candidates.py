@@ -9,43 +9,91 @@ SFT data, 'ood_test' measures out-of-domain retention), judged by its domain's d
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from pivotrl_nemo.data.extract import extract_candidates
+from pivotrl_nemo.data.jsonl_index import IndexedJsonlWriter
 from pivotrl_nemo.pipeline.stage import StageContext
 from pivotrl_nemo.registry import DOMAINS
-from pivotrl_nemo.utils.io import read_jsonl
+from pivotrl_nemo.utils.io import iter_jsonl
 
 OOD_PREFIX = "ood_"
 """Candidate split names of the OOD family: ``ood_`` + its ``data.ood_split_fractions`` key."""
 
 
-def candidates_by_split(ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
-    """split -> pivot rows of every eligible assistant turn of that split's trajectories."""
-    trajs = read_jsonl(ctx.layout.trajectories)
-    assignment = json.loads(ctx.layout.splits.read_text())
-    out: dict[str, list[dict[str, Any]]] = {s: [] for s in ctx.cfg.data.split_fractions}
-    name = ctx.cfg.verifier.name
-    for t in trajs:
-        out[assignment[t["id"]]].extend(extract_candidates(t, assignment[t["id"]], name))
+CandidateStream = tuple[list[str], Iterator[tuple[str, dict[str, Any]]]]
+"""(every split name, an iterator of (split, pivot row)): one trajectory parsed at a time."""
+
+
+def _stream(trajectories: Path, splits: Path, names: list[str], prefix: str, verifier: str) -> CandidateStream:
+    assignment = json.loads(splits.read_text())
+
+    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+        for _, t in iter_jsonl(trajectories):
+            split = prefix + assignment[t["id"]]
+            for row in extract_candidates(t, split, verifier):
+                yield split, row
+
+    return [prefix + s for s in names], rows()
+
+
+def candidate_stream(ctx: StageContext) -> CandidateStream:
+    """The main family's candidates, streamed from ``data/trajectories.jsonl``."""
+    return _stream(
+        ctx.layout.trajectories, ctx.layout.splits, list(ctx.cfg.data.split_fractions), "", ctx.cfg.verifier.name
+    )
+
+
+def ood_candidate_stream(ctx: StageContext) -> CandidateStream | None:
+    """The OOD family's candidates ('ood_<split>'; None without ``data.ood_source``);
+    ``agent_ref`` is the OOD domain's default verifier, not ``verifier.name``, since that one
+    judges the main domain."""
+    d = ctx.cfg.data
+    if not d.ood_source:
+        return None
+    verifier = DOMAINS.get(d.ood_source).default_verifier
+    return _stream(
+        ctx.layout.ood_trajectories, ctx.layout.ood_splits, list(d.ood_split_fractions), OOD_PREFIX, verifier
+    )
+
+
+def _grouped(stream: CandidateStream | None) -> dict[str, list[dict[str, Any]]]:
+    if stream is None:
+        return {}
+    names, rows = stream
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in names}
+    for split, row in rows:
+        out[split].append(row)
     return out
+
+
+def candidates_by_split(ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
+    """split -> pivot rows of every eligible assistant turn of that split's trajectories (all in
+    memory: for SFT's examples and the tokenizer; ``extract`` streams instead)."""
+    return _grouped(candidate_stream(ctx))
 
 
 def ood_candidates_by_split(ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
     """'ood_<split>' -> pivot rows of the OOD trajectories of that split ({} without
-    ``data.ood_source``); ``agent_ref`` is the OOD domain's default verifier, not
-    ``verifier.name``, since that one judges the main domain."""
-    d = ctx.cfg.data
-    if not d.ood_source:
-        return {}
-    trajs = read_jsonl(ctx.layout.ood_trajectories)
-    assignment = json.loads(ctx.layout.ood_splits.read_text())
-    verifier = DOMAINS.get(d.ood_source).default_verifier
-    out: dict[str, list[dict[str, Any]]] = {OOD_PREFIX + s: [] for s in d.ood_split_fractions}
-    for t in trajs:
-        split = OOD_PREFIX + assignment[t["id"]]
-        out[split].extend(extract_candidates(t, split, verifier))
-    return out
+    ``data.ood_source``)."""
+    return _grouped(ood_candidate_stream(ctx))
+
+
+def write_candidates(stream: CandidateStream, path_of: Callable[[str], Path]) -> dict[str, dict[str, Any]]:
+    """Stream every split's candidates into ``path_of(split)`` (indexed, atomic; one trajectory
+    in memory at a time); returns per split the count and the counts by action type."""
+    names, rows = stream
+    counts: dict[str, Counter] = {s: Counter() for s in names}
+    with ExitStack() as stack:
+        writers = {s: stack.enter_context(IndexedJsonlWriter(path_of(s))) for s in names}
+        for split, row in rows:
+            writers[split].write(row)
+            counts[split][row["expected_action"]["type"]] += 1
+    return {s: {"candidates": sum(c.values()), "by_action_type": dict(c)} for s, c in counts.items()}
 
 
 def ood_rows(ctx: StageContext, split: str) -> list[dict[str, Any]]:

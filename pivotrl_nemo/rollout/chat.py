@@ -131,8 +131,25 @@ def compact_signature(tool: dict[str, Any], with_description: bool = True) -> st
     return f"{fn['name']}({args})" + (f" - {desc}" if desc else "")
 
 
+_RENDERED_TOOLS: dict[tuple[int, str], tuple[list[dict[str, Any]], str]] = {}
+_RENDERED_TOOLS_MAX = 256
+
+
 def render_tools(tools: list[dict[str, Any]], style: str) -> str:
-    """The tool list as it appears in the system message (one line per tool)."""
+    """The tool list as it appears in the system message (one line per tool). Cached per list
+    object: ``data.row_store`` shares one parsed list among all rows that carry it, so a task's
+    tools are rendered once (the entry holds the list, so its id cannot be reused meanwhile)."""
+    hit = _RENDERED_TOOLS.get((id(tools), style))
+    if hit is not None and hit[0] is tools:
+        return hit[1]
+    text = _render_tools(tools, style)
+    if len(_RENDERED_TOOLS) >= _RENDERED_TOOLS_MAX:
+        _RENDERED_TOOLS.clear()
+    _RENDERED_TOOLS[(id(tools), style)] = (tools, text)
+    return text
+
+
+def _render_tools(tools: list[dict[str, Any]], style: str) -> str:
     if style in ("compact", "signature"):
         return "\n".join(compact_signature(t, style == "compact") for t in tools)
     if style == "json":

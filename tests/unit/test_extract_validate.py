@@ -5,7 +5,8 @@ import json
 import pytest
 
 from pivotrl_nemo.data.extract import extract_candidates, split_ids
-from pivotrl_nemo.data.pivots import load_pivot_rows, validate_file, validate_pivot_row
+from pivotrl_nemo.data.pivots import validate_file, validate_pivot_row
+from pivotrl_nemo.data.row_store import load_pivot_rows
 from pivotrl_nemo.data.trajectory import load_trajectories
 from pivotrl_nemo.utils.io import DataError, atomic_write_jsonl
 

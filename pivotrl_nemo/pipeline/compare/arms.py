@@ -16,13 +16,13 @@ SIGTERM -> 143 -> resume).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pivotrl_nemo.config import PivotRLConfig
-from pivotrl_nemo.data.pivots import load_pivot_rows
+from pivotrl_nemo.data.row_store import load_pivot_rows
 from pivotrl_nemo.pipeline.stage import StageContext
 from pivotrl_nemo.registry import DOMAINS, Registry
 from pivotrl_nemo.utils.errors import UserError
@@ -85,12 +85,12 @@ def arm_settings(arm: str, cfg: PivotRLConfig) -> list[Any]:
     return every + [c.max_assistant_turns_per_user_turn, c.episode_check] + _validation(c)
 
 
-def _rl_rows(arm: ArmContext) -> list[dict[str, Any]]:
+def _rl_rows(arm: ArmContext) -> Sequence[dict[str, Any]]:
     rows, _ = load_pivot_rows(str(arm.base.layout.candidates("rl")), arm.cfg.data.skip_invalid)
     return rows
 
 
-def _train_one_turn(arm: ArmContext, rows: list[dict[str, Any]], verifier: Any = None) -> dict[str, Any]:
+def _train_one_turn(arm: ArmContext, rows: Sequence[dict[str, Any]], verifier: Any = None) -> dict[str, Any]:
     """GRPO with one-turn rollouts on ``rows`` from pi_0 (PivotRL's loop), under ``verifier``."""
     from pivotrl_nemo.algorithms.pivot_rl import train_pivot_rl  # lazy: torch, megatron
     from pivotrl_nemo.algorithms.rollouts import TurnSampler
@@ -144,7 +144,7 @@ def pivotrl_random_turns(arm: ArmContext) -> dict[str, Any]:
     return out
 
 
-def random_turns(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+def random_turns(rows: Sequence[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` rows drawn without replacement from all ``rows`` (every row equally likely)."""
     return random.Random(seed).sample(rows, min(n, len(rows)))
 

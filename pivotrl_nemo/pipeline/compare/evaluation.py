@@ -15,11 +15,12 @@ Three numbers, each a list of per-item scores so that arms can be compared paire
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pivotrl_nemo.config import PivotRLConfig
 from pivotrl_nemo.data.pivot_row import PivotRow
-from pivotrl_nemo.data.pivots import load_pivot_rows
+from pivotrl_nemo.data.row_store import load_pivot_rows
 from pivotrl_nemo.pipeline.compare.arms import environment_factory, split_trajectories
 from pivotrl_nemo.pipeline.stage import StageContext
 from pivotrl_nemo.registry import DOMAINS
@@ -28,7 +29,7 @@ from pivotrl_nemo.utils.logging import get_logger
 log = get_logger(__name__)
 
 
-def sampled_scores(sampler: Any, rows: list[dict[str, Any]], cfg: PivotRLConfig, n: int, seed: int) -> list[float]:
+def sampled_scores(sampler: Any, rows: Sequence[dict[str, Any]], cfg: PivotRLConfig, n: int, seed: int) -> list[float]:
     """Mean reward of ``n`` sampled actions per row at ``eval.temperature``."""
     from pivotrl_nemo.algorithms.evaluation import sampled_turn_scores  # lazy: numpy, tqdm
 
@@ -84,8 +85,7 @@ def validation_fn(ctx: StageContext, cfg: PivotRLConfig, engine: Any):
     if c.val_every <= 0:
         return None
     split = "val" if ctx.layout.candidates("val").exists() and _nonempty(ctx, "val") else "rl"
-    rows, _ = load_pivot_rows(str(ctx.layout.candidates(split)), cfg.data.skip_invalid)
-    rows = rows[: c.val_max_candidates]
+    rows = load_pivot_rows(str(ctx.layout.candidates(split)), cfg.data.skip_invalid)[0][: c.val_max_candidates]
     sampler = TurnSampler(engine, ctx.runtime.tokenizer, cfg.data, ctx.runtime.verifier)
 
     def val(step: int) -> dict[str, float]:

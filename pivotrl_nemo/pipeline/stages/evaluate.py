@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from pivotrl_nemo.algorithms.evaluation import paired_bootstrap_ci, sampled_turn_scores
 from pivotrl_nemo.data.pivot_row import PivotRow
-from pivotrl_nemo.data.pivots import load_pivot_rows
+from pivotrl_nemo.data.row_store import load_pivot_rows
 from pivotrl_nemo.pipeline.runner import check_finished_state
 from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.utils.io import atomic_write_json
 
 
-def turn_scores(ctx: StageContext, policy: Any, rows: list[dict[str, Any]]) -> list[float]:
+def turn_scores(ctx: StageContext, policy: Any, rows: Sequence[dict[str, Any]]) -> list[float]:
     """Mean reward of ``eval.samples_per_candidate`` sampled actions per row."""
     cfg, rt, e = ctx.cfg, ctx.runtime, ctx.cfg.eval
     engine, _ = rt.engine_for(policy)

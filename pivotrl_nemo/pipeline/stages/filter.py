@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pivotrl_nemo.algorithms.filtering import filter_pivots
+from pivotrl_nemo.algorithms.filtering import PivotFilter
+from pivotrl_nemo.data.jsonl_index import IndexedJsonlWriter
 from pivotrl_nemo.data.pivot_row import PivotRow
 from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.utils.errors import UserError
-from pivotrl_nemo.utils.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from pivotrl_nemo.utils.io import atomic_write_json, iter_jsonl
 
 
 class NoPivotsError(UserError, RuntimeError):
@@ -58,13 +59,17 @@ def filter_stage(ctx: StageContext) -> dict[str, Any]:
     from pivotrl_nemo.pipeline.report import plot_pass_rate_histogram  # lazy: matplotlib
 
     cfg, layout = ctx.cfg, ctx.layout
-    rows = read_jsonl(layout.profiled)
-    pivots, summary = filter_pivots(rows, cfg.filter)
-    atomic_write_jsonl(layout.pivots, pivots)
+    keep, means = PivotFilter(cfg.filter), []
+    # streamed: one profiled row in memory at a time (plus one float per row for the histogram)
+    with IndexedJsonlWriter(layout.pivots) as out:
+        for _, row in iter_jsonl(layout.profiled):
+            if keep.keep(row):
+                out.write(row)
+            means.append(float((PivotRow.of(row).profile or {})["mean"]))  # keep() refused a row without one
+    summary = keep.summary()
     atomic_write_json(layout.filter_summary, summary)
-    means = [p["mean"] for p in (PivotRow.of(r).profile for r in rows) if p is not None]
     plot_pass_rate_histogram(means, cfg.filter.lambda_diff, cfg.profile.k, layout.plots / "pass_rate_hist.png")
-    if not pivots:
+    if not summary["pivots"]:
         raise NoPivotsError(
             no_pivots_message(summary, cfg.profile.k, cfg.filter.lambda_diff, str(layout.filter_summary))
         )

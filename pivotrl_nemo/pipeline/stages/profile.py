@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pivotrl_nemo.data.pivots import load_pivot_rows
+from pivotrl_nemo.data.jsonl_index import write_indexed_jsonl
+from pivotrl_nemo.data.row_store import load_pivot_rows
 from pivotrl_nemo.pipeline.stage import StageContext, StagePartial, stage
-from pivotrl_nemo.utils.io import atomic_write_jsonl
 
 POLICY_ID = "pi0:sft"
 
@@ -26,6 +26,10 @@ def profile(ctx: StageContext) -> dict[str, Any]:
     profiles its shard of the candidates into ``profile/shards/`` and stops there; the next plain
     ``pivotrl profile`` finishes any incomplete shard, merges (every candidate exactly once) and
     completes the stage. Without an array, one resumable log ``profile/profile_log.jsonl``.
+
+    Memory: a shard task holds its shard's candidates (``PivotRows``, ~1-2 KB per BFCL-shaped row);
+    the merge / single-process run holds all of them and one profile per candidate (~1 KB each),
+    and streams ``profiled.jsonl`` out.
     """
     # lazy: torch (the samplers run the policy)
     from pivotrl_nemo.algorithms.profile_shards import (
@@ -38,12 +42,13 @@ def profile(ctx: StageContext) -> dict[str, Any]:
     from pivotrl_nemo.algorithms.profiling import attach_profile, profile_candidates
 
     cfg, layout, rt = ctx.cfg, ctx.layout, ctx.runtime
-    rows, skipped = load_pivot_rows(str(layout.candidates("rl")), cfg.data.skip_invalid)
+    shard_dir, spec = layout.profile_shards, shard_from_env()
+    # an array task / rank reads only its shard of the candidates; the merge reads them all
+    rows, skipped = load_pivot_rows(layout.candidates("rl"), cfg.data.skip_invalid, (spec.index, spec.count))
     policy = rt.pi0()
     engine, _ = rt.engine_for(policy)
     sampler = rt.sampler_for(engine)
     chunk = max(1, cfg.rollout.batch_size // cfg.profile.k)
-    shard_dir, spec = layout.profile_shards, shard_from_env()
     if spec.count > 1:
         done = profile_shard(rows, sampler, cfg.profile, cfg.rollout.sampling, shard_dir, spec, POLICY_ID, chunk)
         raise StagePartial(
@@ -69,7 +74,6 @@ def profile(ctx: StageContext) -> dict[str, Any]:
             policy_id=POLICY_ID,
             chunk_candidates=chunk,
         )
-    out = [attach_profile(r, profs[r["id"]]) for r in rows]
-    atomic_write_jsonl(layout.profiled, out)
+    n_out = write_indexed_jsonl(layout.profiled, (attach_profile(r, profs[r["id"]]) for r in rows))
     mean = sum(p["mean"] for p in profs.values()) / max(len(profs), 1)
-    return {"candidates": len(out), "skipped_invalid": skipped, "k": cfg.profile.k, "mean_pass_rate": mean, "shards": n}
+    return {"candidates": n_out, "skipped_invalid": skipped, "k": cfg.profile.k, "mean_pass_rate": mean, "shards": n}

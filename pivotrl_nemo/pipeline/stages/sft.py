@@ -3,6 +3,7 @@ the OOD family's 'ood_sft' part (``data.ood_source``): a skill pi_0 has that RL 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pivotrl_nemo.config import to_yaml
@@ -17,7 +18,7 @@ from pivotrl_nemo.utils.metrics import MetricsWriter
 log = get_logger(__name__)
 
 
-def sft_examples(ctx: StageContext, rows: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
+def sft_examples(ctx: StageContext, rows: Sequence[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, action ids + end-of-turn) of each row's expert action."""
     rt = ctx.runtime
     out = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pivotrl_nemo.data.pivots import load_pivot_rows
+from pivotrl_nemo.data.row_store import load_pivot_rows
 from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.utils.metrics import MetricsWriter
 
