@@ -46,18 +46,25 @@ def _step_metrics(m: dict, groups, t0: float, t1: float, t2: float, t3: float, l
 
 
 def _rollouts(
-    sampler: TurnSampler, rows: list[dict], cfg: PivotRLConfig, step: int, dp: DataParallel, mp: ModelParallel
+    sampler: TurnSampler,
+    pivots: Sequence[dict],
+    batch: list[int],
+    cfg: PivotRLConfig,
+    step: int,
+    dp: DataParallel,
+    mp: ModelParallel,
 ) -> list:
-    """This DP rank's scored groups of the step. Each row's random stream is keyed by its
-    position in the global batch, so the samples do not depend on the DP size; the first rank
-    of each model-parallel group samples and the others receive its groups (TP/PP peers must
-    train on identical data)."""
+    """This DP rank's scored groups of the step (``batch``: the global batch's pivot indices;
+    only this rank's rows are read). Each row's random stream is keyed by its position in the
+    global batch, so the samples do not depend on the DP size; the first rank of each
+    model-parallel group samples and the others receive its groups (TP/PP peers must train on
+    identical data)."""
     a = cfg.algorithm
-    keys = dp.shard(list(range(len(rows))))
+    keys = dp.shard(list(range(len(batch))))
     groups = None
     if mp.rank == 0:
         groups = sampler.sample_and_score(
-            dp.shard(rows),
+            [pivots[batch[k]] for k in keys],
             a.group_size,
             cfg.rollout.sampling,
             seed=(a.seed * 1_000_003 + step) * 4096,
@@ -91,7 +98,7 @@ def train_pivot_rl(
 
     def step_fn(step: int) -> dict:
         t0 = time.perf_counter()
-        groups = _rollouts(sampler, [pivots[i] for i in batches[step - 1]], cfg, step, dp, mp)
+        groups = _rollouts(sampler, pivots, batches[step - 1], cfg, step, dp, mp)
         sampler.engine.sleep()  # colocated engines free the GPU for training; sync_weights wakes them
         t1 = time.perf_counter()
         m = grpo_step(policy, groups, a, pad_id, cfg.rollout.sampling.temperature, cfg.loss.impl, dp, ref_policy)

@@ -63,6 +63,9 @@ class JsonlIndex:
     hashes: array
     tools_start: array
     tools_end: array
+    validated: bool = False
+    """Every row passed ``validate_pivot_row`` and the ids are unique (the writer said so: rows
+    that came out of ``load_pivot_rows``), so a reader may read them lazily, unchecked."""
 
     @classmethod
     def empty(cls) -> JsonlIndex:
@@ -87,7 +90,13 @@ class JsonlIndex:
     def save(self, path: str | os.PathLike) -> None:
         """Write ``<path>.idx`` atomically, stamped with ``path``'s current size and mtime."""
         st = os.stat(path)
-        header = {"format": FORMAT, "rows": len(self), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        header = {
+            "format": FORMAT,
+            "rows": len(self),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "validated": self.validated,
+        }
         target = index_path(path)
         tmp = target.with_name(f"{target.name}.tmp.{os.getpid()}")
         with open(tmp, "wb") as f:
@@ -112,6 +121,7 @@ class JsonlIndex:
                     return None
                 n = int(header["rows"])
                 idx = cls.empty()
+                idx.validated = header.get("validated") is True
                 for arr in (idx.offsets, idx.linenos, idx.hashes, idx.tools_start, idx.tools_end):
                     arr.fromfile(f, n)
                 return idx
@@ -159,12 +169,13 @@ class IndexedJsonlWriter:
     Nothing is published unless the block exits cleanly: on an exception the temporary file is
     removed and an existing ``path`` is left as it was."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, validated: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f"{self.path.name}.tmp.{os.getpid()}")
         self._f = open(self._tmp, "wb")
         self._index = JsonlIndex.empty()
+        self._index.validated = validated  # see JsonlIndex.validated: only for checked rows
         self._offset = 0
         self._tools_cache: dict[int, tuple[Any, bytes]] = {}  # id(tools) -> (the list, its JSON)
         self.rows = 0
@@ -196,8 +207,14 @@ class IndexedJsonlWriter:
                 line = (dumps_row(row) + "\n").encode("utf-8")
         else:
             line = (dumps_row(row) + "\n").encode("utf-8")
+        self.write_raw(line, _hash_of(row), span)
+
+    def write_raw(self, line: bytes, hsh: int, span: tuple[int, int]) -> None:
+        """Append one line as it is (``\\n``-terminated) with its id hash and tools span."""
+        if not line.endswith(b"\n"):
+            line += b"\n"
         self.rows += 1
-        self._index.add(self._offset, self.rows, _hash_of(row), span)
+        self._index.add(self._offset, self.rows, hsh, span)
         self._f.write(line)
         self._offset += len(line)
 
@@ -222,9 +239,9 @@ class IndexedJsonlWriter:
             self.abort()
 
 
-def write_indexed_jsonl(path: str | os.PathLike, rows: Any) -> int:
+def write_indexed_jsonl(path: str | os.PathLike, rows: Any, validated: bool = False) -> int:
     """Write an iterable of rows with ``IndexedJsonlWriter``; returns how many."""
-    with IndexedJsonlWriter(path) as w:
+    with IndexedJsonlWriter(path, validated) as w:
         for row in rows:
             w.write(row)
     return w.rows

@@ -21,6 +21,7 @@ import os
 import zlib
 from array import array
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, overload
 
 from ..utils.io import MAX_JSON_DEPTH, BoundsError, DataError, decode_json_line, json_loads_within
@@ -154,35 +155,104 @@ def _lines(path: str, shard: tuple[int, int]) -> Iterator[tuple[int, bytes, Any,
         log.warning("%s: could not save its index (%s)", path, e)
 
 
+@dataclass
+class CheckedLine:
+    """One valid row of a file: where it is, its line as read, and the row decoded."""
+
+    lineno: int
+    raw: bytes
+    span: tuple[int, int]  # the tool list in ``raw`` (``NO_SPAN``s when not located)
+    row: dict[str, Any]
+    keep: bytes  # ``raw`` without its tool list when it is interned (``ref`` >= 0)
+    ref: int
+
+
+class CheckedLines:
+    """The valid rows of a pivot file or of one shard of it, in file order (see
+    ``load_pivot_rows`` for the rules); ``skipped`` counts the invalid ones so far. Tool lists
+    are interned into ``store``."""
+
+    def __init__(self, path: str, skip_invalid: bool, shard: tuple[int, int], store: PivotRows) -> None:
+        self.path, self.skip_invalid, self.shard, self.store = path, skip_invalid, shard, store
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[CheckedLine]:
+        seen: dict[str, int] = {}
+        for lineno, raw, decoded, span in _lines(self.path, self.shard):
+            if decoded is None or span[0] != NO_SPAN:
+                row, keep, ref = self.store._decode(raw, lineno, span)
+            else:  # scanned without an index and its tools not located: decoded already
+                row, keep, ref = decoded, raw, -1
+            problems = [(row.field, row.message)] if isinstance(row, DataError) else validate_pivot_row(row)
+            if not problems and row["id"] in seen:
+                problems = [("id", f"duplicate of the row at line {seen[row['id']]}")]
+            if problems:
+                if not self.skip_invalid:
+                    raise DataError(self.path, lineno, *problems[0])
+                self.skipped += 1
+                continue
+            seen[row["id"]] = lineno
+            yield CheckedLine(lineno, raw, span, row, keep, ref)
+
+
+class IndexedRows(Sequence[dict[str, Any]]):
+    """The rows of a file whose index says they were validated (``JsonlIndex.validated``), read
+    from disk when asked for: only the index is held (~40 B per row) and each distinct tool list
+    once. For training, which samples a few rows per step from all pivots on every rank."""
+
+    def __init__(self, path: str, index: JsonlIndex) -> None:
+        self.path, self._index, self._store = path, index, PivotRows(path)
+        self._file: Any = None
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, slice):
+            return [self._row(j) for j in range(*i.indices(len(self)))]
+        return self._row(range(len(self))[i])
+
+    def _row(self, j: int) -> dict[str, Any]:
+        if self._file is None:
+            self._file = open(self.path, "rb")
+        idx = self._index
+        self._file.seek(idx.offsets[j])
+        row, _, _ = self._store._decode(self._file.readline(), idx.linenos[j], (idx.tools_start[j], idx.tools_end[j]))
+        if isinstance(row, DataError):  # the file changed under a fresh-looking index
+            raise row
+        return row
+
+    def nbytes(self) -> int:
+        """Bytes held: the index arrays and the interned tool lists' JSON."""
+        return len(self._index) * 40 + self._store._tools_bytes
+
+
 def load_pivot_rows(
-    path: str | os.PathLike, skip_invalid: bool = False, shard: tuple[int, int] = (0, 1)
-) -> tuple[PivotRows, int]:
+    path: str | os.PathLike, skip_invalid: bool = False, shard: tuple[int, int] = (0, 1), lazy: bool = False
+) -> tuple[Sequence[dict[str, Any]], int]:
     """The valid rows of a pivot file, or of shard ``shard = (index, count)`` of it (rows whose id
     hashes there, as ``profile_shards.shard_of``; lines without a readable id belong to shard 0).
 
     Stops at the first bad row (``file:line: field: message``) unless ``skip_invalid``, which
     returns (valid rows, number skipped). Row ids must be unique (they key prompt caches and
     profile resumption); equal ids hash alike, so each shard sees every duplicate of its ids.
-    Memory: ~1-2 KB per BFCL-shaped row plus each distinct tool list once (``PivotRows``)."""
+    Memory: ~1-2 KB per BFCL-shaped row plus each distinct tool list once (``PivotRows``). With
+    ``lazy``, a file whose fresh index says it was validated comes back as ``IndexedRows`` (the
+    index alone in memory; the pipeline's own profile and filter outputs are such files)."""
     path = str(path)
-    out, skipped = PivotRows(path), 0
-    seen: dict[str, int] = {}
-    for lineno, raw, decoded, span in _lines(path, shard):
-        if decoded is None:
-            row, keep, ref = out._decode(raw, lineno, span)
-        else:  # scanned without an index: already decoded; intern its tools when located
-            row, keep, ref = out._decode(raw, lineno, span) if span[0] != NO_SPAN else (decoded, raw, -1)
-        problems = [(row.field, row.message)] if isinstance(row, DataError) else validate_pivot_row(row)
-        if not problems and row["id"] in seen:
-            problems = [("id", f"duplicate of the row at line {seen[row['id']]}")]
-        if problems:
-            if not skip_invalid:
-                raise DataError(path, lineno, *problems[0])
-            skipped += 1
-            continue
-        seen[row["id"]] = lineno
-        out._add(row, keep, ref, lineno)
-    return out, skipped
+    if lazy and shard == (0, 1):
+        index = JsonlIndex.load(path)
+        if index is not None and index.validated:
+            return IndexedRows(path, index), 0
+    out = PivotRows(path)
+    lines = CheckedLines(path, skip_invalid, shard, out)
+    for line in lines:
+        out._add(line.row, line.keep, line.ref, line.lineno)
+    return out, lines.skipped
 
 
 def ids_of(rows: Sequence[Any]) -> list[str]:

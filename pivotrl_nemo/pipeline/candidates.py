@@ -29,7 +29,7 @@ CandidateStream = tuple[list[str], Iterator[tuple[str, dict[str, Any]]]]
 """(every split name, an iterator of (split, pivot row)): one trajectory parsed at a time."""
 
 
-def _stream(trajectories: Path, splits: Path, names: list[str], prefix: str, verifier: str) -> CandidateStream:
+def stream_candidates(trajectories: Path, splits: Path, names: list[str], prefix: str, verifier: str) -> CandidateStream:
     assignment = json.loads(splits.read_text())
 
     def rows() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -43,7 +43,7 @@ def _stream(trajectories: Path, splits: Path, names: list[str], prefix: str, ver
 
 def candidate_stream(ctx: StageContext) -> CandidateStream:
     """The main family's candidates, streamed from ``data/trajectories.jsonl``."""
-    return _stream(
+    return stream_candidates(
         ctx.layout.trajectories, ctx.layout.splits, list(ctx.cfg.data.split_fractions), "", ctx.cfg.verifier.name
     )
 
@@ -56,7 +56,7 @@ def ood_candidate_stream(ctx: StageContext) -> CandidateStream | None:
     if not d.ood_source:
         return None
     verifier = DOMAINS.get(d.ood_source).default_verifier
-    return _stream(
+    return stream_candidates(
         ctx.layout.ood_trajectories, ctx.layout.ood_splits, list(d.ood_split_fractions), OOD_PREFIX, verifier
     )
 

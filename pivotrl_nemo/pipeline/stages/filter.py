@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pivotrl_nemo.algorithms.filtering import PivotFilter
-from pivotrl_nemo.data.jsonl_index import IndexedJsonlWriter
+from pivotrl_nemo.config.schema import FilterConfig
+from pivotrl_nemo.data.jsonl_index import IndexedJsonlWriter, id_hash
 from pivotrl_nemo.data.pivot_row import PivotRow
+from pivotrl_nemo.data.row_store import CheckedLines, PivotRows
 from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.utils.errors import UserError
-from pivotrl_nemo.utils.io import atomic_write_json, iter_jsonl
+from pivotrl_nemo.utils.io import atomic_write_json
 
 
 class NoPivotsError(UserError, RuntimeError):
@@ -48,6 +51,22 @@ def no_pivots_message(summary: dict[str, Any], k: int, lambda_diff: float, where
     return what + fix
 
 
+def filter_file(
+    profiled: str | os.PathLike, pivots: str | os.PathLike, cfg: FilterConfig, skip_invalid: bool = False
+) -> tuple[dict[str, Any], list[float]]:
+    """Stream ``profiled`` (checked row by row) through the filter into ``pivots``, each kept
+    line copied as it is; returns the summary and every candidate's mean pass rate. Memory: one
+    row at a time, the distinct tool lists, one float and one id per candidate."""
+    keep, means = PivotFilter(cfg), []
+    lines = CheckedLines(str(profiled), skip_invalid, (0, 1), PivotRows(str(profiled)))
+    with IndexedJsonlWriter(pivots, validated=True) as out:
+        for line in lines:
+            if keep.keep(line.row):
+                out.write_raw(line.raw, id_hash(line.row["id"]), line.span)
+            means.append(float((PivotRow.of(line.row).profile or {})["mean"]))  # keep() needs one
+    return keep.summary(), means
+
+
 @stage(
     "filter",
     upstream=("profile",),
@@ -59,14 +78,7 @@ def filter_stage(ctx: StageContext) -> dict[str, Any]:
     from pivotrl_nemo.pipeline.report import plot_pass_rate_histogram  # lazy: matplotlib
 
     cfg, layout = ctx.cfg, ctx.layout
-    keep, means = PivotFilter(cfg.filter), []
-    # streamed: one profiled row in memory at a time (plus one float per row for the histogram)
-    with IndexedJsonlWriter(layout.pivots) as out:
-        for _, row in iter_jsonl(layout.profiled):
-            if keep.keep(row):
-                out.write(row)
-            means.append(float((PivotRow.of(row).profile or {})["mean"]))  # keep() refused a row without one
-    summary = keep.summary()
+    summary, means = filter_file(layout.profiled, layout.pivots, cfg.filter, cfg.data.skip_invalid)
     atomic_write_json(layout.filter_summary, summary)
     plot_pass_rate_histogram(means, cfg.filter.lambda_diff, cfg.profile.k, layout.plots / "pass_rate_hist.png")
     if not summary["pivots"]:

@@ -74,6 +74,7 @@ def profile(ctx: StageContext) -> dict[str, Any]:
             policy_id=POLICY_ID,
             chunk_candidates=chunk,
         )
-    n_out = write_indexed_jsonl(layout.profiled, (attach_profile(r, profs[r["id"]]) for r in rows))
+    # validated: the rows came through load_pivot_rows, so training may read them lazily
+    n_out = write_indexed_jsonl(layout.profiled, (attach_profile(r, profs[r["id"]]) for r in rows), validated=True)
     mean = sum(p["mean"] for p in profs.values()) / max(len(profs), 1)
     return {"candidates": n_out, "skipped_invalid": skipped, "k": cfg.profile.k, "mean_pass_rate": mean, "shards": n}

@@ -23,7 +23,8 @@ def train(ctx: StageContext) -> dict[str, Any]:
     from pivotrl_nemo.distributed.dp import current_dp
 
     cfg, layout, rt = ctx.cfg, ctx.layout, ctx.runtime
-    pivots, skipped = load_pivot_rows(str(layout.pivots), cfg.data.skip_invalid)
+    # lazy: the filter's output is validated, so each rank holds its index alone and parses rows per batch
+    pivots, skipped = load_pivot_rows(layout.pivots, cfg.data.skip_invalid, lazy=True)
     policy = rt.pi0(cfg.algorithm.optim, cfg.algorithm.steps)
     # The KL reference is pi_0 itself, frozen; with kl_coef == 0 (the default) it is never built.
     ref = rt.pi0() if cfg.algorithm.kl_coef > 0 else None
