@@ -29,7 +29,11 @@ CandidateStream = tuple[list[str], Iterator[tuple[str, dict[str, Any]]]]
 """(every split name, an iterator of (split, pivot row)): one trajectory parsed at a time."""
 
 
-def stream_candidates(trajectories: Path, splits: Path, names: list[str], prefix: str, verifier: str) -> CandidateStream:
+def stream_candidates(
+    trajectories: Path, splits: Path, names: list[str], prefix: str, verifier: str
+) -> CandidateStream:
+    """The candidates of the trajectories in ``trajectories`` (split per ``splits``, a JSON map of
+    trajectory id -> split; ``prefix`` + that split names them), ``agent_ref`` = ``verifier``."""
     assignment = json.loads(splits.read_text())
 
     def rows() -> Iterator[tuple[str, dict[str, Any]]]:

@@ -11,6 +11,7 @@ properties, so renaming an output is a one-line change here. Layout::
     data/ood_trajectories.jsonl, data/ood_splits.json   build: the data.ood_source family (when set)
     tokenizer/                       build: the domain BPE (model.tokenizer_vocab_size > 0)
     candidates/<split>.jsonl         extract: one pivot row per assistant turn (+ ood_sft, ood_test)
+    <pivot file>.jsonl.idx           next to every pivot file a stage writes: its byte-offset index
     sft/checkpoint/, sft/metrics.jsonl                  sft: pi_0
     profile/profile_log.jsonl, profile/shards/, profile/profiled.jsonl   profile
     pivots.jsonl, filter_summary.json                   filter

@@ -209,7 +209,7 @@ def test_streamed_extract_writes_what_the_list_extract_wrote(tmp_path):
     assignment = {t["id"]: ("rl" if i % 3 else "test") for i, t in enumerate(trajs)}
     spath.write_text(json.dumps(assignment))
     summary = write_candidates(
-        _stream(tpath, spath, ["rl", "test", "val"], "", "tool_call_args"), lambda s: tmp_path / f"{s}.jsonl"
+        stream_candidates(tpath, spath, ["rl", "test", "val"], "", "tool_call_args"), lambda s: tmp_path / f"{s}.jsonl"
     )
     for split in ("rl", "test", "val"):
         want = [
@@ -220,3 +220,21 @@ def test_streamed_extract_writes_what_the_list_extract_wrote(tmp_path):
             "candidates": len(want),
             "by_action_type": dict(Counter(r["expected_action"]["type"] for r in want)),
         }
+
+
+def test_the_prompt_cache_is_bounded_and_keeps_what_is_reused(monkeypatch):
+    from pivotrl_nemo.algorithms import rollouts
+
+    rendered: list[str] = []
+
+    def render(view, tokenizer, data_cfg):
+        rendered.append(view.id)
+        return [len(view.id), 7]
+
+    monkeypatch.setattr(rollouts, "render_prompt_ids", render)
+    monkeypatch.setattr(rollouts, "PROMPT_CACHE_ROWS", 2)
+    sampler = rollouts.TurnSampler(engine=None, tokenizer=None, data_cfg=None, verifier=None)  # type: ignore[arg-type]
+    for rid in ("a", "bb", "a", "ccc", "a", "bb"):
+        assert sampler.prompt_ids({"id": rid}) == [len(rid), 7]
+    # "a" stays (used again before each eviction); "bb" was dropped for "ccc" and rendered again
+    assert rendered == ["a", "bb", "ccc", "bb"] and len(sampler._prompt_cache) == 2

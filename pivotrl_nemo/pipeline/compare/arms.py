@@ -136,7 +136,7 @@ def pivotrl(arm: ArmContext) -> dict[str, Any]:
 def pivotrl_random_turns(arm: ArmContext) -> dict[str, Any]:
     """Ablation without the filter: as many turns as there are pivots, drawn uniformly from all
     extracted RL turns (seeded by the arm's seed), same steps; no profiling needed."""
-    n = len(read_jsonl(arm.base.layout.pivots))
+    n = len(load_pivot_rows(arm.base.layout.pivots, arm.cfg.data.skip_invalid, lazy=True)[0])
     rows = random_turns(_rl_rows(arm), n, arm.cfg.algorithm.seed)
     atomic_write_jsonl(arm.out_dir / "rows.jsonl", rows)
     out = _train_one_turn(arm, rows)
