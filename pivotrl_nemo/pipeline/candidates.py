@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -65,20 +66,27 @@ def ood_candidate_stream(ctx: StageContext) -> CandidateStream | None:
     )
 
 
-def _grouped(stream: CandidateStream | None) -> dict[str, list[dict[str, Any]]]:
+def _grouped(stream: CandidateStream | None, splits: Collection[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     if stream is None:
         return {}
     names, rows = stream
-    out: dict[str, list[dict[str, Any]]] = {s: [] for s in names}
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in names if splits is None or s in splits}
     for split, row in rows:
-        out[split].append(row)
+        if split in out:
+            out[split].append(row)
     return out
 
 
-def candidates_by_split(ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
-    """split -> pivot rows of every eligible assistant turn of that split's trajectories (all in
-    memory: for SFT's examples and the tokenizer; ``extract`` streams instead)."""
-    return _grouped(candidate_stream(ctx))
+def candidates_by_split(ctx: StageContext, splits: Collection[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """split -> pivot rows of every eligible assistant turn of that split's trajectories, for
+    ``splits`` only (default: all). In memory as dicts (~59 KB per BFCL-shaped row): for SFT's
+    examples and the domain tokenizer, which train on them; ``extract`` streams instead."""
+    return _grouped(candidate_stream(ctx), splits)
+
+
+def first_candidates(ctx: StageContext, split: str, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` candidates of ``split`` (file order), reading no further than needed."""
+    return [row for _, row in islice(((s, r) for s, r in candidate_stream(ctx)[1] if s == split), n)]
 
 
 def ood_candidates_by_split(ctx: StageContext) -> dict[str, list[dict[str, Any]]]:

@@ -94,7 +94,7 @@ def _build_ood(ctx: StageContext, main_ids: set[str]) -> dict[str, Any]:
 def tokenizer_rows(ctx: StageContext) -> list[dict[str, Any]]:
     """The candidates the domain tokenizer is trained on: the sft and rl splits', and the OOD
     family's 'ood_sft' (pi_0 trains on it); never a test split's."""
-    cands = {**candidates_by_split(ctx), **ood_candidates_by_split(ctx)}
+    cands = {**candidates_by_split(ctx, ("sft", "rl")), **ood_candidates_by_split(ctx)}
     return [r for split in ("sft", "rl", OOD_PREFIX + "sft") for r in cands.get(split, [])]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from pivotrl_nemo.config import to_yaml
 from pivotrl_nemo.data.actions import render_action
 from pivotrl_nemo.data.pivot_row import PivotRow
-from pivotrl_nemo.pipeline.candidates import candidates_by_split, ood_rows
+from pivotrl_nemo.pipeline.candidates import candidates_by_split, first_candidates, ood_rows
 from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.rollout.chat import render_training_example
 from pivotrl_nemo.utils.logging import get_logger
@@ -56,7 +56,7 @@ def sft(ctx: StageContext) -> dict[str, Any]:
     if cfg.sft.steps == 0 and rt.init_checkpoint:  # pi_0 is the initial checkpoint as it is
         log.info("sft: sft.steps=0: pi_0 is %s; nothing to train or write", rt.init_checkpoint)
         return {"examples": 0, "final_loss": None, "heldout_action_nll": None, "init_checkpoint": rt.init_checkpoint}
-    cands = candidates_by_split(ctx)
+    cands = candidates_by_split(ctx, ("sft", "val"))  # pi_0's data, held as dicts (+ its tokens)
     in_domain, ood_sft = sft_rows(ctx, cands)
     train_ex = sft_examples(ctx, in_domain + ood_sft)
     log.info("sft: %d examples (%d sft, %d ood_sft)", len(train_ex), len(in_domain), len(ood_sft))
@@ -76,8 +76,8 @@ def sft(ctx: StageContext) -> dict[str, Any]:
                 impl=cfg.loss.impl,
                 micro_batch_size=cfg.algorithm.micro_batch_size,
             )
-    held = cands.get("val") or cands.get("rl") or []
-    nll = action_nll(policy, sft_examples(ctx, held[:64]), rt.pad_id) if held else None
+    held = cands.get("val", [])[:64] or first_candidates(ctx, "rl", 64)
+    nll = action_nll(policy, sft_examples(ctx, held), rt.pad_id) if held else None
     # pi_0: one dist checkpoint (weights, config); a re-run replaces it. Weights only: every
     # reader loads it with load_optimizer=False (an RL run starts a fresh optimizer from it)
     policy.save(
