@@ -38,7 +38,8 @@ def turn_scores(ctx: StageContext, policy: Any, rows: Sequence[dict[str, Any]]) 
     help="turn-level accuracy of pi_0 and the trained policy on held-out candidates (paired bootstrap CI)",
 )
 def evaluate(ctx: StageContext) -> dict[str, Any]:
-    """Turn-level functional accuracy of pi_0 and the PivotRL policy on held-out candidates."""
+    """Turn-level functional accuracy of pi_0 and the PivotRL policy on held-out candidates.
+    Memory: the split's candidates, compact (``PivotRows``, ~1-2 KB per BFCL-shaped row)."""
     cfg, layout, rt = ctx.cfg, ctx.layout, ctx.runtime
     # Both policies come from checkpoints: refuse one that a later, unfinished run under another
     # configuration replaced (its stamp would differ from the finished stage's marker).
