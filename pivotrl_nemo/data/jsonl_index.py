@@ -3,9 +3,9 @@
 ``IndexedJsonlWriter`` streams rows into ``<file>`` atomically (temporary file, fsync, rename) and
 then writes ``<file>.idx`` next to it, also atomically. Per non-blank line the index holds its byte
 offset, its line number, ``id_hash`` of the row id (the hash the profile shards use) and where the
-``responses_create_params.tools`` value sits in the line. The tool list is ~90% of a BFCL row and
-repeats across rows, so a reader hashes those bytes and parses each distinct list once
-(``row_store``). The JSONL itself stays the NVIDIA-compatible format: one self-contained row per
+two parts that repeat across rows sit in the line (``Spans``): ``responses_create_params.tools``
+(~90% of a BFCL row) and a leading system / developer message of ``input`` (a tau2-style policy
+document). A reader hashes those bytes and parses each distinct part once (``row_store``). The JSONL itself stays the NVIDIA-compatible format: one self-contained row per
 line, byte-identical to ``utils.io.dumps_row``.
 
 An index is trusted only while the file's size and mtime are those it recorded; otherwise (a file
@@ -28,9 +28,12 @@ from ..utils.io import DataError, decode_json_line, dumps_row
 
 FORMAT = "pivotrl-jsonl-index/1"
 NO_SPAN = -1
-"""``tools_start`` / ``tools_end`` of a line whose tool list could not be located."""
-_SENTINEL = "\x00pivotrl-tools-placeholder\x00"
-_SENTINEL_JSON = json.dumps(_SENTINEL)
+"""The start / end of a part that the line does not have or that could not be located."""
+Spans = tuple[int, int, int, int]
+"""Byte spans in a line (from its start): the tool list (start, end), the system message (start, end)."""
+NO_SPANS: Spans = (NO_SPAN, NO_SPAN, NO_SPAN, NO_SPAN)
+_SENTINELS = ("\x00pivotrl-tools-placeholder\x00", "\x00pivotrl-system-placeholder\x00")
+_SENTINEL_JSON = tuple(json.dumps(x) for x in _SENTINELS)
 
 
 def id_hash(row_id: str) -> int:
@@ -54,32 +57,59 @@ def _tools_of(row: Any) -> Any:
     return rcp.get("tools") if isinstance(rcp, dict) else None
 
 
+def system_item(row: Any) -> Any:
+    """``input[0]`` when it is a system or developer message object (what repeats), else None."""
+    rcp = row.get("responses_create_params") if isinstance(row, dict) else None
+    items = rcp.get("input") if isinstance(rcp, dict) else None
+    first = items[0] if isinstance(items, list) and items else None
+    if (
+        isinstance(first, dict)
+        and first.get("role") in ("system", "developer")
+        and first.get("type", "message") == "message"
+    ):
+        return first
+    return None
+
+
 @dataclass
 class JsonlIndex:
-    """Per non-blank line: byte offset, line number, id hash, tools span (bytes, from line start)."""
+    """Per non-blank line: byte offset, line number, id hash, part spans (bytes, from line start)."""
 
     offsets: array
     linenos: array
     hashes: array
     tools_start: array
     tools_end: array
+    system_start: array
+    system_end: array
     validated: bool = False
     """Every row passed ``validate_pivot_row`` and the ids are unique (the writer said so: rows
     that came out of ``load_pivot_rows``), so a reader may read them lazily, unchecked."""
 
     @classmethod
     def empty(cls) -> JsonlIndex:
-        return cls(array("q"), array("q"), array("Q"), array("q"), array("q"))
+        return cls(array("q"), array("q"), array("Q"), array("q"), array("q"), array("q"), array("q"))
 
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def add(self, offset: int, lineno: int, hsh: int, span: tuple[int, int]) -> None:
-        self.offsets.append(offset)
-        self.linenos.append(lineno)
-        self.hashes.append(hsh)
-        self.tools_start.append(span[0])
-        self.tools_end.append(span[1])
+    def _arrays(self) -> tuple[array, ...]:
+        return (
+            self.offsets,
+            self.linenos,
+            self.hashes,
+            self.tools_start,
+            self.tools_end,
+            self.system_start,
+            self.system_end,
+        )
+
+    def add(self, offset: int, lineno: int, hsh: int, spans: Spans) -> None:
+        for arr, v in zip(self._arrays(), (offset, lineno, hsh, *spans)):
+            arr.append(v)
+
+    def spans(self, p: int) -> Spans:
+        return self.tools_start[p], self.tools_end[p], self.system_start[p], self.system_end[p]
 
     def shard(self, index: int, count: int) -> list[int]:
         """Positions (into this index) of the lines of shard ``index`` of ``count``."""
@@ -101,7 +131,7 @@ class JsonlIndex:
         tmp = target.with_name(f"{target.name}.tmp.{os.getpid()}")
         with open(tmp, "wb") as f:
             f.write(json.dumps(header).encode() + b"\n")
-            for arr in (self.offsets, self.linenos, self.hashes, self.tools_start, self.tools_end):
+            for arr in self._arrays():
                 arr.tofile(f)
             f.flush()
             os.fsync(f.fileno())
@@ -122,28 +152,34 @@ class JsonlIndex:
                 n = int(header["rows"])
                 idx = cls.empty()
                 idx.validated = header.get("validated") is True
-                for arr in (idx.offsets, idx.linenos, idx.hashes, idx.tools_start, idx.tools_end):
+                for arr in idx._arrays():
                     arr.fromfile(f, n)
                 return idx
         except (OSError, ValueError, KeyError, EOFError):
             return None
 
 
-def tools_span(line: bytes, row: Any) -> tuple[int, int]:
-    """Where the row's tool list is in ``line`` (as ``dumps_row`` writes it), or ``NO_SPAN``s."""
-    tools = _tools_of(row)
-    if not isinstance(tools, list):
-        return NO_SPAN, NO_SPAN
-    needle = b'"tools": ' + dumps_row(tools).encode("utf-8")
+def _find_once(line: bytes, needle: bytes, skip: int) -> tuple[int, int]:
     at = line.find(needle)
     if at < 0 or line.find(needle, at + 1) >= 0:
         return NO_SPAN, NO_SPAN
-    start = at + len(b'"tools": ')
-    return start, at + len(needle)
+    return at + skip, at + len(needle)
 
 
-def scan_index(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes, Any, tuple[int, int]]]:
-    """One streaming pass over ``path``: ``(offset, lineno, raw line, row or DataError, tools span)``
+def find_spans(line: bytes, row: Any) -> Spans:
+    """Where the row's tool list and system message are in ``line`` (as ``dumps_row`` writes
+    them; ``NO_SPAN`` where a part is absent, written otherwise, or not unique)."""
+    tools, system = _tools_of(row), system_item(row)
+    spans = list(NO_SPANS)
+    if isinstance(tools, list):
+        spans[0:2] = _find_once(line, b'"tools": ' + dumps_row(tools).encode("utf-8"), len(b'"tools": '))
+    if system is not None:
+        spans[2:4] = _find_once(line, b'"input": [' + dumps_row(system).encode("utf-8"), len(b'"input": ['))
+    return spans[0], spans[1], spans[2], spans[3]
+
+
+def scan_index(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes, Any, Spans]]:
+    """One streaming pass over ``path``: ``(offset, lineno, raw line, row or DataError, spans)``
     per non-blank line, for callers that build an index while they read."""
     offset = 0
     with open(path, "rb") as f:
@@ -153,8 +189,7 @@ def scan_index(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes, Any, 
                     row: Any = decode_json_line(raw, path, lineno)
                 except DataError as err:
                     row = err
-                span = tools_span(raw, row) if not isinstance(row, DataError) else (NO_SPAN, NO_SPAN)
-                yield offset, lineno, raw, row, span
+                yield offset, lineno, raw, row, NO_SPANS if isinstance(row, DataError) else find_spans(raw, row)
             offset += len(raw)
 
 
@@ -177,44 +212,57 @@ class IndexedJsonlWriter:
         self._index = JsonlIndex.empty()
         self._index.validated = validated  # see JsonlIndex.validated: only for checked rows
         self._offset = 0
-        self._tools_cache: dict[int, tuple[Any, bytes]] = {}  # id(tools) -> (the list, its JSON)
+        self._json_cache: dict[int, tuple[Any, bytes]] = {}  # id(part) -> (the part, its JSON)
         self.rows = 0
 
-    def _tools_json(self, tools: list) -> bytes:
-        hit = self._tools_cache.get(id(tools))
-        if hit is not None and hit[0] is tools:  # the same object (rows of one trajectory share it)
+    def _part_json(self, part: Any) -> bytes:
+        hit = self._json_cache.get(id(part))
+        if hit is not None and hit[0] is part:  # the same object (rows of one trajectory share it)
             return hit[1]
-        if len(self._tools_cache) >= 64:
-            self._tools_cache.clear()
-        data = dumps_row(tools).encode("utf-8")
-        self._tools_cache[id(tools)] = (tools, data)
+        if len(self._json_cache) >= 64:
+            self._json_cache.clear()
+        data = dumps_row(part).encode("utf-8")
+        self._json_cache[id(part)] = (part, data)
         return data
 
     def write(self, row: Any) -> None:
-        tools = _tools_of(row)
-        span = (NO_SPAN, NO_SPAN)
-        if isinstance(tools, list):
-            # dump the row with a placeholder, then splice in the (cached) tool-list JSON: the
-            # same bytes as dumps_row(row), and the span comes for free
-            rcp = dict(row["responses_create_params"])
-            rcp["tools"] = _SENTINEL
-            head, sep, tail = dumps_row({**row, "responses_create_params": rcp}).partition(_SENTINEL_JSON)
-            if sep and _SENTINEL_JSON not in tail:
-                pre, tj = head.encode("utf-8"), self._tools_json(tools)
-                line = pre + tj + tail.encode("utf-8") + b"\n"
-                span = (len(pre), len(pre) + len(tj))
+        """Append ``row`` as ``dumps_row`` writes it. The repeated parts are replaced by
+        placeholders, the rest dumped, and each part's (cached) JSON spliced back in: the same
+        bytes, and the spans come for free."""
+        tools, system = _tools_of(row), system_item(row)
+        parts = [(k, p) for k, p in ((0, tools if isinstance(tools, list) else None), (1, system)) if p is not None]
+        if not parts:
+            self.write_raw((dumps_row(row) + "\n").encode("utf-8"), _hash_of(row), NO_SPANS)
+            return
+        rcp = dict(row["responses_create_params"])
+        for k, _ in parts:
+            if k == 0:
+                rcp["tools"] = _SENTINELS[0]
             else:
-                line = (dumps_row(row) + "\n").encode("utf-8")
-        else:
-            line = (dumps_row(row) + "\n").encode("utf-8")
-        self.write_raw(line, _hash_of(row), span)
+                rcp["input"] = [_SENTINELS[1], *rcp["input"][1:]]
+        text = dumps_row({**row, "responses_create_params": rcp})
+        at = {k: text.find(_SENTINEL_JSON[k]) for k, _ in parts}
+        if any(a < 0 or text.count(_SENTINEL_JSON[k]) != 1 for k, a in at.items()):
+            self.write_raw((dumps_row(row) + "\n").encode("utf-8"), _hash_of(row), NO_SPANS)
+            return
+        spans, chunks, pos, size = list(NO_SPANS), [], 0, 0
+        for k, p in sorted(parts, key=lambda kp: at[kp[0]]):
+            head = text[pos : at[k]].encode("utf-8")
+            data = self._part_json(p)
+            chunks += [head, data]
+            size += len(head)
+            spans[2 * k : 2 * k + 2] = [size, size + len(data)]
+            size += len(data)
+            pos = at[k] + len(_SENTINEL_JSON[k])
+        chunks.append(text[pos:].encode("utf-8") + b"\n")
+        self.write_raw(b"".join(chunks), _hash_of(row), (spans[0], spans[1], spans[2], spans[3]))
 
-    def write_raw(self, line: bytes, hsh: int, span: tuple[int, int]) -> None:
-        """Append one line as it is (``\\n``-terminated) with its id hash and tools span."""
+    def write_raw(self, line: bytes, hsh: int, spans: Spans) -> None:
+        """Append one line as it is (``\\n``-terminated) with its id hash and part spans."""
         if not line.endswith(b"\n"):
             line += b"\n"
         self.rows += 1
-        self._index.add(self._offset, self.rows, hsh, span)
+        self._index.add(self._offset, self.rows, hsh, spans)
         self._f.write(line)
         self._offset += len(line)
 

@@ -1,16 +1,18 @@
 """``PivotRows``: the validated pivot rows of one file (or of one rank's shard of it), compact.
 
 A BFCL-shaped row is ~20 KB of JSON, ~90% of it the tool list that every row of a task repeats,
-and ~59 KB once parsed into dicts. Here each distinct tool list is parsed once and shared
-(interned by a hash of its bytes, which the file's index locates: ``jsonl_index``), and the rest
-of each row is kept as zlib-compressed JSON (~1 KB), parsed again only when the row is read
-(``rows[i]``: a fresh dict whose ``tools`` is the shared, read-only list). So a rank holds its
+and ~59 KB once parsed into dicts. Here each distinct tool list and leading system message is
+parsed once and shared (interned by a hash of its bytes, which the file's index locates:
+``jsonl_index``), and the rest of each row is kept as zlib-compressed JSON (~1 KB), parsed again
+only when the row is read (``rows[i]``: a fresh dict whose ``tools`` and ``input[0]`` system
+message are the shared, read-only objects). So a rank holds its
 share of a million candidates in a few hundred MB, and reads only that share from disk
 (``load_pivot_rows(..., shard=(i, n))``, the profile shards' id hash).
 
 Rows come back exactly as ``json.loads`` of their line would give them (same keys, same order), so
 everything written from them is byte-identical to what the full dicts produced. Readers must not
-mutate ``responses_create_params.tools`` (``PivotRow`` is read-only; ``attach_profile`` copies).
+mutate ``responses_create_params.tools`` or its system message (``PivotRow`` is read-only;
+``attach_profile`` copies).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from typing import Any, overload
 
 from ..utils.io import MAX_JSON_DEPTH, BoundsError, DataError, decode_json_line, json_loads_within
 from ..utils.logging import get_logger
-from .jsonl_index import NO_SPAN, JsonlIndex, index_entry_hash, scan_index
+from .jsonl_index import NO_SPAN, NO_SPANS, JsonlIndex, Spans, index_entry_hash, scan_index
 from .pivots import validate_pivot_row
 
 log = get_logger(__name__)
 
 RCP = "responses_create_params"
-_PER_ROW_OVERHEAD = 8 + 33 + 8 + 4 + 8  # list slot + bytes header, id slot, ref, lineno
+_PER_ROW_OVERHEAD = 8 + 33 + 8 + 4 + 4 + 8  # list slot + bytes header, id slot, two refs, lineno
+_DEPTH = (2, 3)  # how deep the shared parts sit: row -> params -> tools; row -> params -> input -> item
 
 
 class PivotRows(Sequence[dict[str, Any]]):
@@ -45,10 +48,10 @@ class PivotRows(Sequence[dict[str, Any]]):
         self.ids: list[str] = []
         self.linenos = array("q")
         self._blobs: list[bytes] = []
-        self._tool_refs = array("i")
-        self._tools: list[list[Any]] = []  # the interned tool lists
-        self._tool_keys: dict[bytes, int] = {}
-        self._tools_bytes = 0
+        self._refs = (array("i"), array("i"))  # per row: its tool list's, its system message's
+        self._shared: list[Any] = []  # the interned parts
+        self._shared_keys: dict[bytes, int] = {}
+        self._shared_bytes = 0
 
     # ------------------------------------------------------------------ Sequence
     def __len__(self) -> int:
@@ -67,72 +70,79 @@ class PivotRows(Sequence[dict[str, Any]]):
         return (self._row(j) for j in range(len(self)))
 
     def _row(self, j: int) -> dict[str, Any]:
-        row = json.loads(zlib.decompress(self._blobs[j]))
-        ref = self._tool_refs[j]
-        if ref >= 0:
-            row[RCP]["tools"] = self._tools[ref]
+        return self._restore(json.loads(zlib.decompress(self._blobs[j])), self._refs[0][j], self._refs[1][j])
+
+    def _restore(self, row: Any, tools_ref: int, system_ref: int) -> Any:
+        if tools_ref >= 0:
+            row[RCP]["tools"] = self._shared[tools_ref]
+        if system_ref >= 0:
+            row[RCP]["input"][0] = self._shared[system_ref]
         return row
 
     def subset(self, positions: Sequence[int]) -> PivotRows:
         """The rows at ``positions`` (in that order), sharing this store's interned tool lists."""
         out = PivotRows(self.path)
-        out._tools, out._tool_keys, out._tools_bytes = self._tools, self._tool_keys, self._tools_bytes
+        out._shared, out._shared_keys, out._shared_bytes = self._shared, self._shared_keys, self._shared_bytes
         for j in positions:
             out.ids.append(self.ids[j])
             out.linenos.append(self.linenos[j])
             out._blobs.append(self._blobs[j])
-            out._tool_refs.append(self._tool_refs[j])
+            out._refs[0].append(self._refs[0][j])
+            out._refs[1].append(self._refs[1][j])
         return out
 
     def nbytes(self) -> int:
-        """Estimated bytes held: compressed rows, ids, per-row bookkeeping, interned tool JSON."""
+        """Estimated bytes held: compressed rows, ids, per-row bookkeeping, interned parts' JSON."""
         per_row = sum(len(b) for b in self._blobs) + sum(49 + len(i) for i in self.ids)
-        return per_row + len(self) * _PER_ROW_OVERHEAD + self._tools_bytes
+        return per_row + len(self) * _PER_ROW_OVERHEAD + self._shared_bytes
 
     @property
-    def distinct_tool_lists(self) -> int:
-        return len(self._tools)
+    def distinct_shared_parts(self) -> int:
+        """How many distinct tool lists and system messages were parsed (each once)."""
+        return len(self._shared)
 
     # ------------------------------------------------------------------ loading
-    def _intern_tools(self, raw: bytes) -> int:
+    def _intern(self, raw: bytes, depth: int) -> int:
         key = hashlib.blake2b(raw, digest_size=16).digest()
-        ref = self._tool_keys.get(key)
+        ref = self._shared_keys.get(key)
         if ref is None:
-            # the list sits two levels deep in the row (row -> params -> tools)
-            tools = json_loads_within(raw.decode("utf-8"), MAX_JSON_DEPTH - 2)
-            ref = self._tool_keys[key] = len(self._tools)
-            self._tools.append(tools)
-            self._tools_bytes += len(raw)
+            part = json_loads_within(raw.decode("utf-8"), MAX_JSON_DEPTH - depth)
+            ref = self._shared_keys[key] = len(self._shared)
+            self._shared.append(part)
+            self._shared_bytes += len(raw)
         return ref
 
-    def _decode(self, raw: bytes, lineno: int, span: tuple[int, int]) -> tuple[Any, bytes, int]:
-        """(row or DataError, the bytes to keep, tool ref): the line without its tool list when
-        the span locates it, else the whole line."""
-        start, end = span
-        if start != NO_SPAN:
+    def _decode(self, raw: bytes, lineno: int, spans: Spans) -> tuple[Any, bytes, int, int]:
+        """(row or DataError, the bytes to keep, tools ref, system ref): the line without its
+        shared parts where the spans locate them (each replaced by ``null``), else the whole line."""
+        located = [(k, spans[2 * k], spans[2 * k + 1]) for k in (0, 1) if spans[2 * k] != NO_SPAN]
+        if located:
             try:
-                ref = self._intern_tools(raw[start:end])
-                rest = raw[:start] + b"null" + raw[end:]
+                refs, rest = [-1, -1], raw
+                for k, start, end in sorted(located, key=lambda x: -x[1]):  # from the right: offsets hold
+                    refs[k] = self._intern(raw[start:end], _DEPTH[k])
+                    rest = rest[:start] + b"null" + rest[end:]
                 row = decode_json_line(rest, self.path, lineno)
-                if isinstance(row.get(RCP), dict) and row[RCP].get("tools", 0) is None:
-                    row[RCP]["tools"] = self._tools[ref]
-                    return row, rest, ref
-            except (DataError, BoundsError, ValueError, AttributeError):
+                rcp = row.get(RCP)
+                if (refs[0] < 0 or rcp["tools"] is None) and (refs[1] < 0 or rcp["input"][0] is None):
+                    return self._restore(row, refs[0], refs[1]), rest, refs[0], refs[1]
+            except (DataError, BoundsError, ValueError, AttributeError, KeyError, IndexError, TypeError):
                 pass  # decoded whole below, for the exact message (column numbers) or a stale span
         try:
-            return decode_json_line(raw, self.path, lineno), raw, -1
+            return decode_json_line(raw, self.path, lineno), raw, -1, -1
         except DataError as err:
-            return err, raw, -1
+            return err, raw, -1, -1
 
-    def _add(self, row: dict[str, Any], keep: bytes, ref: int, lineno: int) -> None:
+    def _add(self, row: dict[str, Any], keep: bytes, refs: tuple[int, int], lineno: int) -> None:
         self.ids.append(row["id"])
         self.linenos.append(lineno)
         self._blobs.append(zlib.compress(keep, 1))
-        self._tool_refs.append(ref)
+        self._refs[0].append(refs[0])
+        self._refs[1].append(refs[1])
 
 
-def _lines(path: str, shard: tuple[int, int]) -> Iterator[tuple[int, bytes, Any, tuple[int, int]]]:
-    """(lineno, raw line, decoded row or None, tools span) of the shard's lines, in file order.
+def _lines(path: str, shard: tuple[int, int]) -> Iterator[tuple[int, bytes, Any, Spans]]:
+    """(lineno, raw line, decoded row or None, part spans) of the shard's lines, in file order.
     With a fresh index only those lines are read; without one the whole file is scanned once
     (every line parsed) and the index is saved for the next reader."""
     index, (i, n) = JsonlIndex.load(path), shard
@@ -140,7 +150,7 @@ def _lines(path: str, shard: tuple[int, int]) -> Iterator[tuple[int, bytes, Any,
         with open(path, "rb") as f:
             for p in index.shard(i, n):
                 f.seek(index.offsets[p])
-                yield index.linenos[p], f.readline(), None, (index.tools_start[p], index.tools_end[p])
+                yield index.linenos[p], f.readline(), None, index.spans(p)
         return
     log.info("%s: no up-to-date index; scanning the whole file once (and saving its index)", path)
     built = JsonlIndex.empty()
@@ -161,10 +171,10 @@ class CheckedLine:
 
     lineno: int
     raw: bytes
-    span: tuple[int, int]  # the tool list in ``raw`` (``NO_SPAN``s when not located)
+    spans: Spans  # the shared parts in ``raw`` (``jsonl_index.Spans``)
     row: dict[str, Any]
-    keep: bytes  # ``raw`` without its tool list when it is interned (``ref`` >= 0)
-    ref: int
+    keep: bytes  # ``raw`` without its shared parts where they are interned (``refs`` >= 0)
+    refs: tuple[int, int]
 
 
 class CheckedLines:
@@ -178,11 +188,11 @@ class CheckedLines:
 
     def __iter__(self) -> Iterator[CheckedLine]:
         seen: dict[str, int] = {}
-        for lineno, raw, decoded, span in _lines(self.path, self.shard):
-            if decoded is None or span[0] != NO_SPAN:
-                row, keep, ref = self.store._decode(raw, lineno, span)
-            else:  # scanned without an index and its tools not located: decoded already
-                row, keep, ref = decoded, raw, -1
+        for lineno, raw, decoded, spans in _lines(self.path, self.shard):
+            if decoded is None or spans != NO_SPANS:
+                row, keep, tools_ref, system_ref = self.store._decode(raw, lineno, spans)
+            else:  # scanned without an index, no shared part located: decoded already
+                row, keep, tools_ref, system_ref = decoded, raw, -1, -1
             problems = [(row.field, row.message)] if isinstance(row, DataError) else validate_pivot_row(row)
             if not problems and row["id"] in seen:
                 problems = [("id", f"duplicate of the row at line {seen[row['id']]}")]
@@ -192,12 +202,12 @@ class CheckedLines:
                 self.skipped += 1
                 continue
             seen[row["id"]] = lineno
-            yield CheckedLine(lineno, raw, span, row, keep, ref)
+            yield CheckedLine(lineno, raw, spans, row, keep, (tools_ref, system_ref))
 
 
 class IndexedRows(Sequence[dict[str, Any]]):
     """The rows of a file whose index says they were validated (``JsonlIndex.validated``), read
-    from disk when asked for: only the index is held (~40 B per row) and each distinct tool list
+    from disk when asked for: only the index is held (~56 B per row) and each distinct tool list
     once. For training, which samples a few rows per step from all pivots on every rank."""
 
     def __init__(self, path: str, index: JsonlIndex) -> None:
@@ -221,14 +231,14 @@ class IndexedRows(Sequence[dict[str, Any]]):
             self._file = open(self.path, "rb")
         idx = self._index
         self._file.seek(idx.offsets[j])
-        row, _, _ = self._store._decode(self._file.readline(), idx.linenos[j], (idx.tools_start[j], idx.tools_end[j]))
+        row = self._store._decode(self._file.readline(), idx.linenos[j], idx.spans(j))[0]
         if isinstance(row, DataError):  # the file changed under a fresh-looking index
             raise row
         return row
 
     def nbytes(self) -> int:
         """Bytes held: the index arrays and the interned tool lists' JSON."""
-        return len(self._index) * 40 + self._store._tools_bytes
+        return len(self._index) * 56 + self._store._shared_bytes
 
 
 def load_pivot_rows(
@@ -251,7 +261,7 @@ def load_pivot_rows(
     out = PivotRows(path)
     lines = CheckedLines(path, skip_invalid, shard, out)
     for line in lines:
-        out._add(line.row, line.keep, line.ref, line.lineno)
+        out._add(line.row, line.keep, line.refs, line.lineno)
     return out, lines.skipped
 
 

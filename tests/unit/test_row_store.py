@@ -35,8 +35,9 @@ def _tools(n: int, tag: str = "") -> list[dict]:
     ]
 
 
-def _traj(tid: str, tools: list[dict], turns: int = 3) -> dict:
-    msgs: list[dict] = [{"role": "user", "content": f'task {tid} with "tools": [] inside text'}]
+def _traj(tid: str, tools: list[dict], turns: int = 3, system: str | None = None) -> dict:
+    msgs: list[dict] = [{"role": "system", "content": system}] if system else []
+    msgs += [{"role": "user", "content": f'task {tid} with "tools": [] inside text'}]
     for t in range(turns):
         call = {
             "id": f"c{t}",
@@ -58,7 +59,8 @@ def _traj(tid: str, tools: list[dict], turns: int = 3) -> dict:
 def _rows(n_traj: int = 12) -> list[dict]:
     rows: list[dict] = []
     for i in range(n_traj):
-        rows += extract_candidates(_traj(f"traj{i}", _tools(5, tag=str(i % 3))), "rl", "tool_call_args")
+        system = f'Policy {i % 2}: be careful ✓ "quoted"\n' * 20 if i % 4 else None  # some without one
+        rows += extract_candidates(_traj(f"traj{i}", _tools(5, tag=str(i % 3)), system=system), "rl", "tool_call_args")
     rows[4]["responses_create_params"].pop("tools")  # a row without tools (no span)
     return rows
 
@@ -75,11 +77,16 @@ def test_writer_is_byte_identical_to_dumps_row_and_indexes_every_line(tmp_path):
     idx = JsonlIndex.load(p)
     assert idx is not None and len(idx) == len(rows) and not idx.validated
     for j, line in enumerate(_lines(p)):
-        s, e = idx.tools_start[j], idx.tools_end[j]
+        ts, te, ss, se = idx.spans(j)
         if j == 4:
-            assert s == e == NO_SPAN
+            assert ts == te == NO_SPAN
         else:
-            assert json.loads(line[s:e]) == rows[j]["responses_create_params"]["tools"]
+            assert json.loads(line[ts:te]) == rows[j]["responses_create_params"]["tools"]
+        first = rows[j]["responses_create_params"]["input"][0]
+        if first["role"] == "system":
+            assert json.loads(line[ss:se]) == first
+        else:
+            assert ss == se == NO_SPAN
         assert idx.linenos[j] == j + 1
 
 
@@ -91,9 +98,12 @@ def test_rows_equal_json_loads_and_share_one_parsed_tool_list(tmp_path):
     assert isinstance(got, PivotRows) and skipped == 0 and len(got) == len(rows)
     assert [dumps_row(r) for r in got] == [dumps_row(r) for r in rows]  # same keys, same order
     assert got[-1] == rows[-1] and got[2:5] == rows[2:5] and got.ids == [r["id"] for r in rows]
-    assert got.distinct_tool_lists == 3  # three distinct lists, each parsed once
-    a, b = got[0], got[1]  # one trajectory: the same list object
+    assert got.distinct_shared_parts == 3 + 2  # three distinct tool lists, two system messages
+    a, b = got[-1], got[-2]  # one trajectory: the same objects
     assert a["responses_create_params"]["tools"] is b["responses_create_params"]["tools"]
+    assert a["responses_create_params"]["input"][0]["role"] == "system"
+    assert a["responses_create_params"]["input"][0] is b["responses_create_params"]["input"][0]
+    assert a["responses_create_params"]["input"][1] is not b["responses_create_params"]["input"][1]
     line_bytes = sum(len(x) for x in _lines(p)) / len(rows)
     assert got.nbytes() / len(rows) < line_bytes / 2
 
@@ -140,10 +150,11 @@ def test_a_stale_span_falls_back_to_the_whole_line(tmp_path):
     write_indexed_jsonl(p, rows)
     idx = JsonlIndex.load(p)
     assert idx is not None
-    idx.tools_start[0] += 3  # a span pointing into the wrong bytes
+    idx.tools_start[0] += 3  # spans pointing into the wrong bytes
+    idx.system_end[len(rows) - 1] -= 2
     idx.save(p)
     got, _ = load_pivot_rows(p)
-    assert got[0] == rows[0]
+    assert got[0] == rows[0] and got[-1] == rows[-1]
 
 
 def test_lazy_rows_only_for_a_fresh_validated_index(tmp_path):

@@ -62,7 +62,7 @@ def filter_file(
     with IndexedJsonlWriter(pivots, validated=True) as out:
         for line in lines:
             if keep.keep(line.row):
-                out.write_raw(line.raw, id_hash(line.row["id"]), line.span)
+                out.write_raw(line.raw, id_hash(line.row["id"]), line.spans)
             means.append(float((PivotRow.of(line.row).profile or {})["mean"]))  # keep() needs one
     return keep.summary(), means
 
