@@ -38,7 +38,26 @@ _PER_ROW_OVERHEAD = 8 + 33 + 8 + 4 + 4 + 8  # list slot + bytes header, id slot,
 _DEPTH = (2, 3)  # how deep the shared parts sit: row -> params -> tools; row -> params -> input -> item
 
 
-class PivotRows(Sequence[dict[str, Any]]):
+class _Rows(Sequence[dict[str, Any]]):
+    """Rows materialized one at a time by ``_row(j)``; slicing gives a list of dicts."""
+
+    def _row(self, j: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, slice):
+            return [self._row(j) for j in range(*i.indices(len(self)))]
+        return self._row(range(len(self))[i])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self._row(j) for j in range(len(self)))
+
+
+class PivotRows(_Rows):
     """A read-only sequence of pivot rows (dicts), materialized one at a time (see module doc).
 
     ``ids`` and ``linenos`` (1-based, in ``path``) are kept as they are; slicing gives a list."""
@@ -56,18 +75,6 @@ class PivotRows(Sequence[dict[str, Any]]):
     # ------------------------------------------------------------------ Sequence
     def __len__(self) -> int:
         return len(self._blobs)
-
-    @overload
-    def __getitem__(self, i: int) -> dict[str, Any]: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
-    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(i, slice):
-            return [self._row(j) for j in range(*i.indices(len(self)))]
-        return self._row(range(len(self))[i])
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (self._row(j) for j in range(len(self)))
 
     def _row(self, j: int) -> dict[str, Any]:
         return self._restore(json.loads(zlib.decompress(self._blobs[j])), self._refs[0][j], self._refs[1][j])
@@ -205,7 +212,7 @@ class CheckedLines:
             yield CheckedLine(lineno, raw, spans, row, keep, (tools_ref, system_ref))
 
 
-class IndexedRows(Sequence[dict[str, Any]]):
+class IndexedRows(_Rows):
     """The rows of a file whose index says they were validated (``JsonlIndex.validated``), read
     from disk when asked for: only the index is held (~56 B per row) and each distinct tool list
     once. For training, which samples a few rows per step from all pivots on every rank."""
@@ -216,15 +223,6 @@ class IndexedRows(Sequence[dict[str, Any]]):
 
     def __len__(self) -> int:
         return len(self._index)
-
-    @overload
-    def __getitem__(self, i: int) -> dict[str, Any]: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
-    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(i, slice):
-            return [self._row(j) for j in range(*i.indices(len(self)))]
-        return self._row(range(len(self))[i])
 
     def _row(self, j: int) -> dict[str, Any]:
         if self._file is None:
