@@ -5,12 +5,14 @@ then writes ``<file>.idx`` next to it, also atomically. Per non-blank line the i
 offset, its line number, ``id_hash`` of the row id (the hash the profile shards use) and where the
 two parts that repeat across rows sit in the line (``Spans``): ``responses_create_params.tools``
 (~90% of a BFCL row) and a leading system / developer message of ``input`` (a tau2-style policy
-document). A reader hashes those bytes and parses each distinct part once (``row_store``). The JSONL itself stays the NVIDIA-compatible format: one self-contained row per
-line, byte-identical to ``utils.io.dumps_row``.
+document). A reader hashes those bytes and parses each distinct part once (``row_store``). The
+JSONL itself stays the NVIDIA-compatible format: one self-contained row per line, byte-identical
+to ``utils.io.dumps_row``.
 
-An index is trusted only while the file's size and mtime are those it recorded; otherwise (a file
-written by hand, copied, or an index left by a crash between the two renames) ``scan_index``
-rebuilds it in one streaming pass and ``row_store`` saves it when the directory is writable.
+An index is trusted only while the file's size, mtime and inode are those it recorded, checked on
+the open handle that is then read; otherwise (a file written by hand, copied or replaced, or an
+index left by a crash between the two renames) ``scan_index`` rebuilds it in one streaming pass
+and ``row_store`` saves it when the directory is writable.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..utils.io import DataError, decode_json_line, dumps_row
 
@@ -117,37 +119,36 @@ class JsonlIndex:
             return list(range(len(self)))
         return [i for i, h in enumerate(self.hashes) if h % count == index]
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``<path>.idx`` atomically, stamped with ``path``'s current size and mtime."""
-        st = os.stat(path)
-        header = {
-            "format": FORMAT,
-            "rows": len(self),
-            "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
-            "validated": self.validated,
-        }
+    def save(self, path: str | os.PathLike, st: os.stat_result | None = None) -> None:
+        """Write ``<path>.idx`` atomically, stamped with ``st``: the stat of the file this index
+        describes, taken from the handle that was scanned or written (so a file replaced or
+        changed meanwhile never matches); ``path``'s current stat by default."""
+        st = os.stat(path) if st is None else st
+        header = {"format": FORMAT, "rows": len(self), **_stamp(st), "validated": self.validated}
         target = index_path(path)
         tmp = target.with_name(f"{target.name}.tmp.{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(json.dumps(header).encode() + b"\n")
-            for arr in self._arrays():
-                arr.tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(json.dumps(header).encode() + b"\n")
+                for arr in self._arrays():
+                    arr.tofile(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> JsonlIndex | None:
-        """The index of ``path`` when ``<path>.idx`` exists and matches the file; else None."""
+    def load(cls, path: str | os.PathLike, data: BinaryIO | None = None) -> JsonlIndex | None:
+        """The index of ``path`` when ``<path>.idx`` exists and matches the file (size, mtime,
+        inode); else None. Pass the open file ``data`` that will be read with the index, so that
+        the check is of that file and not of whatever ``path`` names a moment later."""
         try:
-            st = os.stat(path)
+            st = os.stat(path) if data is None else os.fstat(data.fileno())
             with open(index_path(path), "rb") as f:
                 header = json.loads(f.readline())
-                if header.get("format") != FORMAT or (header["size"], header["mtime_ns"]) != (
-                    st.st_size,
-                    st.st_mtime_ns,
-                ):
+                if header.get("format") != FORMAT or any(header.get(k) != v for k, v in _stamp(st).items()):
                     return None
                 n = int(header["rows"])
                 idx = cls.empty()
@@ -157,6 +158,12 @@ class JsonlIndex:
                 return idx
         except (OSError, ValueError, KeyError, EOFError):
             return None
+
+
+def _stamp(st: os.stat_result) -> dict[str, int]:
+    """What identifies one version of a file: a rewrite changes the size or mtime, a replacement
+    (another file renamed over the path) the inode."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
 def _find_once(line: bytes, needle: bytes, skip: int) -> tuple[int, int]:
@@ -178,19 +185,20 @@ def find_spans(line: bytes, row: Any) -> Spans:
     return spans[0], spans[1], spans[2], spans[3]
 
 
-def scan_index(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes, Any, Spans]]:
-    """One streaming pass over ``path``: ``(offset, lineno, raw line, row or DataError, spans)``
-    per non-blank line, for callers that build an index while they read."""
+def scan_index(path: str | os.PathLike, data: BinaryIO) -> Iterator[tuple[int, int, bytes, Any, Spans]]:
+    """One streaming pass over the open file ``data`` (``path``, for messages): ``(offset,
+    lineno, raw line, row or DataError, spans)`` per non-blank line, for callers that build an
+    index while they read."""
     offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if raw.strip():
-                try:
-                    row: Any = decode_json_line(raw, path, lineno)
-                except DataError as err:
-                    row = err
-                yield offset, lineno, raw, row, NO_SPANS if isinstance(row, DataError) else find_spans(raw, row)
-            offset += len(raw)
+    data.seek(0)
+    for lineno, raw in enumerate(data, start=1):
+        if raw.strip():
+            try:
+                row: Any = decode_json_line(raw, path, lineno)
+            except DataError as err:
+                row = err
+            yield offset, lineno, raw, row, NO_SPANS if isinstance(row, DataError) else find_spans(raw, row)
+        offset += len(raw)
 
 
 def index_entry_hash(row: Any) -> int:
@@ -267,11 +275,16 @@ class IndexedJsonlWriter:
         self._offset += len(line)
 
     def close(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self._tmp, self.path)
-        self._index.save(self.path)
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            st = os.fstat(self._f.fileno())  # what was written; a rename keeps inode and mtime
+            self._f.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._index.save(self.path, st)
 
     def abort(self) -> None:
         self._f.close()

@@ -24,7 +24,7 @@ import zlib
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, BinaryIO, overload
 
 from ..utils.io import MAX_JSON_DEPTH, BoundsError, DataError, decode_json_line, json_loads_within
 from ..utils.logging import get_logger
@@ -148,26 +148,29 @@ class PivotRows(_Rows):
         self._refs[1].append(refs[1])
 
 
-def _lines(path: str, shard: tuple[int, int]) -> Iterator[tuple[int, bytes, Any, Spans]]:
-    """(lineno, raw line, decoded row or None, part spans) of the shard's lines, in file order.
-    With a fresh index only those lines are read; without one the whole file is scanned once
-    (every line parsed) and the index is saved for the next reader."""
-    index, (i, n) = JsonlIndex.load(path), shard
+LineRead = tuple[int, bytes, Any, Spans]
+"""(lineno, raw line, decoded row or None, part spans)."""
+
+
+def _lines(path: str, shard: tuple[int, int], f: BinaryIO, index: JsonlIndex | None) -> Iterator[LineRead]:
+    """(lineno, raw line, decoded row or None, part spans) of the shard's lines of the open file
+    ``f``, in file order. With its fresh ``index`` only those lines are read; without one the
+    whole file is scanned once (every line parsed) and the index is saved for the next reader."""
+    i, n = shard
     if index is not None:
-        with open(path, "rb") as f:
-            for p in index.shard(i, n):
-                f.seek(index.offsets[p])
-                yield index.linenos[p], f.readline(), None, index.spans(p)
+        for p in index.shard(i, n):
+            f.seek(index.offsets[p])
+            yield index.linenos[p], f.readline(), None, index.spans(p)
         return
     log.info("%s: no up-to-date index; scanning the whole file once (and saving its index)", path)
-    built = JsonlIndex.empty()
-    for offset, lineno, raw, row, span in scan_index(path):
+    st, built = os.fstat(f.fileno()), JsonlIndex.empty()  # stamped with the file as it was opened
+    for offset, lineno, raw, row, span in scan_index(path, f):
         hsh = index_entry_hash(row)
         built.add(offset, lineno, hsh, span)
         if n == 1 or hsh % n == i:
             yield lineno, raw, row, span
     try:
-        built.save(path)
+        built.save(path, st)
     except OSError as e:  # a read-only directory: the next reader scans again
         log.warning("%s: could not save its index (%s)", path, e)
 
@@ -192,10 +195,19 @@ class CheckedLines:
     def __init__(self, path: str, skip_invalid: bool, shard: tuple[int, int], store: PivotRows) -> None:
         self.path, self.skip_invalid, self.shard, self.store = path, skip_invalid, shard, store
         self.skipped = 0
+        self.canonical = False
+        """Set when iteration starts: the file's fresh index says the pipeline wrote it
+        (``JsonlIndex.validated``), so every ``raw`` line is exactly ``dumps_row`` of its row."""
 
     def __iter__(self) -> Iterator[CheckedLine]:
+        with open(self.path, "rb") as f:
+            index = JsonlIndex.load(self.path, f)
+            self.canonical = index is not None and index.validated
+            yield from self._checked(_lines(self.path, self.shard, f, index))
+
+    def _checked(self, lines: Iterator[LineRead]) -> Iterator[CheckedLine]:
         seen: dict[str, int] = {}
-        for lineno, raw, decoded, spans in _lines(self.path, self.shard):
+        for lineno, raw, decoded, spans in lines:
             if decoded is None or spans != NO_SPANS:
                 row, keep, tools_ref, system_ref = self.store._decode(raw, lineno, spans)
             else:  # scanned without an index, no shared part located: decoded already
@@ -217,16 +229,18 @@ class IndexedRows(_Rows):
     from disk when asked for: only the index is held (~56 B per row) and each distinct tool list
     once. For training, which samples a few rows per step from all pivots on every rank."""
 
-    def __init__(self, path: str, index: JsonlIndex) -> None:
-        self.path, self._index, self._store = path, index, PivotRows(path)
-        self._file: Any = None
+    def __init__(self, path: str, index: JsonlIndex, f: BinaryIO) -> None:
+        """``f``: the open file ``index`` was checked against. It is kept open, so a file that
+        replaces ``path`` later (filter run again) is never read with this index."""
+        self.path, self._index, self._store, self._file = path, index, PivotRows(path), f
 
     def __len__(self) -> int:
         return len(self._index)
 
+    def close(self) -> None:
+        self._file.close()
+
     def _row(self, j: int) -> dict[str, Any]:
-        if self._file is None:
-            self._file = open(self.path, "rb")
         idx = self._index
         self._file.seek(idx.offsets[j])
         row = self._store._decode(self._file.readline(), idx.linenos[j], idx.spans(j))[0]
@@ -253,9 +267,11 @@ def load_pivot_rows(
     index alone in memory; the pipeline's own profile and filter outputs are such files)."""
     path = str(path)
     if lazy and shard == (0, 1):
-        index = JsonlIndex.load(path)
+        f = open(path, "rb")
+        index = JsonlIndex.load(path, f)
         if index is not None and index.validated:
-            return IndexedRows(path, index), 0
+            return IndexedRows(path, index, f), 0
+        f.close()
     out = PivotRows(path)
     lines = CheckedLines(path, skip_invalid, shard, out)
     for line in lines:

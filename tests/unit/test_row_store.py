@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections import Counter
 
 import pytest
@@ -171,6 +172,25 @@ def test_lazy_rows_only_for_a_fresh_validated_index(tmp_path):
     assert isinstance(load_pivot_rows(p, lazy=True)[0], PivotRows)
 
 
+def test_a_file_replaced_under_its_index_is_never_read_with_it(tmp_path):
+    rows = _rows()
+    p, other = tmp_path / "pivots.jsonl", tmp_path / "other.jsonl"
+    write_indexed_jsonl(p, rows, validated=True)
+    lazy, _ = load_pivot_rows(p, lazy=True)
+    assert isinstance(lazy, IndexedRows)
+    swapped = [{**r, "id": r["id"][::-1]} for r in rows]  # same size, other rows
+    atomic_write_jsonl(other, swapped)
+    st = os.stat(p)
+    assert os.stat(other).st_size == st.st_size
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only the inode differs
+    os.replace(other, p)
+    assert JsonlIndex.load(p) is None
+    assert list(lazy[:]) == rows  # rows opened before the swap keep reading the file they checked
+    again, _ = load_pivot_rows(p, lazy=True)
+    assert isinstance(again, PivotRows) and list(again[:]) == swapped  # scanned, not trusted
+    lazy.close()
+
+
 def test_an_aborted_writer_publishes_nothing(tmp_path):
     p = tmp_path / "c.jsonl"
     write_indexed_jsonl(p, _rows(3))
@@ -211,6 +231,29 @@ def test_streaming_filter_writes_what_the_list_filter_kept(tmp_path):
     assert means == [p["pass_rate"] for p in profiled]
     lazy, _ = load_pivot_rows(dst, lazy=True)
     assert isinstance(lazy, IndexedRows) and list(lazy[:]) == kept
+
+
+def test_filter_rewrites_lines_the_pipeline_did_not_write(tmp_path):
+    rows = [
+        attach_profile(
+            r,
+            {"k": 2, "rewards": [1.0, 0.0], "mean": 0.5, "variance": 0.25, "categories": ["x", "y"], "policy_id": "p"},
+        )
+        for r in _rows(4)
+    ]
+    src, dst = tmp_path / "profiled.jsonl", tmp_path / "pivots.jsonl"
+    src.write_bytes(b"".join(json.dumps(r, indent=None, separators=(",", ":")).encode() + b"\r\n" for r in rows))
+    summary, _ = filter_file(src, dst, FilterConfig(lambda_diff=0.9))
+    assert summary["pivots"] == len(rows)
+    assert dst.read_bytes() == "".join(dumps_row(r) + "\n" for r in rows).encode()
+
+
+def test_random_turns_picks_what_random_sample_picked():
+    from pivotrl_nemo.pipeline.compare.arms import random_turns
+
+    rows = [{"id": str(i)} for i in range(300)]
+    for n, seed in ((5, 0), (250, 3), (400, 1)):
+        assert random_turns(rows, n, seed) == random.Random(seed).sample(rows, min(n, len(rows)))
 
 
 def test_streamed_extract_writes_what_the_list_extract_wrote(tmp_path):

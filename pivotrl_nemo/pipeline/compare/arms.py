@@ -146,7 +146,8 @@ def pivotrl_random_turns(arm: ArmContext) -> dict[str, Any]:
 
 def random_turns(rows: Sequence[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` rows drawn without replacement from all ``rows`` (every row equally likely)."""
-    return random.Random(seed).sample(rows, min(n, len(rows)))
+    picked = random.Random(seed).sample(range(len(rows)), min(n, len(rows)))  # as sample(rows): same rows
+    return [rows[j] for j in picked]  # parsing only those (sample() may copy its population)
 
 
 @ARMS.register("pivotrl_strict_reward")

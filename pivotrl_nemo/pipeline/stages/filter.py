@@ -13,6 +13,9 @@ from pivotrl_nemo.data.row_store import CheckedLines, PivotRows
 from pivotrl_nemo.pipeline.stage import StageContext, stage
 from pivotrl_nemo.utils.errors import UserError
 from pivotrl_nemo.utils.io import atomic_write_json
+from pivotrl_nemo.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 
 class NoPivotsError(UserError, RuntimeError):
@@ -55,15 +58,21 @@ def filter_file(
     profiled: str | os.PathLike, pivots: str | os.PathLike, cfg: FilterConfig, skip_invalid: bool = False
 ) -> tuple[dict[str, Any], list[float]]:
     """Stream ``profiled`` (checked row by row) through the filter into ``pivots``, each kept
-    line copied as it is; returns the summary and every candidate's mean pass rate. Memory: one
+    row written as ``dumps_row`` writes it (a line the pipeline wrote is copied as it is, being
+    those bytes already); returns the summary and every candidate's mean pass rate. Memory: one
     row at a time, the distinct tool lists, one float and one id per candidate."""
     keep, means = PivotFilter(cfg), []
     lines = CheckedLines(str(profiled), skip_invalid, (0, 1), PivotRows(str(profiled)))
     with IndexedJsonlWriter(pivots, validated=True) as out:
         for line in lines:
-            if keep.keep(line.row):
+            pivot = keep.keep(line.row)  # counts the row: call once
+            if pivot and lines.canonical:
                 out.write_raw(line.raw, id_hash(line.row["id"]), line.spans)
+            elif pivot:  # written by hand or elsewhere: spacing, key order, CRLF may differ
+                out.write(line.row)
             means.append(float((PivotRow.of(line.row).profile or {})["mean"]))  # keep() needs one
+    if lines.skipped:
+        log.warning("%s: skipped %d invalid rows (data.skip_invalid)", profiled, lines.skipped)
     return keep.summary(), means
 
 
